@@ -1,0 +1,203 @@
+"""``fer-train``: train, evaluate and fine-tune the FER network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .config import ModelConfig
+from .datasets import DatasetError, FaceDataset, load_dataset
+from .evaluation import ClassificationReport, evaluate
+from .network import FERNet
+from .training import RECIPES, TrainSettings, fit
+
+EXAMPLES = """examples:
+  fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
+  fer-train fit --data fer2013.csv --out runs/csv --recipe paper
+  fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
+  fer-train eval --data fer2013.csv --split public_test --json
+  fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
+"""
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> None:
+    parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV, or a folder of class subfolders (or of split folders holding them)")
+    parser.add_argument("--split", help=split_help)
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.csv, curves.png")
+    parser.add_argument("--val-split", default="public_test", help="validation split: CSV Usage or subfolder (default: public_test)")
+    parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder (default: train)")
+    parser.add_argument("--schedule", default=defaults.schedule, help=f"SIZE:EPOCHS phases (default {defaults.schedule})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak (progressive) or initial (paper) learning rate (default {defaults.lr})")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--max-steps-per-epoch", type=int, help=argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fer-train", description="Train, evaluate and fine-tune the split FER network.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
+    fit_parser.add_argument("--recipe", choices=RECIPES, default="progressive", help="progressive: one-cycle over --schedule; paper: SGD 0.1, /10 every 30 epochs, 100 epochs at 224")
+    fit_parser.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
+    _add_training_arguments(fit_parser, TrainSettings())
+
+    eval_parser = commands.add_parser("eval", help="accuracy, per-class accuracy, macro F1, confusion matrix")
+    _add_data_arguments(eval_parser, "CSV Usage (train, public_test, private_test) or subfolder of --data")
+    eval_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
+    eval_parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored face")
+    eval_parser.add_argument("--size", type=int, help="input size (default: the model's, 224)")
+    eval_parser.add_argument("--plot", type=Path, help="write the confusion matrix as PNG here")
+    eval_parser.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
+    eval_parser.add_argument("--threads", type=int, default=os.cpu_count())
+
+    finetune_parser = commands.add_parser("finetune", help="transfer to another dataset: new output layer, constant lr 0.001")
+    finetune_parser.add_argument("--data", required=True, type=Path, help="folder with train/ and a validation subfolder, each of class subfolders")
+    finetune_parser.add_argument("--weights", type=Path, help="starting checkpoint (default: the shipped weights)")
+    finetune_parser.add_argument("--epochs", type=int, default=10)
+    defaults = TrainSettings(lr=0.001, schedule="224:10", label_smoothing=0.0)
+    _add_training_arguments(finetune_parser, defaults)
+    finetune_parser.set_defaults(val_split="val")
+    return parser
+
+
+def _select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) -> dict:
+    return {
+        "data": str(args.data),
+        "train_split": args.train_split,
+        "train_images": len(train),
+        "validation_split": args.val_split,
+        "validation_images": len(val),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+    }
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    config = ModelConfig.from_json(args.config.read_text()) if args.config else ModelConfig()
+    train = load_dataset(args.data, args.train_split)
+    val = load_dataset(args.data, args.val_split)
+    config = config.replace(class_names=train.class_names)
+    settings = TrainSettings(
+        recipe=args.recipe,
+        schedule="224:100" if args.recipe == "paper" and args.schedule == TrainSettings().schedule else args.schedule,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    model = FERNet(config).to(_select_device(args.device))
+    print(f"training {config.name} on {len(train)} images, validating on {len(val)}; run folder {args.out}", file=sys.stderr)
+    state = fit(model, train, val, args.out, settings, _provenance(args, train, val), resume=args.resume,
+                on_epoch=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
+    print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
+    return 0
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    model, checkpoint = load_model(args.weights)
+    train = load_dataset(args.data, args.train_split)
+    val = load_dataset(args.data, args.val_split, class_names=train.class_names)
+    model.replace_classifier(train.class_names)
+    settings = TrainSettings(recipe="paper", schedule=f"{model.config.input_size}:{args.epochs}", lr=args.lr,
+                             step_epochs=10**9, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+                             batch_size=args.batch_size, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
+    provenance = {**_provenance(args, train, val), "finetuned_from": checkpoint.fingerprint}
+    state = fit(model.to(_select_device(args.device)), train, val, args.out, settings, provenance, resume=args.resume)
+    print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
+    return 0
+
+
+def _print_report(report: ClassificationReport, title: str) -> None:
+    print(title)
+    print(f"accuracy  {report.accuracy:.4f}   macro F1  {report.macro_f1:.4f}   images  {report.count}")
+    width = max(len(n) for n in report.class_names) + 2
+    print("per-class accuracy: " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_accuracy.items()))
+    print("confusion matrix (rows: true, columns: predicted)")
+    print(" " * width + "".join(f"{n[:7]:>8}" for n in report.class_names))
+    for name, row in zip(report.class_names, report.confusion):
+        print(f"{name:<{width}}" + "".join(f"{v:>8}" for v in row))
+
+
+def plot_confusion(report: ClassificationReport, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = torch.tensor(report.confusion, dtype=torch.float64)
+    rates = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)
+    figure, axis = plt.subplots(figsize=(7, 6))
+    image = axis.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    names = report.class_names
+    axis.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
+             xlabel="predicted", ylabel="true", title=title)
+    plt.setp(axis.get_xticklabels(), rotation=45, ha="right")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            axis.text(j, i, f"{int(matrix[i, j])}", ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black", fontsize=8)
+    figure.colorbar(image, ax=axis, label="fraction of true class")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    model, checkpoint = load_model(args.weights)
+    data = load_dataset(args.data, args.split, class_names=checkpoint.class_names if not args.data.is_file() else None)
+    if data.class_names != checkpoint.class_names:
+        raise DatasetError(f"dataset classes {data.class_names} differ from the model's {checkpoint.class_names}")
+    report = evaluate(model, data, args.size, flip_tta=args.flip_tta, progress=not args.json)
+    title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}{'  +flip TTA' if args.flip_tta else ''}"
+    if args.plot:
+        plot_confusion(report, args.plot, title)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "data": str(args.data), "split": args.split, "weights": checkpoint.fingerprint, "flip_tta": args.flip_tta}))
+    else:
+        _print_report(report, title)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune}
+    try:
+        return handlers[args.command](args)
+    except (DatasetError, CheckpointError, ValueError) as error:
+        print(f"fer-train: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""The FER network and its three partitions: edge head, cloud attention, edge tail.
+
+Wu et al., "Edge-AI-Driven Framework with Efficient Mobile Network Design for
+Facial Expression Recognition", ACM TECS 22(3), 2023. The backbone is
+torchvision's ShuffleNetV2 1.0x; the attention modules (ASP, SFP) sit after
+Stage 2. A learned split adapter narrows Stage 2's 116 channels to the 8 that
+cross the network and widens them again on the edge::
+
+    head:  image -> conv1 -> maxpool -> stage2 -> adapter-in   ==> C x 28 x 28
+    cloud: C x 28 x 28 -> ASP -> SFP                           ==> C x 28 x 28
+    tail:  adapter-out -> stage3 -> stage4 -> conv5 -> GAP -> FC ==> scores
+
+``FERNet.forward(x)`` is by construction ``tail(cloud(head(x)))``.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torchvision.models import shufflenet_v2_x1_0
+
+from .asp import ArbitraryOrientedSpatialPooling
+from .config import ASP, STAGE2_CHANNELS, ModelConfig
+from .sfp import ScalableFrequencyPooling
+
+
+class SplitAdapterIn(nn.Sequential):
+    """1x1 conv + BN narrowing Stage 2's output to the wire width (ends the edge head)."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
+        super().__init__(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width))
+
+
+class SplitAdapterOut(nn.Sequential):
+    """1x1 conv + BN + ReLU widening the wire tensor back for Stage 3 (begins the edge tail)."""
+
+    def __init__(self, width: int, out_channels: int) -> None:
+        super().__init__(nn.Conv2d(width, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
+class EdgeHead(nn.Module):
+    """Image (N, 3, S, S) -> split tensor (N, C, S/8, S/8)."""
+
+    def __init__(self, backbone: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.conv1 = backbone.conv1
+        self.maxpool = backbone.maxpool
+        self.stage2 = backbone.stage2
+        self.adapter = SplitAdapterIn(STAGE2_CHANNELS, config.adapter_width) if config.uses_adapter else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.adapter(self.stage2(self.maxpool(self.conv1(x))))
+
+
+class CloudAttention(nn.Module):
+    """The offloadable stage: the configured attention modules, in order (identity if none)."""
+
+    def __init__(self, config: ModelConfig, wavelet_backend: str = "ptwt") -> None:
+        super().__init__()
+        channels = config.adapter_width
+        modules = {
+            name: (
+                ArbitraryOrientedSpatialPooling(channels, config.asp_directions)
+                if name == ASP
+                else ScalableFrequencyPooling(channels, config.sfp_levels, config.sfp_wavelet, wavelet_backend)
+            )
+            for name in config.attention
+        }
+        self.attention = nn.ModuleDict(modules)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for module in self.attention.values():
+            x = module(x)
+        return x
+
+
+class EdgeTail(nn.Module):
+    """Attended split tensor -> class scores (N, num_classes)."""
+
+    def __init__(self, backbone: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.adapter = SplitAdapterOut(config.adapter_width, STAGE2_CHANNELS) if config.uses_adapter else nn.Identity()
+        self.stage3 = backbone.stage3
+        self.stage4 = backbone.stage4
+        self.conv5 = backbone.conv5
+        self.fc = backbone.fc
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled 1024-d embedding before the classifier."""
+        return self.conv5(self.stage4(self.stage3(self.adapter(x)))).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.features(x))
+
+
+class FERNet(nn.Module):
+    """ShuffleNetV2 1.0x with ASP/SFP after Stage 2, partitioned for split inference."""
+
+    def __init__(self, config: ModelConfig | None = None, wavelet_backend: str = "ptwt") -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        backbone = shufflenet_v2_x1_0(weights=None, num_classes=self.config.num_classes)
+        self.head = EdgeHead(backbone, self.config)
+        self.cloud = CloudAttention(self.config, wavelet_backend)
+        self.tail = EdgeTail(backbone, self.config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.tail(self.cloud(self.head(x)))
+
+    def replace_classifier(self, class_names: tuple[str, ...]) -> None:
+        """New output layer for another class list (transfer learning), config updated."""
+        self.config = self.config.replace(class_names=tuple(class_names))
+        self.tail.fc = nn.Linear(self.tail.fc.in_features, len(class_names))
