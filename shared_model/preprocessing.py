@@ -44,7 +44,7 @@ def prepare_face(face: np.ndarray, size: int = 224) -> np.ndarray:
 
 def pixels_to_tensor(pixels: np.ndarray | Tensor) -> Tensor:
     """uint8 (N, H, W, 3) or (H, W, 3) pixels -> normalized float (N, 3, H, W)."""
-    tensor = torch.as_tensor(pixels)
+    tensor = pixels if isinstance(pixels, Tensor) else torch.from_numpy(np.array(pixels, copy=True))
     if tensor.dtype != torch.uint8:
         raise ValueError(f"expected uint8 pixels, got {tensor.dtype}")
     if tensor.ndim == 3:

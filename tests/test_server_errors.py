@@ -1,0 +1,152 @@
+"""Malformed and hostile requests get the right status and a clear message; the server keeps serving."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared_model.checkpoint import model_fingerprint
+from shared_model.protocol import pack_bytes_elements, pb, pb_grpc, set_parameters
+
+
+@pytest.fixture
+def stub(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+def features_request(shape=(1, 8, 28, 28), datatype="UINT8", data: bytes | None = None, params=None, model="fer_attention") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="features", datatype=datatype, shape=list(shape))
+    set_parameters(tensor.parameters, {"scale": 0.05, "zero_point": 128} if params is None else params)
+    size = {"UINT8": 1, "FP16": 2, "FP32": 4}.get(datatype, 1)
+    request.raw_input_contents.append(data if data is not None else bytes(8 * 28 * 28 * size))
+    return request
+
+
+def image_request(data: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="fer_classifier")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(pack_bytes_elements([data]))
+    return request
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _refusal(stub, request) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(request, timeout=10)
+    return caught.value
+
+
+CASES = {
+    "wrong shape": (lambda: features_request(shape=(1, 8, 27, 28), data=bytes(8 * 27 * 28)), grpc.StatusCode.INVALID_ARGUMENT, "must be [N, 8, 28, 28]"),
+    "wrong byte count": (lambda: features_request(data=bytes(100)), grpc.StatusCode.INVALID_ARGUMENT, "needs 6272 bytes, got 100"),
+    "wrong dtype": (lambda: features_request(datatype="INT32"), grpc.StatusCode.INVALID_ARGUMENT, "datatype must be UINT8, FP16 or FP32"),
+    "huge declared batch": (lambda: features_request(shape=(2**40, 8, 28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "batch size"),
+    "huge declared side": (lambda: features_request(shape=(1, 8, 28, 2**40)), grpc.StatusCode.INVALID_ARGUMENT, "must be [N, 8, 28, 28]"),
+    "negative dimension": (lambda: features_request(shape=(1, 8, -28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
+    "missing quantization": (lambda: features_request(params={}), grpc.StatusCode.INVALID_ARGUMENT, "'scale' and 'zero_point'"),
+    "bad scale": (lambda: features_request(params={"scale": -1.0, "zero_point": 3}), grpc.StatusCode.INVALID_ARGUMENT, "scale"),
+    "nan in fp32": (lambda: features_request(datatype="FP32", data=np.full(8 * 28 * 28, np.nan, "<f4").tobytes(), params={}), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    "wrong input name": (lambda: _renamed(features_request(), "pixels"), grpc.StatusCode.INVALID_ARGUMENT, "exactly one input named 'features'"),
+    "unknown model": (lambda: features_request(model="resnet50"), grpc.StatusCode.NOT_FOUND, "unknown model 'resnet50'"),
+    "corrupt image": (lambda: image_request(b"\xff\xd8\xff\xe0 this is not a jpeg"), grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded"),
+    "oversized image bytes": (lambda: image_request(bytes(5 * 1024 * 1024)), grpc.StatusCode.INVALID_ARGUMENT, "exceeds the limit"),
+    "too many pixels": (lambda: image_request(png(5000, 4000)), grpc.StatusCode.INVALID_ARGUMENT, "pixels exceeds the limit"),
+    "truncated BYTES element": (lambda: _raw_bytes_request(struct.pack("<I", 1000) + b"abc"), grpc.StatusCode.INVALID_ARGUMENT, "declares 1000 bytes"),
+}
+
+
+def _renamed(request: pb.ModelInferRequest, name: str) -> pb.ModelInferRequest:
+    request.inputs[0].name = name
+    return request
+
+
+def _raw_bytes_request(raw: bytes) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="fer_classifier")
+    request.inputs.add(name="image", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(raw)
+    return request
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_request_is_refused_and_server_keeps_serving(stub, case: str) -> None:
+    build, code, message = CASES[case]
+    error = _refusal(stub, build())
+    assert error.code() == code
+    assert message in error.details()
+    assert stub.ModelInfer(features_request(), timeout=10).outputs[0].name == "features"
+
+
+def test_unknown_version_is_not_found_with_both_versions(stub, server) -> None:
+    request = features_request()
+    request.model_version = "deadbeefdeadbeef"
+    error = _refusal(stub, request)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert "deadbeefdeadbeef" in error.details() and server.engine.fingerprint in error.details()
+
+
+def test_request_level_quantization_parameters_are_accepted(stub) -> None:
+    request = features_request(params={})
+    set_parameters(request.parameters, {"scale": 0.05, "zero_point": 128})
+    response = stub.ModelInfer(request, timeout=10)
+    assert set(response.outputs[0].parameters) == {"scale", "zero_point"}
+
+
+def test_int64_scale_and_typed_contents_are_accepted(stub) -> None:
+    request = pb.ModelInferRequest(model_name="fer_attention")
+    tensor = request.inputs.add(name="features", datatype="FP32", shape=[1, 8, 28, 28])
+    tensor.contents.fp32_contents.extend([0.5] * (8 * 28 * 28))
+    response = stub.ModelInfer(request, timeout=10)
+    assert response.outputs[0].datatype == "FP32" and len(response.raw_output_contents[0]) == 8 * 28 * 28 * 4
+
+
+def test_stream_reports_errors_in_band_and_continues(stub) -> None:
+    requests = [features_request(), features_request(data=bytes(3)), features_request()]
+    for i, r in enumerate(requests):
+        r.id = str(i)
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=20))
+    assert [r.infer_response.id for r in replies] == ["0", "1", "2"]
+    assert [bool(r.error_message) for r in replies] == [False, True, False]
+    assert replies[1].error_message.startswith("INVALID_ARGUMENT") and "needs 6272 bytes" in replies[1].error_message
+
+
+def test_health_metadata_and_readiness(stub, server) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert stub.ServerLive(pb.ServerLiveRequest()).live and stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert stub.ModelReady(pb.ModelReadyRequest(name="fer_attention", version=server.engine.fingerprint)).ready
+    assert not stub.ModelReady(pb.ModelReadyRequest(name="fer_attention", version="other")).ready
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="fer_attention"))
+    assert meta.versions == [model_fingerprint(server.engine.model)]
+    assert list(meta.inputs[0].shape) == [-1, 8, 28, 28] and meta.inputs[0].datatype == "UINT8"
+    assert meta.parameters["class_names"].string_param.split(",")[:2] == ["angry", "disgust"]
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    channel.close()
+
+
+def test_reflection_lists_the_services(server) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    channel.close()

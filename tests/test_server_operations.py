@@ -1,0 +1,104 @@
+"""Operating the cloud service: bearer token, TLS and mutual TLS, metrics, graceful drain."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from cloud_server.engine import BatchingSettings
+from edge_client.runner import EdgeRunner
+from edge_client.transport import ClientSecurity, CloudClient
+from servers import make_certificates, start_server
+from shared_model.checkpoint import model_fingerprint
+from shared_model.protocol import pb, pb_grpc
+from test_server_errors import features_request
+
+
+def test_token_is_required_when_configured(trained_model, sample_face) -> None:
+    server = start_server(trained_model, token="s3cret")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        for call in (lambda: stub.ModelInfer(features_request(), timeout=5), lambda: stub.ServerReady(pb.ServerReadyRequest(), timeout=5)):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelInfer(features_request(), timeout=5, metadata=(("authorization", "Bearer wrong"),))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert stub.ModelInfer(features_request(), timeout=5, metadata=(("authorization", "Bearer s3cret"),)).outputs
+        good = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(trained_model), ClientSecurity(token="s3cret"), timeout_s=5)
+        assert good.healthy()
+        assert not EdgeRunner(trained_model, "split", good).classify(sample_face).fallback
+        bad = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(trained_model), timeout_s=5)
+        assert EdgeRunner(trained_model, "split", bad).classify(sample_face).fallback_reason == "unauthenticated"
+    finally:
+        channel.close()
+        server.stop_now()
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_tls_with_a_certificate_made_by_the_test(trained_model, sample_face, tmp_path: Path, mutual: bool) -> None:
+    certs = make_certificates(tmp_path)
+    server = start_server(trained_model, tls_cert=certs["server.crt"], tls_key=certs["server.key"], tls_client_ca=certs["ca.crt"] if mutual else None)
+    fingerprint = model_fingerprint(trained_model)
+    try:
+        security = ClientSecurity(certs["ca.crt"], certs["client.crt"] if mutual else None, certs["client.key"] if mutual else None)
+        client = CloudClient(f"localhost:{server.port}", fingerprint, security, timeout_s=5)
+        result = EdgeRunner(trained_model, "split", client).classify(sample_face)
+        assert result.strategy == "split" and not result.fallback
+        plain = CloudClient(f"127.0.0.1:{server.port}", fingerprint, timeout_s=2)
+        assert EdgeRunner(trained_model, "split", plain).classify(sample_face).fallback
+        if mutual:
+            no_client_cert = CloudClient(f"localhost:{server.port}", fingerprint, ClientSecurity(certs["ca.crt"]), timeout_s=2)
+            assert EdgeRunner(trained_model, "split", no_client_cert).classify(sample_face).fallback
+    finally:
+        server.stop_now()
+
+
+def test_metrics_count_requests_by_model_and_status(trained_model) -> None:
+    server = start_server(trained_model, metrics_port=0, metrics_host="127.0.0.1")
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    try:
+        stub.ModelInfer(features_request(), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            stub.ModelInfer(features_request(data=b"x"), timeout=5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        channel.close()
+        server.stop_now()
+    assert 'fer_requests_total{model="fer_attention",status="OK"} 1.0' in text
+    assert 'fer_requests_total{model="fer_attention",status="INVALID_ARGUMENT"} 1.0' in text
+    for family in ("fer_queue_seconds_bucket", "fer_compute_seconds_bucket", "fer_request_seconds_bucket", "fer_batch_size_bucket", "fer_in_flight_requests"):
+        assert family in text
+
+
+def test_drain_finishes_in_flight_requests_and_refuses_new_ones(trained_model) -> None:
+    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=500))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    outcome: dict[str, object] = {}
+
+    def slow_call() -> None:
+        try:
+            outcome["response"] = stub.ModelInfer(features_request(), timeout=10)
+        except grpc.RpcError as error:
+            outcome["error"] = error
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.15)  # the request now waits in the batch queue
+    server.drain(grace=10)
+    caller.join()
+    assert "response" in outcome, outcome.get("error")
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ModelInfer(features_request(), timeout=2)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()

@@ -1,0 +1,168 @@
+"""The split system end to end over a real gRPC server on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge_client.breaker import CircuitBreaker
+from edge_client.daemon import run_source
+from edge_client.faces import FaceDetector
+from edge_client.runner import EdgeRunner
+from edge_client.sources import Frame, Source
+from edge_client.transport import CloudClient
+from servers import start_server
+from shared_model.checkpoint import model_fingerprint
+from shared_model.preprocessing import pixels_to_tensor
+
+PROBABILITY_TOLERANCE = 0.03  # uint8 split tensor: one quantization step propagated through the tail
+
+
+def _client(server, model, **kwargs) -> CloudClient:
+    return CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(model), timeout_s=kwargs.pop("timeout_s", 5.0), **kwargs)
+
+
+def _max_difference(a: dict[str, float], b: dict[str, float]) -> float:
+    return max(abs(a[k] - b[k]) for k in a)
+
+
+@pytest.fixture
+def faces(sample_face, fer_faces):
+    return [sample_face, *fer_faces]
+
+
+def test_split_agrees_with_local(server, trained_model, faces) -> None:
+    local = EdgeRunner(trained_model)
+    split = EdgeRunner(trained_model, "split", _client(server, trained_model), timeout_s=5.0)
+    for pixels in faces:
+        ours, theirs = local.classify(pixels), split.classify(pixels)
+        assert theirs.strategy == "split" and not theirs.fallback, theirs.fallback_reason
+        assert _max_difference(ours.probabilities, theirs.probabilities) <= PROBABILITY_TOLERANCE
+        top_two = sorted(ours.probabilities.values())[-2:]
+        if top_two[1] - top_two[0] > 2 * PROBABILITY_TOLERANCE:
+            assert theirs.label == ours.label
+
+
+def test_split_in_fp32_is_exact_to_float_precision(server, trained_model, sample_face) -> None:
+    local = EdgeRunner(trained_model).classify(sample_face)
+    split = EdgeRunner(trained_model, "split", _client(server, trained_model), encoding="fp32", timeout_s=5.0).classify(sample_face)
+    assert split.strategy == "split"
+    assert _max_difference(local.probabilities, split.probabilities) < 1e-5
+    assert split.label == local.label
+
+
+@pytest.mark.parametrize("image_format", ["raw", "png", "jpeg"])
+def test_cloud_agrees_with_local(server, trained_model, faces, image_format: str) -> None:
+    local = EdgeRunner(trained_model)
+    cloud = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format=image_format, timeout_s=5.0)
+    for pixels in faces:
+        ours, theirs = local.classify(pixels), cloud.classify(pixels)
+        assert theirs.strategy == "cloud" and not theirs.fallback, theirs.fallback_reason
+        if image_format == "jpeg":  # lossy: same answer where the model is decided
+            top_two = sorted(ours.probabilities.values())[-2:]
+            if top_two[1] - top_two[0] > 0.2:
+                assert theirs.label == ours.label
+        else:
+            assert _max_difference(ours.probabilities, theirs.probabilities) < 1e-4
+            assert theirs.label == ours.label
+    assert theirs.bytes_up > 0 and theirs.latency.network >= 0
+
+
+def test_raw_cloud_request_carries_the_papers_150_kb(server, trained_model, sample_face) -> None:
+    result = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format="raw", timeout_s=5.0).classify(sample_face)
+    assert 224 * 224 * 3 <= result.bytes_up < 224 * 224 * 3 + 200
+
+
+def test_version_mismatch_is_refused_and_answered_locally(server, trained_model, sample_face) -> None:
+    client = CloudClient(f"127.0.0.1:{server.port}", "0123456789abcdef", timeout_s=5.0)
+    result = EdgeRunner(trained_model, "split", client).classify(sample_face)
+    assert result.fallback and result.fallback_reason == "version_mismatch"
+    assert result.strategy == "edge"
+    assert result.label == EdgeRunner(trained_model).classify(sample_face).label
+
+
+def test_unreachable_cloud_is_answered_locally_within_the_deadline(trained_model, sample_face) -> None:
+    client = CloudClient("127.0.0.1:9", model_fingerprint(trained_model), timeout_s=0.3)
+    runner = EdgeRunner(trained_model, "split", client, CircuitBreaker(failure_threshold=2, reset_timeout_s=60), timeout_s=0.3)
+    results = [runner.classify(sample_face) for _ in range(4)]
+    assert [r.fallback_reason for r in results] == ["unavailable", "unavailable", "circuit_open", "circuit_open"]
+    assert all(r.latency.total < 5000 for r in results)
+
+
+def _video_frames(image: np.ndarray, count: int, actions: dict[int, callable]) -> Source:
+    def frames():
+        for index in range(count):
+            if index in actions:
+                actions[index]()
+            yield Frame("video", index, image)
+
+    return Source("video", frames(), True, count)
+
+
+def test_server_killed_mid_stream_then_back(trained_model, sample_face) -> None:
+    """Every frame gets exactly one result; local while the server is gone; the cloud again once it returns."""
+    first = start_server(trained_model)
+    port = first.port
+    servers = [first]
+
+    def kill() -> None:
+        first.stop_now()
+
+    def restart() -> None:
+        servers.append(start_server(trained_model, port=port))
+        time.sleep(0.3)  # let the breaker's reset time pass
+
+    face = np.ascontiguousarray(sample_face)
+    client = CloudClient(f"127.0.0.1:{port}", model_fingerprint(trained_model), timeout_s=2.0)
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=0.2, probe=lambda: client.healthy(0.5))
+    runner = EdgeRunner(trained_model, "split", client, breaker, timeout_s=2.0, use_stream=True)
+    source = _video_frames(face, 24, {6: kill, 14: restart})
+    try:
+        records = list(run_source(source, FaceDetector(whole_image=True), runner))
+    finally:
+        client.close()
+        for s in servers:
+            s.stop_now()
+    assert [r["frame"] for r in records] == list(range(24))
+    before, during, after = records[:6], records[6:14], records[16:]
+    assert all(r["strategy"] == "split" and not r["fallback"] for r in before)
+    assert all(r["fallback"] and r["strategy"] == "edge" for r in during)
+    assert {r["fallback_reason"] for r in during} <= {"unavailable", "circuit_open", "cancelled", "timeout"}
+    assert all(r["strategy"] == "split" and not r["fallback"] for r in after), [(r["frame"], r["fallback_reason"]) for r in records]
+    labels = {r["label"] for r in records}
+    assert len(labels) == 1
+
+
+def test_concurrent_clients_are_batched_and_all_answered(trained_model, sample_face) -> None:
+    from cloud_server.engine import BatchingSettings
+
+    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=20))
+    client = _client(server, trained_model)
+    with torch.no_grad():
+        z = trained_model.head(pixels_to_tensor(sample_face))
+    sizes, errors = [], []
+
+    def call() -> None:
+        try:
+            response = client.stub.ModelInfer(client.attention_request(z), timeout=10)
+            sizes.append(response.parameters["batch_size"].int64_param)
+        except Exception as error:  # collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        client.close()
+        server.stop_now()
+    assert not errors and len(sizes) == 8
+    assert max(sizes) > 1
