@@ -75,6 +75,11 @@ class LinePlan:
 
 @lru_cache(maxsize=64)
 def line_plan(directions: tuple[str, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> LinePlan:
+    with torch.inference_mode(False):  # cached: must stay usable outside inference mode
+        return _build_line_plan(directions, height, width, device, dtype)
+
+
+def _build_line_plan(directions: tuple[str, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> LinePlan:
     matrices, indices, offset = [], [], 0
     for direction in directions:
         index, count = line_index(direction, height, width)

@@ -71,8 +71,9 @@ def _channel_weights(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Tensor:
-    rows = [lowpass_mean_weights(wavelet, level, height, width, backend).expand(size, -1) for level, size in zip(levels, sizes)]
-    return torch.cat(rows).to(device=device, dtype=dtype)
+    with torch.inference_mode(False):  # cached: must stay usable outside inference mode
+        rows = [lowpass_mean_weights(wavelet, level, height, width, backend).expand(size, -1) for level, size in zip(levels, sizes)]
+        return torch.cat(rows).to(device=device, dtype=dtype)
 
 
 class ScalableFrequencyPooling(nn.Module):

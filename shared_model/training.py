@@ -146,7 +146,8 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_
     if settings.recipe == "paper":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.step_epochs * steps_per_epoch, gamma=0.1)
     total = len(settings.epoch_sizes()) * steps_per_epoch
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total, pct_start=0.25)
+    # At least two warm-up steps: OneCycleLR divides by zero on shorter warm-ups (tiny runs).
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total, pct_start=max(0.25, 2.0 / total))
 
 
 def _seed_everything(seed: int) -> torch.Generator:

@@ -91,7 +91,7 @@ def lowpass_mean_weights(wavelet: str, level: int, height: int, width: int, back
     size by transforming the pixel basis with the chosen DWT library. Pooling
     then costs one multiply-add per pixel instead of a DWT per request.
     """
-    with torch.inference_mode():
+    with torch.inference_mode(False), torch.no_grad():  # cached: must stay usable outside inference mode
         basis = torch.eye(height * width, dtype=torch.float64).view(height * width, 1, height, width)
         band = lowpass_cascade(basis, wavelet, level, backend)[-1]
         return band.mean(dim=(1, 2, 3)).clone()

@@ -78,3 +78,12 @@ def test_config_round_trips_through_json() -> None:
 def test_invalid_configs_are_refused(changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**changes)
+
+
+def test_model_used_in_inference_mode_still_trains() -> None:
+    """Cached pooling tensors built under inference_mode must not poison later autograd."""
+    model = FERNet()
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 3, 48, 48))
+    model.train()(torch.randn(2, 3, 48, 48)).sum().backward()
+    assert model.cloud.attention["sfp"].fc.weight.grad is not None

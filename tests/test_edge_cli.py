@@ -1,0 +1,103 @@
+"""The edge daemon and the cloud CLI as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_client.cli import main as edge_main
+from edge_client.cli import sample_image
+
+
+def _records(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+
+def test_sample_photo_locally(capsys) -> None:
+    assert edge_main(["run", str(sample_image()), "--json", "--threads", "1"]) == 0
+    [record] = _records(capsys)
+    assert record["strategy"] == "edge" and not record["fallback"]
+    assert record["box"] == [177, 67, 93, 93]
+    assert record["label"] in record["probabilities"] and abs(sum(record["probabilities"].values()) - 1) < 1e-3
+    assert set(record["latency"]) == {"head", "encode", "network", "server", "tail", "total"}
+
+
+def test_folder_with_a_corrupt_image_loses_nothing(tmp_path: Path, capsys) -> None:
+    shutil.copy(sample_image(), tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    cv2.imwrite(str(tmp_path / "c.png"), np.full((64, 64), 40, np.uint8))  # no face in it
+    assert edge_main(["run", str(tmp_path), "--json", "--no-progress"]) == 0
+    records = _records(capsys)
+    assert [Path(r["source"]).name for r in records] == ["a.png", "b.jpg", "c.png"]
+    assert records[0]["label"] and records[0]["error"] is None
+    assert "cannot decode" in records[1]["error"] and records[1]["label"] is None
+    assert records[2]["error"] == "no face found"
+
+
+def test_split_over_the_cloud_with_the_cli(server, capsys) -> None:
+    assert edge_main(["run", str(sample_image()), "--cloud", f"127.0.0.1:{server.port}", "--strategy", "split", "--json"]) == 0
+    [record] = _records(capsys)
+    assert record["strategy"] == "split" and not record["fallback"] and record["bytes_up"] > 6272
+
+
+def test_video_with_annotation_gives_one_record_per_frame(server, tmp_path: Path, capsys) -> None:
+    image = cv2.imread(str(sample_image()))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (image.shape[1], image.shape[0]))
+    for _ in range(5):
+        writer.write(image)
+    writer.release()
+    out = tmp_path / "annotated.avi"
+    assert edge_main(["run", str(video), "--cloud", f"127.0.0.1:{server.port}", "--json", "--annotate", str(out), "--no-progress"]) == 0
+    records = _records(capsys)
+    assert [r["frame"] for r in records] == [0, 1, 2, 3, 4]
+    assert all(r["strategy"] == "split" for r in records)
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+
+
+def test_missing_source_and_strategy_without_cloud_are_clear_errors(capsys) -> None:
+    assert edge_main(["run", "/no/such/file.jpg"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert edge_main(["run", str(sample_image()), "--strategy", "split"]) == 2
+    assert "needs --cloud" in capsys.readouterr().err
+
+
+def test_fer_cloud_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cloud_server.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() is not None else "timeout"
+            time.sleep(0.1)
+        port = json.loads(ready.read_text())["port"]
+        done = subprocess.run([sys.executable, "-m", "edge_client.cli", "run", str(sample_image()), "--cloud", f"127.0.0.1:{port}", "--json"], capture_output=True, text=True, timeout=120)
+        assert json.loads(done.stdout)["strategy"] == "split"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    assert '"event": "stopped"' in out
+
+
+@pytest.mark.parametrize("command", ["fer-edge", "fer-cloud", "fer-bench", "fer-train"])
+def test_every_command_explains_itself(command: str) -> None:
+    module = {"fer-edge": "edge_client.cli", "fer-cloud": "cloud_server.cli", "fer-bench": "bench.cli", "fer-train": "shared_model.cli"}[command]
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert done.returncode == 0 and "usage:" in done.stdout and "examples:" in done.stdout
