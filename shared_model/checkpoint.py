@@ -8,6 +8,7 @@ Edge and cloud must hold the same one.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -75,7 +76,8 @@ def save_checkpoint(model: FERNet, path: str | Path, provenance: Mapping[str, An
         "config": model.config.to_dict(),
         "class_names": list(model.config.class_names),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "provenance": dict(provenance or {}),
+        # Plain JSON values only, so that weights_only loading accepts the file.
+        "provenance": json.loads(json.dumps(dict(provenance or {}), default=str)),
         "fingerprint": model_fingerprint(model),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")

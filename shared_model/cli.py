@@ -96,7 +96,7 @@ def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) 
         "train_images": len(train),
         "validation_split": args.val_split,
         "validation_images": len(val),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
     }
 

@@ -146,3 +146,22 @@ def test_eval_cli_reports_json_accuracy(small_folder: Path, tmp_path: Path, caps
     assert 0 <= report["accuracy"] <= 1 and report["count"] == 28
     assert sum(map(sum, report["confusion_matrix"])) == 28
     assert plot.stat().st_size > 0
+
+
+def test_finetune_replaces_the_output_layer_for_new_classes(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("contempt", "joy", "calm"):
+            (tmp_path / "other" / split / name).mkdir(parents=True)
+            for i in range(4):
+                cv2.imwrite(str(tmp_path / "other" / split / name / f"{i}.png"), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    start = save_checkpoint(FERNet(), tmp_path / "start.pt")
+    out = tmp_path / "finetuned"
+    code = train_main(["finetune", "--data", str(tmp_path / "other"), "--weights", str(start), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--max-steps-per-epoch", "1"])
+    assert code == 0
+    checkpoint = load_checkpoint(out / "best.pt")
+    assert checkpoint.class_names == ("calm", "contempt", "joy")
+    assert checkpoint.state_dict["tail.fc.weight"].shape == (3, 1024)
+    assert checkpoint.provenance["recipe"]["lr"] == 0.001 and checkpoint.provenance["finetuned_from"]
