@@ -1,0 +1,54 @@
+"""The benchmarks run end to end on tiny sweeps (their numbers come from real runs, not from here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main as bench_main
+from bench.network import transfer_floor_ms
+from bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
+
+
+def test_transfer_floor_counts_both_directions_less_the_burst() -> None:
+    spec = LinkSpec(200_000, rtt_ms=10)
+    assert transfer_floor_ms(0, 0, spec) == 0
+    expected = ((6374 - TBF_BURST_BYTES) + (6447 - TBF_BURST_BYTES)) / 200_000 * 1000 + 10
+    assert transfer_floor_ms(6374, 6447, spec) == pytest.approx(expected)
+
+
+def test_model_benchmark_writes_table_files(tmp_path: Path, capsys) -> None:
+    assert bench_main(["model", "--runs", "2", "--warmup", "1", "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    names = [r["config"] for r in records]
+    assert names[:2] == ["backbone", "backbone"] and "backbone+asp+sfp" in names
+    full = next(r for r in records if r["config"] == "backbone+asp+sfp")
+    assert full["split_bytes"] == {"fp32": 25088, "fp16": 12544, "uint8": 6272}
+    assert all(r["params"] > 1_200_000 and r["macs"] > 0 and r["latency_ms"] > 0 for r in records)
+    assert {p.name for p in tmp_path.iterdir()} == {"model.csv", "model.json", "model_latency.png"}
+
+
+def test_network_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
+    shapers = "proxy" if netns_unavailable_reason() else "proxy,netns"
+    code = bench_main(["network", "--shapers", shapers, "--profiles", "laptop", "--bandwidths", "500", "--strategies", "edge,split-uint8,cloud-jpeg", "--requests", "2", "--out", str(tmp_path), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    points = report["points"]
+    assert len(points) == 3 * len(shapers.split(","))
+    split = [p for p in points if p["strategy"] == "split-uint8"]
+    assert all(6272 < p["bytes_up"] < 6600 and p["fallbacks"] == 0 and p["floor_ms"] > 0 for p in split)
+    edge = [p for p in points if p["strategy"] == "edge"]
+    assert all(p["bytes_up"] == 0 and p["network_ms"] == 0 for p in edge)
+    assert report["compute_ms"]["laptop"]["whole_ms"] > 0
+    assert (tmp_path / "network.png").stat().st_size > 0 and (tmp_path / "network.csv").exists()
+
+
+def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
+    assert bench_main(["server", "--concurrency", "1,4", "--seconds", "0.5", "--out", str(tmp_path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [(r["batching"], r["concurrency"]) for r in records] == [(True, 1), (True, 4), (False, 1), (False, 4)]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in records)
+    assert all(r["mean_batch_size"] == 1.0 for r in records if not r["batching"])
+    assert (tmp_path / "server.png").stat().st_size > 0
