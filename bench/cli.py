@@ -45,20 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
 
     network = commands.add_parser("network", help="end-to-end latency of each strategy under throttled bandwidth (the paper's Figure 8)", formatter_class=defaults)
-    network.add_argument("--bandwidths", type=_floats, default=tuple(float(v) for v in range(200, 1001, 100)), help="KB/s per direction (KB = 1000 bytes), comma-separated")
-    network.add_argument("--strategies", type=_names, default=DEFAULT_STRATEGIES, help=f"comma-separated, from {', '.join(STRATEGIES)}")
-    network.add_argument("--shapers", type=_names, default=tuple(SHAPERS), help="netns (tc in a network namespace; root) and/or proxy (userspace token bucket)")
-    network.add_argument("--profiles", type=_names, default=tuple(PROFILES), help="laptop (all cores) and/or phone (1 thread, cgroup quota of half a core)")
+    network.add_argument("--bandwidths", type=_floats, default=",".join(str(v) for v in range(200, 1001, 100)), help="KB/s per direction (KB = 1000 bytes), comma-separated")
+    network.add_argument("--strategies", type=_names, default=",".join(DEFAULT_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    network.add_argument("--shapers", type=_names, default=",".join(SHAPERS), help="netns (tc in a network namespace; root) and/or proxy (userspace token bucket)")
+    network.add_argument("--profiles", type=_names, default=",".join(PROFILES), help="laptop (all cores) and/or phone (1 thread, cgroup quota of half a core)")
     network.add_argument("--requests", type=int, default=10, help="timed requests per strategy and bandwidth (after 2 warm-up)")
     network.add_argument("--rtt-ms", type=float, default=0.0, help="added round-trip time")
     network.add_argument("--loss", type=float, default=0.0, help="packet loss in percent, each direction (netns shaper only)")
     network.add_argument("--cloud-threads", type=int, default=1, help="CPU threads of the cloud process")
-    network.add_argument("--weights", help="checkpoint for edge and cloud (default: the shipped weights)")
+    network.add_argument("--weights", help="checkpoint for edge and cloud; the shipped weights when omitted")
     network.add_argument("--out", type=Path, default=Path("results/network"))
     network.add_argument("--json", action="store_true")
 
     server = commands.add_parser("server", help="throughput and latency of fer_attention across concurrency, batching on and off", formatter_class=defaults)
-    server.add_argument("--concurrency", type=_ints, default=(1, 2, 4, 8, 16, 32, 64), help="closed-loop clients, comma-separated")
+    server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients, comma-separated")
     server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point")
     server.add_argument("--max-batch-size", type=int, default=32)
     server.add_argument("--max-queue-delay-ms", type=float, default=2.0)
@@ -91,8 +91,14 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _network(args: argparse.Namespace) -> int:
-    from .network import NetworkSettings, format_table, plot, record_dicts, run_network_benchmark
+    from .network import PROFILES, SHAPERS, STRATEGIES, NetworkSettings, format_table, plot, record_dicts, run_network_benchmark
+    from .shaping import ShaperError
 
+    unknown = [n for n in (*args.strategies, *args.shapers, *args.profiles) if n not in {*STRATEGIES, *SHAPERS, *PROFILES}]
+    if unknown:
+        raise ValueError(f"unknown strategy, shaper or profile: {', '.join(unknown)}")
+    if args.loss and "proxy" in args.shapers:
+        raise ShaperError("--loss needs the netns shaper: the userspace proxy sits above TCP and cannot drop packets")
     settings = NetworkSettings(args.bandwidths, args.strategies, args.shapers, args.profiles, args.requests, args.rtt_ms, args.loss, args.cloud_threads, weights=args.weights)
     records, compute = run_network_benchmark(settings)
     rows = record_dicts(records)
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"model": _model, "network": _network, "server": _server}[args.command](args)
-    except (ShaperError, RuntimeError, KeyError) as error:
+    except (ShaperError, RuntimeError, ValueError) as error:
         print(f"fer-bench: error: {error}", file=sys.stderr)
         return 2
 

@@ -5,7 +5,7 @@ Two recipes:
 - ``paper``: the paper's recipe (SGD momentum 0.9, batch 128, learning rate 0.1
   divided by 10 every 30 epochs, 100 epochs at 224x224).
 - ``progressive`` (default): a one-cycle SGD schedule over phases of increasing
-  input size, e.g. ``112:26,224:1``: most epochs at low resolution (FER2013 faces
+  input size, e.g. ``112:21,224:1``: most epochs at low resolution (FER2013 faces
   are 48x48, so 112 loses nothing), the last ones at 224, the size the split
   needs, so BatchNorm and filters settle at the deployed scale.
 
@@ -50,7 +50,7 @@ class Phase:
 
 
 def parse_schedule(text: str) -> list[Phase]:
-    """``"112:26,224:1"`` -> 26 epochs at 112x112, then 1 at 224x224."""
+    """``"112:21,224:1"`` -> 21 epochs at 112x112, then 1 at 224x224."""
     phases = []
     for part in text.split(","):
         try:
@@ -66,7 +66,7 @@ def parse_schedule(text: str) -> list[Phase]:
 @dataclass
 class TrainSettings:
     recipe: str = "progressive"
-    schedule: str = "112:26,224:1"
+    schedule: str = "112:21,224:1"
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9
@@ -230,6 +230,11 @@ def fit(
     state = TrainState()
     if resume and (out_dir / STATE_FILE).exists():
         state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator)
+        if getattr(scheduler, "total_steps", None) not in (None, len(epoch_sizes) * steps_per_epoch):
+            # Resumed with another --schedule: re-plan the rest of the learning-rate curve.
+            scheduler = _scheduler(optimizer, settings, steps_per_epoch)
+            for _ in range(state.epoch * steps_per_epoch):
+                scheduler.step()
     final_size = epoch_sizes[-1]
     for epoch in range(state.epoch + 1, len(epoch_sizes) + 1):
         size = epoch_sizes[epoch - 1]

@@ -165,3 +165,13 @@ def test_finetune_replaces_the_output_layer_for_new_classes(tmp_path: Path) -> N
     assert checkpoint.class_names == ("calm", "contempt", "joy")
     assert checkpoint.state_dict["tail.fc.weight"].shape == (3, 1024)
     assert checkpoint.provenance["recipe"]["lr"] == 0.001 and checkpoint.provenance["finetuned_from"]
+
+
+def test_resume_with_a_longer_schedule_replans_the_learning_rate(small_folder: Path, tmp_path: Path) -> None:
+    train = load_image_folder(small_folder / "train", progress=False)
+    val = load_image_folder(small_folder / "public_test", progress=False)
+    out = tmp_path / "run"
+    fit(FERNet(), train, val, out, TrainSettings(schedule="48:2", batch_size=8, max_steps_per_epoch=2), progress=False)
+    longer = fit(FERNet(), train, val, out, TrainSettings(schedule="48:4", batch_size=8, max_steps_per_epoch=2), resume=True, progress=False)
+    assert [r.epoch for r in longer.history] == [1, 2, 3, 4]
+    assert longer.history[2].lr > 1e-3  # the old one-cycle curve had ended (near 0) after epoch 2
