@@ -124,7 +124,15 @@ class NetnsLink:
         _run([*prefix, "tc", "qdisc", "add", "dev", device, "root", "handle", "1:", *tbf])
         if spec.rtt_ms > 0 or spec.loss_percent > 0:
             netem = ["netem", "delay", f"{spec.rtt_ms / 2:.3f}ms", "loss", f"{spec.loss_percent}%", "limit", "100000"]
-            _run([*prefix, "tc", "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:", *netem])
+            try:
+                _run([*prefix, "tc", "qdisc", "add", "dev", device, "parent", "1:1", "handle", "10:", *netem])
+            except ShaperError as error:
+                if "unknown" in str(error):
+                    raise ShaperError(
+                        "this kernel has no netem qdisc (sch_netem), which added RTT and loss need in the netns "
+                        "shaper; the proxy shaper adds RTT in userspace (no loss)"
+                    ) from None
+                raise
 
     def popen(self, command: list[str], **kwargs: object) -> subprocess.Popen:
         """Start a process inside the cloud's namespace."""

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
-    run.add_argument("--cloud", help="cloud address host:port; without it everything runs locally")
+    run.add_argument("--cloud", help="cloud address host:port, several replicas as ip:port,ip:port (round robin), or dns:///name:port; without it everything runs locally")
     run.add_argument("--strategy", choices=STRATEGIES, default=None, help="edge, cloud or split (default: split with --cloud, else edge)")
     run.add_argument("--whole-image", action="store_true", help="treat each image as one pre-cropped face (no detection)")
     run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
@@ -87,7 +87,8 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
     if cloud and strategy != EDGE:
         security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.tls_server_name)
         client = CloudClient(cloud, model_fingerprint(model), security, args.timeout_ms / 1000)
-    breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=client.healthy if client else None)
+    probe_timeout = min(0.25, args.timeout_ms / 1000)  # a probe delays one locally answered face at most this long
+    breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
     return EdgeRunner(model, strategy, client, breaker, args.encoding, args.image_format, timeout_s=args.timeout_ms / 1000, use_stream=use_stream)
 
 

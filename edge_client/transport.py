@@ -8,6 +8,7 @@ runner reports as the fallback reason.
 from __future__ import annotations
 
 import itertools
+import json
 import queue
 import threading
 import time
@@ -70,6 +71,32 @@ def remote_error(error: grpc.RpcError) -> RemoteError:
     return RemoteError(_reason(code, detail), detail)
 
 
+# Round-robin over every address the target resolves to; a call that meets an
+# unavailable replica is retried (on another one), other errors are not.
+SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{"service": SERVICE_NAME}],
+        "retryPolicy": {
+            "maxAttempts": 3,
+            "initialBackoff": "0.01s",
+            "maxBackoff": "0.1s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
+
+def channel_target(target: str) -> str:
+    """gRPC target for ``host:port``, ``ip:port,ip:port,...`` (several replicas) or a URI such as ``dns:///name:port``."""
+    if "," not in target or ":///" in target or target.startswith(("ipv4:", "ipv6:")):
+        return target
+    addresses = [a.strip() for a in target.split(",") if a.strip()]
+    scheme = "ipv6" if any(a.startswith("[") for a in addresses) else "ipv4"
+    return f"{scheme}:{','.join(addresses)}"
+
+
 @dataclass
 class RemoteCall:
     """What a remote call returned and what it cost."""
@@ -111,7 +138,8 @@ class CloudClient:
         self.security = security or ClientSecurity()
         options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-            ("grpc.enable_retries", 0),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
             # Reconnect promptly when a server comes back (gRPC's default backoff grows to minutes).
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
@@ -120,7 +148,8 @@ class CloudClient:
         if self.security.server_name:
             options.append(("grpc.ssl_target_name_override", self.security.server_name))
         credentials = self.security.channel_credentials()
-        self.channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        address = channel_target(target)
+        self.channel = grpc.secure_channel(address, credentials, options) if credentials else grpc.insecure_channel(address, options)
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._ids = itertools.count()
@@ -133,7 +162,9 @@ class CloudClient:
     def healthy(self, timeout_s: float | None = None) -> bool:
         """The standard health check (used by the circuit breaker's probe)."""
         try:
-            reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout_s or self.timeout_s)
+            reply = self.health_stub.Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout_s or self.timeout_s, wait_for_ready=True
+            )
         except grpc.RpcError:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
