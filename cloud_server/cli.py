@@ -25,6 +25,7 @@ EXAMPLES = """examples:
   fer-cloud serve --port 0 --ready-file /tmp/port   # any free port, written to the file when ready
   fer-cloud serve --max-batch-size 32 --max-queue-delay-ms 2 --metrics-port 9090
   fer-cloud serve --tls-cert server.crt --tls-key server.key --token "$FER_TOKEN"
+  fer-cloud health 127.0.0.1:8001                   # exit 0 when SERVING (container health checks)
 """
 
 
@@ -54,7 +55,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connection-age-s", type=float, help="close connections after this long so load balancers rebalance")
     serve.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
     serve.add_argument("--log-level", default="INFO")
+    health = commands.add_parser("health", help="ask a running service's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1); for container health checks")
+    health.add_argument("address", nargs="?", default="127.0.0.1:8001", help="host:port of the service")
+    health.add_argument("--timeout-s", type=float, default=3.0)
     return parser
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from shared_model.protocol import SERVICE_NAME
+
+    with grpc.insecure_channel(args.address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=args.timeout_s)
+        except grpc.RpcError as error:
+            print(f"{args.address}: {error.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,6 +114,8 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.command == "health":
+        return _health(args)
     try:
         return _serve(args)
     except (CheckpointError, ValueError, OSError) as error:

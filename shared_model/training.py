@@ -20,6 +20,7 @@ import csv
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -233,8 +234,10 @@ def fit(
         if getattr(scheduler, "total_steps", None) not in (None, len(epoch_sizes) * steps_per_epoch):
             # Resumed with another --schedule: re-plan the rest of the learning-rate curve.
             scheduler = _scheduler(optimizer, settings, steps_per_epoch)
-            for _ in range(state.epoch * steps_per_epoch):
-                scheduler.step()
+            with warnings.catch_warnings():  # stepping a fresh scheduler forward without training is the point here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(state.epoch * steps_per_epoch):
+                    scheduler.step()
     final_size = epoch_sizes[-1]
     for epoch in range(state.epoch + 1, len(epoch_sizes) + 1):
         size = epoch_sizes[epoch - 1]

@@ -85,6 +85,8 @@ def test_fer_cloud_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
             assert process.poll() is None and time.monotonic() < deadline, process.stderr.read() if process.poll() is not None else "timeout"
             time.sleep(0.1)
         port = json.loads(ready.read_text())["port"]
+        health = subprocess.run([sys.executable, "-m", "cloud_server.cli", "health", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0 and "SERVING" in health.stdout
         done = subprocess.run([sys.executable, "-m", "edge_client.cli", "run", str(sample_image()), "--cloud", f"127.0.0.1:{port}", "--json"], capture_output=True, text=True, timeout=120)
         assert json.loads(done.stdout)["strategy"] == "split"
         process.send_signal(signal.SIGTERM)
@@ -94,6 +96,8 @@ def test_fer_cloud_serves_then_drains_on_sigterm(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 0
     assert '"event": "stopped"' in out
+    gone = subprocess.run([sys.executable, "-m", "cloud_server.cli", "health", f"127.0.0.1:{port}", "--timeout-s", "1"], capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1
 
 
 @pytest.mark.parametrize("command", ["fer-edge", "fer-cloud", "fer-bench", "fer-train"])
