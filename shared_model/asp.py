@@ -115,7 +115,7 @@ class ArbitraryOrientedSpatialPooling(nn.Module):
 
     def attention(self, x: Tensor) -> Tensor:
         """The spatial attention map, shape (N, 1, H, W), values in (0, 1)."""
-        batch, _, height, width = x.shape
+        batch, height, width = x.shape[0], int(x.shape[2]), int(x.shape[3])  # int(): constant under export tracing
         plan = line_plan(self.directions, height, width, x.device, x.dtype)
         pooled = (x.flatten(2) @ plan.mean_matrix).unsqueeze(-1)  # (N, C, lines, 1)
         logits = []

@@ -27,6 +27,7 @@ EXAMPLES = """examples:
   fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
   fer-train eval --data fer2013.csv --split public_test --json
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
+  fer-train export --out exported/        # ONNX + TorchScript of head, cloud, tail, whole; Triton repository
 """
 
 
@@ -80,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainSettings(lr=0.001, schedule="224:10", label_smoothing=0.0)
     _add_training_arguments(finetune_parser, defaults)
     finetune_parser.set_defaults(val_split="val")
+
+    export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository for fer_attention", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
+    export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, model.json and triton/")
+    export_parser.add_argument("--parts", default="cloud,head,tail,whole", help="comma-separated: cloud, head, tail, whole")
+    export_parser.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
+    export_parser.add_argument("--no-triton", action="store_true", help="skip the Triton model repository")
     return parser
 
 
@@ -188,10 +196,29 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import FORMATS, PARTS, ExportError, export_all
+
+    parts, formats = tuple(args.parts.split(",")), tuple(args.formats.split(","))
+    unknown = [p for p in parts if p not in PARTS] + [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown parts or formats: {', '.join(unknown)}")
+    checkpoint = load_checkpoint(args.weights) if args.weights else load_model()[1]
+    try:
+        exported = export_all(checkpoint, args.out, parts, formats, triton=not args.no_triton)
+    except ExportError as error:
+        raise ValueError(str(error)) from None
+    for item in exported:
+        print(f"{item.path}  ({item.part}, {item.format}, max |difference| from PyTorch {item.max_abs_error:.2e})")
+    if not args.no_triton and "cloud" in parts and "onnx" in formats:
+        print(f"{args.out / 'triton'}  (Triton model repository: fer_attention, dynamic batching)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune}
+    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune, "export": _run_export}
     try:
         return handlers[args.command](args)
     except (DatasetError, CheckpointError, ValueError) as error:

@@ -53,7 +53,8 @@ class FrequencyGroupPool(nn.Module):
         return _channel_weights(self.wavelet, self.levels, tuple(self.sizes), height, width, self.backend, device, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = self.channel_weights(x.shape[-2], x.shape[-1], x.device, x.dtype)
+        # int(): under tracing (ONNX/TorchScript export) sizes are tensors; the weights are constants.
+        weights = self.channel_weights(int(x.shape[-2]), int(x.shape[-1]), x.device, x.dtype)
         return (x.flatten(2) * weights).sum(dim=-1)
 
     def extra_repr(self) -> str:
