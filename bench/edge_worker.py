@@ -23,7 +23,8 @@ from edge_client.cli import sample_image
 from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
 from edge_client.transport import CloudClient
-from shared_model.checkpoint import load_model, model_fingerprint
+from edge_client.backends import TorchBackend
+from shared_model.checkpoint import load_model
 from shared_model.preprocessing import pixels_to_tensor, prepare_face
 
 
@@ -31,7 +32,8 @@ class EdgeWorker:
     def __init__(self, threads: int, weights: str | None = None) -> None:
         torch.set_num_threads(threads)
         self.model, _ = load_model(weights)
-        self.fingerprint = model_fingerprint(self.model)
+        self.backend = TorchBackend(self.model)
+        self.fingerprint = self.backend.fingerprint
         image = cv2.imread(str(sample_image()))
         box = FaceDetector().detect(image)[0]
         self.pixels = prepare_face(FaceDetector.crop(image, box), self.model.config.input_size)
@@ -56,7 +58,7 @@ class EdgeWorker:
         client = CloudClient(command["target"], self.fingerprint, timeout_s=timeout) if command["strategy"] != "edge" else None
         breaker = CircuitBreaker(failure_threshold=10**9)  # measure every request, never skip the cloud
         runner = EdgeRunner(
-            self.model, command["strategy"], client, breaker,
+            self.backend, command["strategy"], client, breaker,
             encoding=command.get("encoding", "uint8"), image_format=command.get("image_format", "jpeg"), timeout_s=timeout,
         )
         try:

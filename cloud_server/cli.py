@@ -12,7 +12,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as missing:  # the base install is the torch-free edge
+    raise SystemExit("fer-cloud needs PyTorch: pip install 'fer-split[full]'") from missing
 
 from shared_model.checkpoint import CheckpointError, load_model
 
@@ -113,7 +116,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command == "health":
         return _health(args)
     try:

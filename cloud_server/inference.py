@@ -141,7 +141,7 @@ def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: L
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
     scale, zero_point = _quantization(tensor, request) if encoding == codec.UINT8 else (None, None)
     try:
-        return codec.decode_bytes(data, shape, encoding, scale, zero_point), encoding
+        return torch.from_numpy(codec.decode_bytes(data, shape, encoding, scale, zero_point)), encoding
     except codec.CodecError as error:
         raise invalid(f"input {FEATURES!r}: {error}") from None
 

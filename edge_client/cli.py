@@ -16,12 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import torch
 from tqdm import tqdm
 
-from shared_model.checkpoint import CheckpointError, load_model, model_fingerprint
 from shared_model.preprocessing import prepare_face
 
+from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
 from .daemon import AnnotatedWriter, run_source
 from .faces import FaceDetector
@@ -46,6 +45,8 @@ def sample_image() -> Path:
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights); must match the cloud's")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="run the edge partitions with PyTorch, or with ONNX Runtime (no torch needed)")
+    parser.add_argument("--onnx-dir", type=Path, help="with --runtime onnx: a folder from `fer-train export` (default: the shipped export of the default weights)")
     parser.add_argument("--encoding", choices=("uint8", "fp16", "fp32"), default="uint8", help="split tensor encoding on the wire")
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg", help="what the cloud strategy sends: JPEG, PNG or raw 224x224x3 pixels (the paper's 150.5 KB)")
     parser.add_argument("--timeout-ms", type=float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
@@ -81,15 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, model: Any = None, use_stream: bool = False) -> EdgeRunner:
-    if model is None:
-        model, _ = load_model(args.weights)
+    backend: Backend = as_backend(model) if model is not None else load_backend(args.runtime, args.weights, args.onnx_dir, args.threads)
     client = None
     if cloud and strategy != EDGE:
         security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.tls_server_name)
-        client = CloudClient(cloud, model_fingerprint(model), security, args.timeout_ms / 1000)
+        client = CloudClient(cloud, backend.fingerprint, security, args.timeout_ms / 1000)
     probe_timeout = min(0.25, args.timeout_ms / 1000)  # a probe delays one locally answered face at most this long
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
-    return EdgeRunner(model, strategy, client, breaker, args.encoding, args.image_format, timeout_s=args.timeout_ms / 1000, use_stream=use_stream)
+    return EdgeRunner(backend, strategy, client, breaker, args.encoding, args.image_format, timeout_s=args.timeout_ms / 1000, use_stream=use_stream)
 
 
 def _human(record: dict[str, Any]) -> str:
@@ -101,7 +101,6 @@ def _human(record: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
     strategy = args.strategy or ("split" if args.cloud else EDGE)
     if strategy != EDGE and not args.cloud:
         raise ValueError(f"--strategy {strategy} needs --cloud HOST:PORT")
@@ -148,6 +147,10 @@ DEMO_VARIANTS = (("edge", "edge", {}), ("cloud (JPEG)", "cloud", {"image_format"
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from shared_model.checkpoint import load_model
+
     torch.set_num_threads(args.threads)
     image_path = args.image or sample_image()
     frame = next(open_source(str(image_path)).frames)
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": _run, "demo": _demo}[args.command](args)
-    except (SourceError, CheckpointError, RemoteError, ValueError, RuntimeError, FileNotFoundError) as error:
+    except (SourceError, RemoteError, ValueError, RuntimeError, FileNotFoundError, ImportError) as error:
         print(f"fer-edge: error: {error}", file=sys.stderr)
         return 2
 

@@ -33,7 +33,7 @@ def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner) -> tu
         return [{**base, "face": None, "box": None, "label": None, "error": "no face found"}], []
     records, annotations = [], []
     for number, box in enumerate(boxes):
-        pixels = prepare_face(FaceDetector.crop(frame.image, box), runner.model.config.input_size)
+        pixels = prepare_face(FaceDetector.crop(frame.image, box), runner.config.input_size)
         result = runner.classify(pixels)
         records.append({**base, "face": number, "box": box.to_list(), **result.to_dict(), "error": None})
         confidence = result.probabilities[result.label]

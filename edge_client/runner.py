@@ -16,13 +16,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
 
 from shared_model import codec
-from shared_model.network import FERNet
-from shared_model.preprocessing import pixels_to_tensor
+from shared_model.preprocessing import pixels_to_array
 
+from .backends import Backend, as_backend
 from .breaker import CircuitBreaker
 from .transport import CloudClient, RemoteCall, RemoteError
 
@@ -65,12 +63,20 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 class EdgeRunner:
-    """Classifies prepared faces (uint8 (S, S, 3)) with a strategy and local fallback."""
+    """Classifies prepared faces (uint8 (S, S, 3)) with a strategy and local fallback.
+
+    ``model`` is a :class:`~edge_client.backends.Backend` or a PyTorch ``FERNet``.
+    """
 
     def __init__(
         self,
-        model: FERNet,
+        model: Backend | object,
         strategy: str = EDGE,
         client: CloudClient | None = None,
         breaker: CircuitBreaker | None = None,
@@ -86,8 +92,9 @@ class EdgeRunner:
             raise ValueError(f"strategy {strategy!r} needs a cloud address")
         if image_format not in IMAGE_FORMATS:
             raise ValueError(f"unknown image format {image_format!r}; expected one of {IMAGE_FORMATS}")
-        self.model = model.eval()
-        self.class_names = model.config.class_names
+        self.backend = as_backend(model)
+        self.config = self.backend.config
+        self.class_names = self.config.class_names
         self.strategy = strategy
         self.client = client
         self.breaker = breaker or CircuitBreaker(probe=(lambda: client.healthy()) if client else None)
@@ -97,7 +104,6 @@ class EdgeRunner:
         self.timeout_s = timeout_s
         self.use_stream = use_stream
 
-    @torch.inference_mode()
     def classify(self, pixels: np.ndarray) -> FaceResult:
         """Exactly one result for one face; never raises for a remote failure."""
         started = time.perf_counter()
@@ -106,28 +112,28 @@ class EdgeRunner:
         elif self.strategy == CLOUD:
             result = self._cloud(pixels)
         else:
-            result = self._local(pixels_to_tensor(pixels), Latency())
+            result = self._local(pixels_to_array(pixels), Latency())
         result.latency.total = _ms(time.perf_counter() - started)
         return result
 
     # -- strategies -------------------------------------------------------------
 
-    def _local(self, x: Tensor, latency: Latency, reason: str | None = None) -> FaceResult:
+    def _local(self, x: np.ndarray, latency: Latency, reason: str | None = None) -> FaceResult:
         t0 = time.perf_counter()
-        z = self.model.head(x)
+        z = self.backend.head(x)
         latency.head = _ms(time.perf_counter() - t0)
         return self._finish_locally(z, latency, reason)
 
-    def _finish_locally(self, z: Tensor, latency: Latency, reason: str | None) -> FaceResult:
+    def _finish_locally(self, z: np.ndarray, latency: Latency, reason: str | None) -> FaceResult:
         t0 = time.perf_counter()
-        scores = self.model.tail(self.model.cloud(z))
+        scores = self.backend.tail(self.backend.cloud(z))
         latency.tail = _ms(time.perf_counter() - t0)
-        return self._result(scores.softmax(dim=1)[0], EDGE, latency, reason)
+        return self._result(softmax(scores)[0], EDGE, latency, reason)
 
     def _split(self, pixels: np.ndarray) -> FaceResult:
         latency = Latency()
         t0 = time.perf_counter()
-        z = self.model.head(pixels_to_tensor(pixels))
+        z = self.backend.head(pixels_to_array(pixels))
         latency.head = _ms(time.perf_counter() - t0)
         if not self.breaker.allow():
             return self._finish_locally(z, latency, "circuit_open")
@@ -142,14 +148,14 @@ class EdgeRunner:
         except RemoteError as error:
             return self._finish_locally(z, latency, error.reason)
         t0 = time.perf_counter()
-        scores = self.model.tail(call.output)
+        scores = self.backend.tail(call.output)
         latency.tail = _ms(time.perf_counter() - t0)
-        return self._remote_result(scores.softmax(dim=1)[0], SPLIT, latency, call)
+        return self._remote_result(softmax(scores)[0], SPLIT, latency, call)
 
     def _cloud(self, pixels: np.ndarray) -> FaceResult:
         latency = Latency()
         if not self.breaker.allow():
-            return self._local(pixels_to_tensor(pixels), latency, "circuit_open")
+            return self._local(pixels_to_array(pixels), latency, "circuit_open")
         t0 = time.perf_counter()
         payload = self.encode_image(pixels)
         request = self.client.image_request(payload)  # type: ignore[union-attr]
@@ -157,11 +163,11 @@ class EdgeRunner:
         try:
             call = self._call(request)
         except RemoteError as error:
-            return self._local(pixels_to_tensor(pixels), latency, error.reason)
+            return self._local(pixels_to_array(pixels), latency, error.reason)
         probabilities = call.output[0]
-        if probabilities.numel() != len(self.class_names):
+        if probabilities.size != len(self.class_names):
             self.breaker.record_failure()
-            return self._local(pixels_to_tensor(pixels), latency, "invalid_response")
+            return self._local(pixels_to_array(pixels), latency, "invalid_response")
         return self._remote_result(probabilities, CLOUD, latency, call)
 
     # -- helpers ----------------------------------------------------------------
@@ -188,15 +194,15 @@ class EdgeRunner:
         self.breaker.record_success()
         return call
 
-    def _remote_result(self, probabilities: Tensor, strategy: str, latency: Latency, call: RemoteCall) -> FaceResult:
+    def _remote_result(self, probabilities: np.ndarray, strategy: str, latency: Latency, call: RemoteCall) -> FaceResult:
         latency.server = _ms(call.server_s)
         latency.network = _ms(max(call.round_trip_s - call.server_s, 0.0))
         result = self._result(probabilities, strategy, latency, None)
         result.bytes_up, result.bytes_down = call.bytes_up, call.bytes_down
         return result
 
-    def _result(self, probabilities: Tensor, produced_by: str, latency: Latency, reason: str | None) -> FaceResult:
-        values = probabilities.float().tolist()
+    def _result(self, probabilities: np.ndarray, produced_by: str, latency: Latency, reason: str | None) -> FaceResult:
+        values = [float(p) for p in probabilities]
         return FaceResult(
             label=self.class_names[int(np.argmax(values))],
             probabilities={name: round(p, 6) for name, p in zip(self.class_names, values)},

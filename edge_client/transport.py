@@ -20,9 +20,7 @@ from typing import Any, Iterator
 
 import grpc
 import numpy as np
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from torch import Tensor
 
 from shared_model import codec
 from shared_model.protocol import (
@@ -101,7 +99,7 @@ def channel_target(target: str) -> str:
 class RemoteCall:
     """What a remote call returned and what it cost."""
 
-    output: Tensor
+    output: np.ndarray
     round_trip_s: float
     server_s: float
     queue_s: float
@@ -177,7 +175,7 @@ class CloudClient:
 
     # -- requests -----------------------------------------------------------------
 
-    def attention_request(self, features: Tensor, encoding: str = codec.UINT8) -> pb.ModelInferRequest:
+    def attention_request(self, features: np.ndarray, encoding: str = codec.UINT8) -> pb.ModelInferRequest:
         encoded = codec.encode(features, encoding)
         request = pb.ModelInferRequest(model_name=ATTENTION_MODEL, model_version=self.version, id=str(next(self._ids)))
         tensor = request.inputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Second command: install (if needed) and run the whole test suite.
 # tritonclient[grpc] needs protobuf below 7, so the standard-client test runs it
-# from a virtual environment of its own, made here.
+# from a virtual environment of its own, made here; likewise the torch-free edge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +10,10 @@ if [ ! -x .venv-tritonclient/bin/python ]; then
 fi
 .venv-tritonclient/bin/python -m pip install --quiet 'tritonclient[grpc]>=2.40' 'numpy<3'
 export FER_TRITON_PYTHON="$PWD/.venv-tritonclient/bin/python"
+# The torch-free edge (edge-lite extra only), to prove it runs without PyTorch.
+if [ ! -x .venv-edge-lite/bin/python ]; then
+    "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-edge-lite
+fi
+.venv-edge-lite/bin/python -m pip install --quiet -e '.[edge-lite]'
+export FER_LITE_PYTHON="$PWD/.venv-edge-lite/bin/python"
 exec .venv/bin/python -m pytest "$@"

@@ -12,7 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError as missing:  # the base install is the torch-free edge
+    raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .config import ModelConfig

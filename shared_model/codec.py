@@ -3,6 +3,9 @@
 Quantization is ``q = clamp(round(x / scale) + zero_point, 0, 255)`` and
 ``x ~ (q - zero_point) * scale``; the range is taken from the tensor itself, so
 the round-trip error is at most one quantization step (``scale``).
+
+NumPy only: the torch-free edge uses it too. ``encode`` also takes torch
+tensors; ``decode`` returns float32 NumPy arrays (``torch.from_numpy`` shares them).
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 FP32 = "fp32"
 FP16 = "fp16"
@@ -66,10 +67,10 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
-def quantization_params(x: Tensor) -> tuple[float, int]:
+def quantization_params(x: np.ndarray) -> tuple[float, int]:
     """Per-tensor (scale, zero_point) covering the tensor's range, zero included."""
-    low = min(float(x.min()), 0.0) if x.numel() else 0.0
-    high = max(float(x.max()), 0.0) if x.numel() else 0.0
+    low = min(float(x.min()), 0.0) if x.size else 0.0
+    high = max(float(x.max()), 0.0) if x.size else 0.0
     scale = (high - low) / 255.0
     if scale == 0.0 or not math.isfinite(scale):
         scale = 1.0
@@ -77,35 +78,45 @@ def quantization_params(x: Tensor) -> tuple[float, int]:
     return scale, zero_point
 
 
-def quantize(x: Tensor, scale: float, zero_point: int) -> Tensor:
-    return torch.clamp(torch.round(x / scale) + zero_point, 0, 255).to(torch.uint8)
+def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return np.clip(np.round(x / np.float32(scale)) + zero_point, 0, 255).astype(np.uint8)
 
 
-def dequantize(q: Tensor, scale: float, zero_point: int) -> Tensor:
-    return (q.to(torch.float32) - zero_point) * scale
+def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
 
 
-def encode(x: Tensor, encoding: str = UINT8) -> EncodedTensor:
-    """Encode a float tensor; refuses NaN and infinite values."""
+def as_float32_array(x: object) -> np.ndarray:
+    """A float32 C-contiguous NumPy copy of a NumPy array or torch tensor."""
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch here
+        if not x.is_floating_point():  # type: ignore[attr-defined]
+            raise CodecError(f"only floating-point tensors are encoded, got {x.dtype}")  # type: ignore[attr-defined]
+        x = x.detach().to("cpu").float().numpy()  # type: ignore[attr-defined]
+    array = np.asarray(x)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise CodecError(f"only floating-point tensors are encoded, got {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def encode(x: object, encoding: str = UINT8) -> EncodedTensor:
+    """Encode a float tensor or array; refuses NaN and infinite values."""
     _check_encoding(encoding)
-    if not torch.is_floating_point(x):
-        raise CodecError(f"only floating-point tensors are encoded, got {x.dtype}")
-    x = x.detach().to("cpu", torch.float32).contiguous()
-    if not torch.isfinite(x).all():
+    array = as_float32_array(x)
+    if not np.isfinite(array).all():
         raise CodecError("tensor holds NaN or infinite values")
-    shape = tuple(x.shape)
+    shape = tuple(array.shape)
     if encoding == UINT8:
-        scale, zero_point = quantization_params(x)
-        data = quantize(x, scale, zero_point).numpy().tobytes()
-        return EncodedTensor(data, shape, encoding, scale, zero_point)
-    array = x.numpy().astype(_NUMPY_DTYPES[encoding])
-    if encoding == FP16 and not np.isfinite(array).all():
+        scale, zero_point = quantization_params(array)
+        return EncodedTensor(quantize(array, scale, zero_point).tobytes(), shape, encoding, scale, zero_point)
+    with np.errstate(over="ignore"):
+        converted = array.astype(_NUMPY_DTYPES[encoding])
+    if encoding == FP16 and not np.isfinite(converted).all():
         raise CodecError("tensor exceeds the float16 range (max 65504)")
-    return EncodedTensor(array.tobytes(), shape, encoding)
+    return EncodedTensor(converted.tobytes(), shape, encoding)
 
 
-def decode(encoded: EncodedTensor) -> Tensor:
-    """Decode to a float32 tensor, validating shape, byte count and parameters."""
+def decode(encoded: EncodedTensor) -> np.ndarray:
+    """Decode to a float32 array, validating shape, byte count and parameters."""
     return decode_bytes(encoded.data, encoded.shape, encoded.encoding, encoded.scale, encoded.zero_point)
 
 
@@ -115,8 +126,8 @@ def decode_bytes(
     encoding: str,
     scale: float | None = None,
     zero_point: int | None = None,
-) -> Tensor:
-    """Bytes -> float32 tensor of ``shape``; every inconsistency is a :class:`CodecError`."""
+) -> np.ndarray:
+    """Bytes -> float32 array of ``shape``; every inconsistency is a :class:`CodecError`."""
     _check_encoding(encoding)
     shape = _check_shape(shape)
     expected = expected_nbytes(shape, encoding)
@@ -127,11 +138,11 @@ def decode_bytes(
     array = np.frombuffer(data, dtype=_NUMPY_DTYPES[encoding]).reshape(shape)
     if encoding == UINT8:
         _check_quantization(scale, zero_point)
-        return dequantize(torch.from_numpy(array.copy()), float(scale), int(zero_point))  # type: ignore[arg-type]
-    tensor = torch.from_numpy(array.astype(np.float32))
-    if not torch.isfinite(tensor).all():
+        return dequantize(array, float(scale), int(zero_point))  # type: ignore[arg-type]
+    values = array.astype(np.float32)
+    if not np.isfinite(values).all():
         raise CodecError("tensor holds NaN or infinite values")
-    return tensor
+    return values
 
 
 def _check_quantization(scale: float | None, zero_point: int | None) -> None:

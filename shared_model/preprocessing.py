@@ -2,15 +2,19 @@
 
 As in the paper: grayscale, resized to the input size, replicated to three
 channels. Pixels travel as uint8 (H, W, 3); normalization happens on the side
-that runs the network.
+that runs the network. NumPy and OpenCV only at import time (the torch-free edge
+uses this module); the torch helpers import torch when called.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
-from torch import Tensor
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Grayscale statistics of FER2013's training split (rounded); part of the model contract.
 PIXEL_MEAN = 0.508
@@ -42,25 +46,35 @@ def prepare_face(face: np.ndarray, size: int = 224) -> np.ndarray:
     return np.repeat(resized[:, :, None], 3, axis=2)
 
 
-def pixels_to_tensor(pixels: np.ndarray | Tensor) -> Tensor:
-    """uint8 (N, H, W, 3) or (H, W, 3) pixels -> normalized float (N, 3, H, W)."""
-    tensor = pixels if isinstance(pixels, Tensor) else torch.from_numpy(np.array(pixels, copy=True))
-    if tensor.dtype != torch.uint8:
-        raise ValueError(f"expected uint8 pixels, got {tensor.dtype}")
-    if tensor.ndim == 3:
-        tensor = tensor.unsqueeze(0)
-    if tensor.ndim != 4 or tensor.shape[-1] != 3:
-        raise ValueError(f"expected pixels shaped (N, H, W, 3), got {tuple(tensor.shape)}")
-    return normalize(tensor.permute(0, 3, 1, 2).float().div_(255.0))
+def pixels_to_array(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) or (H, W, 3) pixels -> normalized float32 (N, 3, H, W)."""
+    array = np.asarray(pixels)
+    if array.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {array.dtype}")
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected pixels shaped (N, H, W, 3), got {tuple(array.shape)}")
+    scaled = array.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(normalize(scaled), dtype=np.float32)
 
 
-def normalize(x: Tensor) -> Tensor:
-    """[0, 1] intensities -> network input."""
+def pixels_to_tensor(pixels: np.ndarray) -> "Tensor":
+    """:func:`pixels_to_array` as a torch tensor."""
+    import torch
+
+    return torch.from_numpy(pixels_to_array(np.asarray(pixels)))
+
+
+def normalize(x):  # type: ignore[no-untyped-def]
+    """[0, 1] intensities -> network input (NumPy arrays or torch tensors)."""
     return (x - PIXEL_MEAN) / PIXEL_STD
 
 
-def gray_batch_to_tensor(gray: Tensor, size: int) -> Tensor:
+def gray_batch_to_tensor(gray: "Tensor", size: int) -> "Tensor":
     """uint8 (N, H, W) grayscale faces -> normalized (N, 3, size, size), bilinear resize."""
+    import torch
+
     x = gray.unsqueeze(1).float().div_(255.0)
     if x.shape[-2:] != (size, size):
         x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)

@@ -13,7 +13,7 @@ from shared_model.codec import CodecError, EncodedTensor, decode, decode_bytes, 
 @pytest.mark.parametrize("encoding, tolerance", [("fp32", 0.0), ("fp16", 2e-3)])
 def test_float_round_trip(encoding: str, tolerance: float) -> None:
     x = torch.randn(2, 8, 28, 28)
-    decoded = decode(encode(x, encoding))
+    decoded = torch.from_numpy(decode(encode(x, encoding)))
     assert decoded.dtype == torch.float32 and decoded.shape == x.shape
     assert (decoded - x).abs().max().item() <= tolerance * x.abs().max().item()
 
@@ -23,12 +23,12 @@ def test_uint8_round_trip_errs_at_most_one_quantization_step(low: float, high: f
     x = torch.rand(1, 8, 28, 28) * (high - low) + low
     encoded = encode(x, "uint8")
     assert encoded.nbytes == 8 * 28 * 28 == 6272
-    assert (decode(encoded) - x).abs().max().item() <= encoded.scale + 1e-7
+    assert (torch.from_numpy(decode(encoded)) - x).abs().max().item() <= encoded.scale + 1e-7
 
 
 def test_constant_tensor_round_trips() -> None:
     x = torch.zeros(1, 8, 4, 4)
-    assert torch.equal(decode(encode(x, "uint8")), x)
+    assert torch.equal(torch.from_numpy(decode(encode(x, "uint8"))), x)
 
 
 def test_wrong_byte_count_is_refused_with_the_numbers() -> None:
@@ -70,6 +70,13 @@ def test_nan_and_infinity_are_refused_both_ways(bad: float) -> None:
         encode(x, "uint8")
     with pytest.raises(CodecError, match="NaN or infinite"):
         decode(EncodedTensor(x.numpy().tobytes(), (4,), "fp32"))
+
+
+def test_numpy_arrays_encode_like_tensors() -> None:
+    x = torch.randn(1, 8, 4, 4)
+    assert encode(x.numpy(), "uint8") == encode(x, "uint8")
+    with pytest.raises(CodecError, match="floating-point"):
+        encode(x.numpy().astype("int32"), "fp32")
 
 
 def test_fp16_overflow_is_refused() -> None:
