@@ -57,3 +57,9 @@ def test_kubernetes_manifests_probe_grpc_health_and_balance_client_side() -> Non
     assert served.max_connection_age_s and served.metrics_port == 9090
     assert kinds["Service"]["spec"]["clusterIP"] == "None"
     assert kinds["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "fer-cloud"
+
+
+def test_kubernetes_manifests_pass_the_api_schema() -> None:
+    validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is in the dev extra")
+    for document in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "fer-cloud.yaml").read_text()):
+        validate.validate(document, desired_version="1.30", strict=True)
