@@ -91,7 +91,16 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _network(args: argparse.Namespace) -> int:
-    from .network import PROFILES, SHAPERS, STRATEGIES, NetworkSettings, format_table, plot, record_dicts, run_network_benchmark
+    from .network import (
+        PROFILES,
+        SHAPERS,
+        STRATEGIES,
+        NetworkSettings,
+        format_table,
+        plot,
+        record_dicts,
+        run_network_benchmark,
+    )
     from .shaping import ShaperError
 
     unknown = [n for n in (*args.strategies, *args.shapers, *args.profiles) if n not in {*STRATEGIES, *SHAPERS, *PROFILES}]

@@ -18,12 +18,12 @@ from dataclasses import asdict
 import cv2
 import torch
 
+from edge_client.backends import TorchBackend
 from edge_client.breaker import CircuitBreaker
 from edge_client.cli import sample_image
 from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
 from edge_client.transport import CloudClient
-from edge_client.backends import TorchBackend
 from shared_model.checkpoint import load_model
 from shared_model.preprocessing import pixels_to_tensor, prepare_face
 

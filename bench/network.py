@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .shaping import TBF_BURST_BYTES, CpuQuota, LinkSpec, NetnsLink, ShaperError, TokenBucketProxy, cpu_quota_unavailable_reason
+from .processes import cloud_command, stop_process, wait_ready
+from .shaping import (
+    TBF_BURST_BYTES,
+    CpuQuota,
+    LinkSpec,
+    NetnsLink,
+    ShaperError,
+    TokenBucketProxy,
+    cpu_quota_unavailable_reason,
+)
 
 KB = 1000
 
@@ -159,28 +166,6 @@ class EdgeProcess:
             self.quota.close()
 
 
-def _cloud_command(host: str, ready: Path, threads: int, weights: str | None) -> list[str]:
-    command = [sys.executable, "-m", "cloud_server.cli", "serve", "--host", host, "--port", "0", "--ready-file", str(ready), "--threads", str(threads), "--log-level", "WARNING"]
-    return command + (["--weights", weights] if weights else [])
-
-
-def _wait_ready(process: subprocess.Popen, ready: Path, timeout: float = 180) -> int:
-    deadline = time.monotonic() + timeout
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"fer-cloud did not start (exit code {process.poll()})")
-        time.sleep(0.1)
-    return int(json.loads(ready.read_text())["port"])
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
 @dataclass
 class ShapedCloud:
     """A running cloud behind a shaper: ``target`` is what the edge dials, ``shape`` changes the link."""
@@ -193,25 +178,25 @@ class ShapedCloud:
 def netns_cloud(threads: int, weights: str | None) -> Iterator[ShapedCloud]:
     with NetnsLink() as link, tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
-        process = link.popen(_cloud_command(link.cloud_address, ready, threads, weights), stdout=subprocess.DEVNULL)
+        process = link.popen(cloud_command(link.cloud_address, ready, threads, weights), stdout=subprocess.DEVNULL)
         try:
-            port = _wait_ready(process, ready)
+            port = wait_ready(process, ready)
             yield ShapedCloud(f"{link.cloud_address}:{port}", link.shape)
         finally:
-            _stop(process)
+            stop_process(process)
 
 
 @contextmanager
 def proxy_cloud(threads: int, weights: str | None) -> Iterator[ShapedCloud]:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
-        process = subprocess.Popen(_cloud_command("127.0.0.1", ready, threads, weights), stdout=subprocess.DEVNULL)
+        process = subprocess.Popen(cloud_command("127.0.0.1", ready, threads, weights), stdout=subprocess.DEVNULL)
         try:
-            port = _wait_ready(process, ready)
+            port = wait_ready(process, ready)
             with TokenBucketProxy("127.0.0.1", port, LinkSpec(1_000_000)) as proxy:
                 yield ShapedCloud(f"127.0.0.1:{proxy.port}", proxy.set_spec)
         finally:
-            _stop(process)
+            stop_process(process)
 
 
 SHAPERS = {"netns": netns_cloud, "proxy": proxy_cloud}

@@ -17,9 +17,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from shared_model.protocol import ATTENTION_MODEL, FEATURES, SCALE, ZERO_POINT, pb, pb_grpc, set_parameters
+from shared_model.protocol import (
+    ATTENTION_MODEL,
+    FEATURES,
+    SCALE,
+    ZERO_POINT,
+    pb,
+    pb_grpc,
+    set_parameters,
+)
 
-from .network import _cloud_command, _stop, _wait_ready, percentile
+from .network import percentile
+from .processes import cloud_command, stop_process, wait_ready
 
 
 @dataclass
@@ -108,16 +117,16 @@ def server_sweep(
     for batching in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
             ready = Path(tmp) / "ready.json"
-            command = _cloud_command("127.0.0.1", ready, server_threads, weights)
+            command = cloud_command("127.0.0.1", ready, server_threads, weights)
             command += ["--max-batch-size", str(max_batch_size if batching else 1), "--max-queue-delay-ms", str(max_queue_delay_ms if batching else 0)]
             process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
             try:
-                target = f"127.0.0.1:{_wait_ready(process, ready)}"
+                target = f"127.0.0.1:{wait_ready(process, ready)}"
                 for concurrency in concurrencies:
                     records.append(closed_loop(target, concurrency, seconds, batching))
                     bar.update(1)
             finally:
-                _stop(process)
+                stop_process(process)
     bar.close()
     return records
 

@@ -11,7 +11,14 @@ from torch import Tensor
 
 from shared_model.checkpoint import model_fingerprint
 from shared_model.network import FERNet
-from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, COMPUTE_US, QUEUE_US, pb, set_parameters
+from shared_model.protocol import (
+    ATTENTION_MODEL,
+    BATCH_SIZE,
+    COMPUTE_US,
+    QUEUE_US,
+    pb,
+    set_parameters,
+)
 
 from .batching import BatcherClosed, DynamicBatcher, QueueFull
 from .inference import (

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model
 from .config import ModelConfig
 from .datasets import DatasetError, FaceDataset, load_dataset
 from .evaluation import ClassificationReport, evaluate

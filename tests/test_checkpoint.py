@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared_model.checkpoint import CheckpointError, load_checkpoint, model_fingerprint, save_checkpoint
+from shared_model.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_fingerprint,
+    save_checkpoint,
+)
 from shared_model.config import ModelConfig
 from shared_model.network import FERNet
 

@@ -16,7 +16,7 @@ from edge_client.backends import OnnxBackend, TorchBackend  # noqa: E402
 from edge_client.cli import sample_image  # noqa: E402
 from edge_client.runner import EdgeRunner  # noqa: E402
 from edge_client.transport import CloudClient  # noqa: E402
-from shared_model.checkpoint import load_checkpoint, default_weights_path  # noqa: E402
+from shared_model.checkpoint import default_weights_path, load_checkpoint  # noqa: E402
 
 TOLERANCE = 1e-4
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from shared_model.protocol import pack_bytes_elements, parameter, parameter_value, unpack_bytes_elements
+from shared_model.protocol import (
+    pack_bytes_elements,
+    parameter,
+    parameter_value,
+    unpack_bytes_elements,
+)
 
 
 def test_generated_code_matches_the_proto() -> None:

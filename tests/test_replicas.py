@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+from servers import start_server
 
 from edge_client.runner import EdgeRunner
 from edge_client.transport import CloudClient, channel_target
-from servers import start_server
 from shared_model.checkpoint import model_fingerprint
 
 

@@ -9,15 +9,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
+from servers import make_certificates, start_server
+from test_server_errors import features_request
 
 from cloud_server.engine import BatchingSettings
 from edge_client.runner import EdgeRunner
 from edge_client.transport import ClientSecurity, CloudClient
-from servers import make_certificates, start_server
 from shared_model.checkpoint import model_fingerprint
 from shared_model.protocol import pb, pb_grpc
-from test_server_errors import features_request
 
 
 def test_token_is_required_when_configured(trained_model, sample_face) -> None:

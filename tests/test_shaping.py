@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from bench.shaping import CpuQuota, LinkSpec, NetnsLink, TokenBucketProxy, cpu_quota_unavailable_reason, netns_unavailable_reason
+from bench.shaping import (
+    CpuQuota,
+    LinkSpec,
+    NetnsLink,
+    TokenBucketProxy,
+    cpu_quota_unavailable_reason,
+    netns_unavailable_reason,
+)
 
 RATE = 200_000  # bytes per second (200 KB/s)
 PAYLOAD = 100_000  # 0.5 s at RATE

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from servers import start_server
 
 from edge_client.breaker import CircuitBreaker
 from edge_client.daemon import run_source
@@ -17,7 +16,6 @@ from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
 from edge_client.sources import Frame, Source
 from edge_client.transport import CloudClient
-from servers import start_server
 from shared_model.checkpoint import model_fingerprint
 from shared_model.preprocessing import pixels_to_tensor
 

@@ -13,8 +13,13 @@ import torch
 
 from shared_model.checkpoint import load_checkpoint, save_checkpoint
 from shared_model.cli import main as train_main
-from shared_model.config import FER2013_CLASSES, ModelConfig
-from shared_model.datasets import DatasetError, load_dataset, load_fer2013_csv, load_image_folder
+from shared_model.config import FER2013_CLASSES
+from shared_model.datasets import (
+    DatasetError,
+    load_dataset,
+    load_fer2013_csv,
+    load_image_folder,
+)
 from shared_model.evaluation import classification_report
 from shared_model.network import FERNet
 from shared_model.training import TrainSettings, fit
