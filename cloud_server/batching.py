@@ -2,8 +2,11 @@
 
 As inference servers do it: a worker takes the oldest request, waits at most
 ``max_queue_delay`` for more, stops at ``max_batch_size`` items, runs them as
-one batch and hands each request its slice. Without batching (max batch 1 or
-no delay) requests run directly on the caller's thread.
+one batch and hands each request its slice. It waits only while another request
+is already on its way into the queue: a lone request (concurrency 1) is not
+held for the full delay, while under load the queue fills during each forward
+pass and batches form by themselves. Without batching (max batch 1 or no delay)
+requests run directly on the caller's thread.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class DynamicBatcher:
         self.enabled = max_batch_size > 1 and max_queue_delay > 0
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=max_queue_size)
         self._lock = threading.Lock()
+        self._arriving = 0  # callers inside infer() whose request the worker has not taken yet
         self._closed = False
         self._worker: threading.Thread | None = None
         if self.enabled:
@@ -75,22 +79,37 @@ class DynamicBatcher:
                 output = self.forward(inputs)
             return BatchResult(output, 0.0, time.perf_counter() - started, inputs.shape[0])
         pending = _Pending(inputs, Future(), time.perf_counter())
+        with self._lock:
+            self._arriving += 1
         try:
             self._queue.put_nowait(pending)
         except queue.Full:
+            with self._lock:
+                self._arriving -= 1
             raise QueueFull(f"{self._queue.maxsize} requests already queued") from None
         return pending.future.result()
 
+    def _take(self, timeout: float | None) -> _Pending | None:
+        """Next queued request (None is the stop signal); raises queue.Empty on timeout."""
+        pending = self._queue.get(timeout=timeout) if timeout is None or timeout > 0 else self._queue.get_nowait()
+        if pending is not None:
+            with self._lock:
+                self._arriving -= 1
+        return pending
+
+    def _more_on_the_way(self) -> bool:
+        with self._lock:
+            return self._arriving > 0
+
     def _collect(self) -> list[_Pending] | None:
-        first = self._queue.get()
+        first = self._take(None)
         if first is None:
             return None
         batch, items = [first], first.inputs.shape[0]
         deadline = first.enqueued + self.max_queue_delay
-        while items < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
+        while items < self.max_batch_size and self._more_on_the_way():
             try:
-                pending = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                pending = self._take(deadline - time.perf_counter())
             except queue.Empty:
                 break
             if pending is None:

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for PyTorch")
     serve.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: items per batch (1 disables batching)")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: longest wait for more requests (0 disables batching)")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: longest wait for requests already on their way into the queue (0 disables batching)")
     serve.add_argument("--max-queue-size", type=int, default=512, help="queued requests beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=256, help="RPCs beyond this get RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on this port")

@@ -27,6 +27,7 @@ from .training import RECIPES, TrainSettings, fit
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
+  fer-train fit --data ../shared/data/fer2013 --out runs/more224 --init-weights runs/fer2013/best.pt --schedule 224:3 --lr 0.02
   fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
   fer-train eval --data fer2013.csv --split public_test --json
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
     fit_parser.add_argument("--recipe", choices=RECIPES, default="progressive", help="progressive: one-cycle over --schedule; paper: SGD 0.1, /10 every 30 epochs, 100 epochs at 224")
     fit_parser.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
+    fit_parser.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights (and config), e.g. to train the shipped model longer at 224")
     _add_training_arguments(fit_parser, TrainSettings())
 
     eval_parser = commands.add_parser("eval", help="accuracy, per-class accuracy, macro F1, confusion matrix")
@@ -115,6 +117,9 @@ def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) 
 def _run_fit(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     config = ModelConfig.from_json(args.config.read_text()) if args.config else ModelConfig()
+    start = load_checkpoint(args.init_weights) if args.init_weights else None
+    if start:
+        config = start.config
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     config = config.replace(class_names=train.class_names)
@@ -124,9 +129,14 @@ def _run_fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
     )
-    model = FERNet(config).to(_select_device(args.device))
+    model = FERNet(config)
+    provenance = _provenance(args, train, val)
+    if start:
+        model.load_state_dict(start.state_dict)
+        provenance["initialized_from"] = start.fingerprint
+    model = model.to(_select_device(args.device))
     print(f"training {config.name} on {len(train)} images, validating on {len(val)}; run folder {args.out}", file=sys.stderr)
-    state = fit(model, train, val, args.out, settings, _provenance(args, train, val), resume=args.resume,
+    state = fit(model, train, val, args.out, settings, provenance, resume=args.resume,
                 on_epoch=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
     print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
     return 0

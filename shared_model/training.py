@@ -5,7 +5,7 @@ Two recipes:
 - ``paper``: the paper's recipe (SGD momentum 0.9, batch 128, learning rate 0.1
   divided by 10 every 30 epochs, 100 epochs at 224x224).
 - ``progressive`` (default): a one-cycle SGD schedule over phases of increasing
-  input size, e.g. ``112:21,224:1``: most epochs at low resolution (FER2013 faces
+  input size, e.g. ``112:17,224:1``: most epochs at low resolution (FER2013 faces
   are 48x48, so 112 loses nothing), the last ones at 224, the size the split
   needs, so BatchNorm and filters settle at the deployed scale.
 
@@ -51,7 +51,7 @@ class Phase:
 
 
 def parse_schedule(text: str) -> list[Phase]:
-    """``"112:21,224:1"`` -> 21 epochs at 112x112, then 1 at 224x224."""
+    """``"112:17,224:1"`` -> 17 epochs at 112x112, then 1 at 224x224."""
     phases = []
     for part in text.split(","):
         try:
@@ -67,7 +67,7 @@ def parse_schedule(text: str) -> list[Phase]:
 @dataclass
 class TrainSettings:
     recipe: str = "progressive"
-    schedule: str = "112:21,224:1"
+    schedule: str = "112:17,224:1"
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9

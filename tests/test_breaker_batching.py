@@ -47,6 +47,7 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         seen_batches.append(x.shape[0])
+        time.sleep(0.05)  # requests arriving meanwhile queue up for the next batch
         return x * 2
 
     batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.2)
@@ -68,7 +69,7 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
 
 def test_batcher_respects_max_batch_size() -> None:
     sizes = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=2, max_queue_delay=0.2)
+    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or time.sleep(0.02) or x, max_batch_size=2, max_queue_delay=0.2)
     threads = [threading.Thread(target=batcher.infer, args=(torch.zeros(1, 1),)) for _ in range(5)]
     for t in threads:
         t.start()
@@ -105,6 +106,14 @@ def test_full_queue_is_refused_not_blocked() -> None:
     first.join()
     second.join()
     batcher.close()
+
+
+def test_a_lone_request_is_not_held_for_the_full_delay() -> None:
+    batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay=5.0)
+    started = time.perf_counter()
+    result = batcher.infer(torch.zeros(1, 1))
+    batcher.close()
+    assert time.perf_counter() - started < 2.5 and result.batch_size == 1
 
 
 def test_without_batching_requests_run_on_the_callers_thread() -> None:

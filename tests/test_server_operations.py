@@ -80,7 +80,10 @@ def test_metrics_count_requests_by_model_and_status(trained_model) -> None:
 
 
 def test_drain_finishes_in_flight_requests_and_refuses_new_ones(trained_model) -> None:
-    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=500))
+    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=5))
+    batcher = server.engine.batchers["fer_attention"]
+    fast = batcher.forward
+    batcher.forward = lambda x: time.sleep(0.5) or fast(x)  # a slow accelerator: the request stays in flight
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     outcome: dict[str, object] = {}
@@ -93,7 +96,7 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(trained_model) -
 
     caller = threading.Thread(target=slow_call)
     caller.start()
-    time.sleep(0.15)  # the request now waits in the batch queue
+    time.sleep(0.15)  # the request is now being computed
     server.drain(grace=10)
     caller.join()
     assert "response" in outcome, outcome.get("error")

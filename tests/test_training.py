@@ -180,3 +180,11 @@ def test_resume_with_a_longer_schedule_replans_the_learning_rate(small_folder: P
     longer = fit(FERNet(), train, val, out, TrainSettings(schedule="48:4", batch_size=8, max_steps_per_epoch=2), resume=True, progress=False)
     assert [r.epoch for r in longer.history] == [1, 2, 3, 4]
     assert longer.history[2].lr > 1e-3  # the old one-cycle curve had ended (near 0) after epoch 2
+
+
+def test_fit_can_start_from_a_checkpoint(small_folder: Path, tmp_path: Path) -> None:
+    start = save_checkpoint(FERNet(), tmp_path / "start.pt")
+    out = tmp_path / "continued"
+    code = train_main(["fit", "--data", str(small_folder), "--out", str(out), "--init-weights", str(start), "--schedule", "48:1", "--batch-size", "8", "--max-steps-per-epoch", "1"])
+    assert code == 0
+    assert load_checkpoint(out / "best.pt").provenance["initialized_from"] == load_checkpoint(start).fingerprint
