@@ -147,7 +147,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_
     if settings.recipe == "paper":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.step_epochs * steps_per_epoch, gamma=0.1)
     total = len(settings.epoch_sizes()) * steps_per_epoch
-    # At least two warm-up steps: OneCycleLR divides by zero on shorter warm-ups (tiny runs).
+    if total < 8:  # too short for a one-cycle curve (smoke runs): constant learning rate
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    # At least two warm-up steps: OneCycleLR divides by zero on shorter warm-ups.
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total, pct_start=max(0.25, 2.0 / total))
 
 

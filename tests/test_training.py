@@ -176,8 +176,8 @@ def test_resume_with_a_longer_schedule_replans_the_learning_rate(small_folder: P
     train = load_image_folder(small_folder / "train", progress=False)
     val = load_image_folder(small_folder / "public_test", progress=False)
     out = tmp_path / "run"
-    fit(FERNet(), train, val, out, TrainSettings(schedule="48:2", batch_size=8, max_steps_per_epoch=2), progress=False)
-    longer = fit(FERNet(), train, val, out, TrainSettings(schedule="48:4", batch_size=8, max_steps_per_epoch=2), resume=True, progress=False)
+    fit(FERNet(), train, val, out, TrainSettings(schedule="48:2", batch_size=4, max_steps_per_epoch=4), progress=False)
+    longer = fit(FERNet(), train, val, out, TrainSettings(schedule="48:4", batch_size=4, max_steps_per_epoch=4), resume=True, progress=False)
     assert [r.epoch for r in longer.history] == [1, 2, 3, 4]
     assert longer.history[2].lr > 1e-3  # the old one-cycle curve had ended (near 0) after epoch 2
 
