@@ -190,7 +190,7 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += float(loss) * len(y)
+        total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
