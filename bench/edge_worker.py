@@ -10,14 +10,13 @@ Each stdin line is a JSON command; each answer is one JSON line on stdout.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from dataclasses import asdict
 
 import cv2
 import torch
 
+from bench.model import measure_latencies
 from edge_client.backends import TorchBackend
 from edge_client.breaker import CircuitBreaker
 from edge_client.cli import sample_image
@@ -25,7 +24,7 @@ from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
 from edge_client.transport import CloudClient
 from shared_model.checkpoint import load_model
-from shared_model.preprocessing import pixels_to_tensor, prepare_face
+from shared_model.preprocessing import prepare_face
 
 
 class EdgeWorker:
@@ -38,20 +37,10 @@ class EdgeWorker:
         box = FaceDetector().detect(image)[0]
         self.pixels = prepare_face(FaceDetector.crop(image, box), self.model.config.input_size)
 
-    @torch.inference_mode()
     def compute(self, runs: int) -> dict[str, float]:
-        x = pixels_to_tensor(self.pixels)
-        z = self.model.head(x)
-        attended = self.model.cloud(z)
-        stages = {"whole": lambda: self.model(x), "head": lambda: self.model.head(x), "cloud": lambda: self.model.cloud(z), "tail": lambda: self.model.tail(attended)}
-        samples: dict[str, list[float]] = {name: [] for name in stages}
-        for i in range(runs + 3):
-            for name, run in stages.items():
-                started = time.perf_counter()
-                run()
-                if i >= 3:
-                    samples[name].append((time.perf_counter() - started) * 1000)
-        return {f"{name}_ms": statistics.median(values) for name, values in samples.items()}
+        """Median milliseconds per stage on this device (the model table's measurement)."""
+        latencies = measure_latencies([self.model], self.model.config.input_size, runs, warmup=3)[0]
+        return {f"{stage}_ms": value for stage, value in latencies.items()}
 
     def run(self, command: dict) -> list[dict]:
         timeout = command.get("timeout_ms", 10_000) / 1000

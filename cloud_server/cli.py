@@ -17,9 +17,9 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-cloud needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from shared_model.checkpoint import CheckpointError, load_model
+from shared_model.checkpoint import CheckpointError, load_model, select_device
 
-from .engine import BatchingSettings, InferenceEngine, select_device
+from .engine import BatchingSettings, InferenceEngine
 from .inference import Limits
 from .server import CloudServer, ServerOptions
 

@@ -14,6 +14,7 @@ from shared_model.network import FERNet
 from shared_model.protocol import (
     ATTENTION_MODEL,
     BATCH_SIZE,
+    CLASSIFIER_MODEL,
     COMPUTE_US,
     QUEUE_US,
     pb,
@@ -40,16 +41,6 @@ class BatchingSettings:
     max_queue_size: int = 512
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no CUDA device is available")
-    return device
-
-
 class InferenceEngine:
     """Runs ``fer_attention`` and ``fer_classifier`` requests; thread-safe."""
 
@@ -71,7 +62,7 @@ class InferenceEngine:
         delay = batching.max_queue_delay_ms / 1000
         self.batchers = {
             ATTENTION_MODEL: DynamicBatcher(self._attention, batching.max_batch_size, delay, batching.max_queue_size, "attention-batcher"),
-            "fer_classifier": DynamicBatcher(self._classify, batching.max_batch_size, delay, batching.max_queue_size, "classifier-batcher"),
+            CLASSIFIER_MODEL: DynamicBatcher(self._classify, batching.max_batch_size, delay, batching.max_queue_size, "classifier-batcher"),
         }
 
     def _attention(self, x: Tensor) -> Tensor:

@@ -221,6 +221,3 @@ def model_metadata(name: str, config: ModelConfig, version: str) -> pb.ModelMeta
     set_parameters(meta.parameters, {"class_names": ",".join(config.class_names), "config": config.to_json()})
     return meta
 
-
-def as_float_tensor(x: Tensor, device: torch.device) -> Tensor:
-    return x.to(device=device, dtype=torch.float32, non_blocking=True)

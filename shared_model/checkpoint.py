@@ -117,6 +117,16 @@ def default_weights_path() -> Path:
     return Path(str(resources.files("shared_model") / "weights" / DEFAULT_WEIGHTS_NAME))
 
 
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    return device
+
+
 def load_model(path: str | Path | None = None, device: str | torch.device = "cpu", wavelet_backend: str = "ptwt") -> tuple[FERNet, Checkpoint]:
     """Model (eval mode, on ``device``) and its checkpoint; ``None`` means the shipped weights."""
     checkpoint = load_checkpoint(path or default_weights_path())

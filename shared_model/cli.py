@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model
+from .checkpoint import CheckpointError, load_checkpoint, load_model, select_device
 from .config import ModelConfig
 from .datasets import DatasetError, FaceDataset, load_dataset
 from .evaluation import ClassificationReport, evaluate
@@ -96,12 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) -> dict:
     return {
         "data": str(args.data),
@@ -134,7 +128,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if start:
         model.load_state_dict(start.state_dict)
         provenance["initialized_from"] = start.fingerprint
-    model = model.to(_select_device(args.device))
+    model = model.to(select_device(args.device))
     print(f"training {config.name} on {len(train)} images, validating on {len(val)}; run folder {args.out}", file=sys.stderr)
     state = fit(model, train, val, args.out, settings, provenance, resume=args.resume,
                 on_epoch=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
@@ -152,7 +146,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
                              step_epochs=10**9, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                              batch_size=args.batch_size, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
     provenance = {**_provenance(args, train, val), "finetuned_from": checkpoint.fingerprint}
-    state = fit(model.to(_select_device(args.device)), train, val, args.out, settings, provenance, resume=args.resume)
+    state = fit(model.to(select_device(args.device)), train, val, args.out, settings, provenance, resume=args.resume)
     print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
     return 0
 
