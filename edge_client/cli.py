@@ -159,11 +159,12 @@ def _demo(args: argparse.Namespace) -> int:
     detector = FaceDetector()
     boxes = detector.detect(frame.image) or FaceDetector(whole_image=True).detect(frame.image)
     model, checkpoint = load_model(args.weights)
-    pixels = prepare_face(FaceDetector.crop(frame.image, boxes[0]), model.config.input_size)
+    backend = as_backend(model)  # fingerprinted once, shared by every strategy's runner
+    pixels = prepare_face(FaceDetector.crop(frame.image, boxes[0]), backend.config.input_size)
     rows = []
     with loopback_cloud(args.weights, args.threads) as address:
         for title, strategy, overrides in DEMO_VARIANTS:
-            runner = make_runner(argparse.Namespace(**{**vars(args), **overrides}), strategy, address, model)
+            runner = make_runner(argparse.Namespace(**{**vars(args), **overrides}), strategy, address, backend)
             runner.classify(pixels)  # warm-up: connection, caches
             results = [runner.classify(pixels) for _ in range(args.repeats)]
             last = results[-1]
