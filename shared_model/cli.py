@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
   fer-train eval --data fer2013.csv --split public_test --json
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
+  fer-train info                          # which weights, how they were trained, generation by generation
   fer-train export --out exported/        # ONNX + TorchScript of head, cloud, tail, whole; Triton repository
 """
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(finetune_parser, defaults)
     finetune_parser.set_defaults(val_split="val")
 
+    info_parser = commands.add_parser("info", help="a checkpoint's fingerprint, config, validation accuracy and training lineage")
+    info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
+    info_parser.add_argument("--json", action="store_true", help="print the config and full provenance as one JSON object")
+
     export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository for fer_attention", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     export_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, model.json and triton/")
@@ -127,7 +132,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     provenance = _provenance(args, train, val)
     if start:
         model.load_state_dict(start.state_dict)
-        provenance["initialized_from"] = start.fingerprint
+        provenance.update(initialized_from=start.fingerprint, parent=start.provenance)
     model = model.to(select_device(args.device))
     print(f"training {config.name} on {len(train)} images, validating on {len(val)}; run folder {args.out}", file=sys.stderr)
     state = fit(model, train, val, args.out, settings, provenance, resume=args.resume,
@@ -145,7 +150,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     settings = TrainSettings(recipe="paper", schedule=f"{model.config.input_size}:{args.epochs}", lr=args.lr,
                              step_epochs=10**9, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
                              batch_size=args.batch_size, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
-    provenance = {**_provenance(args, train, val), "finetuned_from": checkpoint.fingerprint}
+    provenance = {**_provenance(args, train, val), "finetuned_from": checkpoint.fingerprint, "parent": checkpoint.provenance}
     state = fit(model.to(select_device(args.device)), train, val, args.out, settings, provenance, resume=args.resume)
     print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
     return 0
@@ -203,6 +208,45 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def lineage(provenance: dict) -> list[dict]:
+    """The training runs that made a checkpoint, oldest first (each run's ``parent`` is the one before)."""
+    runs = []
+    while provenance:
+        runs.append({k: v for k, v in provenance.items() if k != "parent"})
+        provenance = provenance.get("parent") or {}
+    return runs[::-1]
+
+
+def _describe_run(run: dict) -> str:
+    recipe = run.get("recipe", {})
+    start = run.get("initialized_from") or run.get("finetuned_from")
+    accuracy = run.get("validation_accuracy")
+    return (
+        f"{recipe.get('recipe', '?')} schedule {recipe.get('schedule', '?')} peak lr {recipe.get('lr', '?')}"
+        f"{' from ' + start if start else ' from scratch'}: {run.get('epochs_trained', '?')} epochs, "
+        f"{run.get('validation_split', '?')} accuracy "
+        f"{f'{accuracy:.4f}' if isinstance(accuracy, float) else '?'} at {run.get('validation_size', '?')}"
+    )
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    checkpoint = load_checkpoint(args.weights) if args.weights else load_model()[1]
+    if args.json:
+        print(json.dumps({"fingerprint": checkpoint.fingerprint, "config": checkpoint.config.to_dict(), "provenance": checkpoint.provenance}))
+        return 0
+    runs = lineage(checkpoint.provenance)
+    print(f"weights      {args.weights or 'shipped default'}  fingerprint {checkpoint.fingerprint}")
+    print(f"network      {checkpoint.config.name}, input {checkpoint.config.input_size}, classes {', '.join(checkpoint.class_names)}")
+    if not runs:
+        print("training     no provenance recorded")
+    for number, run in enumerate(runs, 1):
+        print(f"run {number:<8} {_describe_run(run)}")
+    if runs:
+        epochs = sum(r.get("epochs_trained", 0) for r in runs)
+        print(f"total        {epochs} epochs on {runs[-1].get('data', '?')} ({runs[-1].get('machine', '?')})")
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from .export import FORMATS, PARTS, ExportError, export_all
 
@@ -225,7 +269,7 @@ def _run_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune, "export": _run_export}
+    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune, "info": _run_info, "export": _run_export}
     try:
         return handlers[args.command](args)
     except (DatasetError, CheckpointError, ValueError) as error:

@@ -188,3 +188,22 @@ def test_fit_can_start_from_a_checkpoint(small_folder: Path, tmp_path: Path) -> 
     code = train_main(["fit", "--data", str(small_folder), "--out", str(out), "--init-weights", str(start), "--schedule", "48:1", "--batch-size", "8", "--max-steps-per-epoch", "1"])
     assert code == 0
     assert load_checkpoint(out / "best.pt").provenance["initialized_from"] == load_checkpoint(start).fingerprint
+
+
+def test_info_shows_every_generation_of_training(small_folder: Path, tmp_path: Path, capsys) -> None:
+    common = ["--data", str(small_folder), "--batch-size", "8", "--max-steps-per-epoch", "1"]
+    assert train_main(["fit", "--out", str(tmp_path / "first"), "--schedule", "48:2", *common]) == 0
+    assert train_main(["fit", "--out", str(tmp_path / "second"), "--init-weights", str(tmp_path / "first" / "best.pt"), "--schedule", "64:1", "--lr", "0.02", *common]) == 0
+    capsys.readouterr()
+    assert train_main(["info", "--weights", str(tmp_path / "second" / "best.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [line for line in lines if line.startswith("run ")]
+    assert len(runs) == 2
+    first = load_checkpoint(tmp_path / "first" / "best.pt")
+    first_epochs = first.provenance["epochs_trained"]  # the epoch whose weights were kept
+    assert "schedule 48:2" in runs[0] and "from scratch" in runs[0] and f"{first_epochs} epochs" in runs[0]
+    assert "schedule 64:1" in runs[1] and f"from {first.fingerprint}" in runs[1] and "peak lr 0.02" in runs[1]
+    assert any(line.startswith("total") and f"{first_epochs + 1} epochs" in line for line in lines)
+    assert train_main(["info", "--weights", str(tmp_path / "second" / "best.pt"), "--json"]) == 0
+    provenance = json.loads(capsys.readouterr().out)["provenance"]
+    assert provenance["parent"]["recipe"]["schedule"] == "48:2"
