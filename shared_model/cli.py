@@ -217,13 +217,17 @@ def lineage(provenance: dict) -> list[dict]:
     return runs[::-1]
 
 
+def _epochs(count: object) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
 def _describe_run(run: dict) -> str:
     recipe = run.get("recipe", {})
     start = run.get("initialized_from") or run.get("finetuned_from")
     accuracy = run.get("validation_accuracy")
     return (
         f"{recipe.get('recipe', '?')} schedule {recipe.get('schedule', '?')} peak lr {recipe.get('lr', '?')}"
-        f"{' from ' + start if start else ' from scratch'}: {run.get('epochs_trained', '?')} epochs, "
+        f"{' from ' + start if start else ' from scratch'}: {_epochs(run.get('epochs_trained', '?'))}, "
         f"{run.get('validation_split', '?')} accuracy "
         f"{f'{accuracy:.4f}' if isinstance(accuracy, float) else '?'} at {run.get('validation_size', '?')}"
     )
@@ -243,7 +247,7 @@ def _run_info(args: argparse.Namespace) -> int:
         print(f"run {number:<8} {_describe_run(run)}")
     if runs:
         epochs = sum(r.get("epochs_trained", 0) for r in runs)
-        print(f"total        {epochs} epochs on {runs[-1].get('data', '?')} ({runs[-1].get('machine', '?')})")
+        print(f"total        {_epochs(epochs)} on {runs[-1].get('data', '?')} ({runs[-1].get('machine', '?')})")
     return 0
 
 

@@ -201,7 +201,7 @@ def test_info_shows_every_generation_of_training(small_folder: Path, tmp_path: P
     assert len(runs) == 2
     first = load_checkpoint(tmp_path / "first" / "best.pt")
     first_epochs = first.provenance["epochs_trained"]  # the epoch whose weights were kept
-    assert "schedule 48:2" in runs[0] and "from scratch" in runs[0] and f"{first_epochs} epochs" in runs[0]
+    assert "schedule 48:2" in runs[0] and "from scratch" in runs[0] and f": {first_epochs} epoch" in runs[0]
     assert "schedule 64:1" in runs[1] and f"from {first.fingerprint}" in runs[1] and "peak lr 0.02" in runs[1]
     assert any(line.startswith("total") and f"{first_epochs + 1} epochs" in line for line in lines)
     assert train_main(["info", "--weights", str(tmp_path / "second" / "best.pt"), "--json"]) == 0
