@@ -57,6 +57,15 @@ class Checkpoint:
     def fingerprint(self) -> str:
         return fingerprint(self.config, self.state_dict)
 
+    def lineage(self) -> list[dict[str, Any]]:
+        """The training runs that made these weights, oldest first (each run's ``parent`` is the one before)."""
+        runs = []
+        record = self.provenance
+        while record:
+            runs.append({k: v for k, v in record.items() if k != "parent"})
+            record = record.get("parent") or {}
+        return runs[::-1]
+
     def build_model(self, wavelet_backend: str = "ptwt") -> FERNet:
         """A model in eval mode holding these weights."""
         model = FERNet(self.config, wavelet_backend)

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model, select_device
+from .checkpoint import CheckpointError, default_weights_path, load_checkpoint, load_model, select_device
 from .config import ModelConfig
 from .datasets import DatasetError, FaceDataset, load_dataset
 from .evaluation import ClassificationReport, evaluate
@@ -27,7 +27,7 @@ from .training import RECIPES, TrainSettings, fit
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
-  fer-train fit --data ../shared/data/fer2013 --out runs/more224 --init-weights runs/fer2013/best.pt --schedule 224:3 --lr 0.02
+  fer-train fit --data ../shared/data/fer2013 --out runs/more224 --init-weights runs/fer2013/best.pt --schedule 224:6 --lr 0.03
   fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
   fer-train eval --data fer2013.csv --split public_test --json
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
     fit_parser.add_argument("--recipe", choices=RECIPES, default="progressive", help="progressive: one-cycle over --schedule; paper: SGD 0.1, /10 every 30 epochs, 100 epochs at 224")
-    fit_parser.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
-    fit_parser.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights (and config), e.g. to train the shipped model longer at 224")
+    origin = fit_parser.add_mutually_exclusive_group()  # a checkpoint brings its own config
+    origin.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
+    origin.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights and config, e.g. to train the shipped model longer at 224")
     _add_training_arguments(fit_parser, TrainSettings())
 
     eval_parser = commands.add_parser("eval", help="accuracy, per-class accuracy, macro F1, confusion matrix")
@@ -115,10 +116,11 @@ def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) 
 
 def _run_fit(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    config = ModelConfig.from_json(args.config.read_text()) if args.config else ModelConfig()
     start = load_checkpoint(args.init_weights) if args.init_weights else None
     if start:
         config = start.config
+    else:
+        config = ModelConfig.from_json(args.config.read_text()) if args.config else ModelConfig()
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     config = config.replace(class_names=train.class_names)
@@ -208,15 +210,6 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def lineage(provenance: dict) -> list[dict]:
-    """The training runs that made a checkpoint, oldest first (each run's ``parent`` is the one before)."""
-    runs = []
-    while provenance:
-        runs.append({k: v for k, v in provenance.items() if k != "parent"})
-        provenance = provenance.get("parent") or {}
-    return runs[::-1]
-
-
 def _epochs(count: object) -> str:
     return f"{count} epoch{'' if count == 1 else 's'}"
 
@@ -234,18 +227,18 @@ def _describe_run(run: dict) -> str:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    checkpoint = load_checkpoint(args.weights) if args.weights else load_model()[1]
+    checkpoint = load_checkpoint(args.weights or default_weights_path())
     if args.json:
         print(json.dumps({"fingerprint": checkpoint.fingerprint, "config": checkpoint.config.to_dict(), "provenance": checkpoint.provenance}))
         return 0
-    runs = lineage(checkpoint.provenance)
+    runs = checkpoint.lineage()
     print(f"weights      {args.weights or 'shipped default'}  fingerprint {checkpoint.fingerprint}")
     print(f"network      {checkpoint.config.name}, input {checkpoint.config.input_size}, classes {', '.join(checkpoint.class_names)}")
     if not runs:
         print("training     no provenance recorded")
-    for number, run in enumerate(runs, 1):
-        print(f"run {number:<8} {_describe_run(run)}")
-    if runs:
+    else:
+        for number, run in enumerate(runs, 1):
+            print(f"run {number:<8} {_describe_run(run)}")
         epochs = sum(r.get("epochs_trained", 0) for r in runs)
         print(f"total        {_epochs(epochs)} on {runs[-1].get('data', '?')} ({runs[-1].get('machine', '?')})")
     return 0
@@ -258,7 +251,7 @@ def _run_export(args: argparse.Namespace) -> int:
     unknown = [p for p in parts if p not in PARTS] + [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown parts or formats: {', '.join(unknown)}")
-    checkpoint = load_checkpoint(args.weights) if args.weights else load_model()[1]
+    checkpoint = load_checkpoint(args.weights or default_weights_path())
     try:
         exported = export_all(checkpoint, args.out, parts, formats, triton=not args.no_triton)
     except ExportError as error:

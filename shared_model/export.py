@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def _module_and_input(model: FERNet, part: str, batch: int = 1) -> tuple[nn.Modu
     }[part]
 
 
-def _check(reference: nn.Module, run: "callable", example: torch.Tensor, tolerance: float) -> float:
+def _check(reference: nn.Module, run: Callable[[torch.Tensor], np.ndarray], example: torch.Tensor, tolerance: float) -> float:
     with torch.no_grad():
         expected = reference(example).numpy()
     error = float(np.abs(run(example) - expected).max())

@@ -13,7 +13,7 @@ import torch
 
 from shared_model.checkpoint import load_checkpoint, save_checkpoint
 from shared_model.cli import main as train_main
-from shared_model.config import FER2013_CLASSES
+from shared_model.config import FER2013_CLASSES, ModelConfig
 from shared_model.datasets import (
     DatasetError,
     load_dataset,
@@ -188,6 +188,16 @@ def test_fit_can_start_from_a_checkpoint(small_folder: Path, tmp_path: Path) -> 
     code = train_main(["fit", "--data", str(small_folder), "--out", str(out), "--init-weights", str(start), "--schedule", "48:1", "--batch-size", "8", "--max-steps-per-epoch", "1"])
     assert code == 0
     assert load_checkpoint(out / "best.pt").provenance["initialized_from"] == load_checkpoint(start).fingerprint
+
+
+def test_init_weights_and_config_together_are_refused(small_folder: Path, tmp_path: Path, capsys) -> None:
+    start = save_checkpoint(FERNet(), tmp_path / "start.pt")
+    (tmp_path / "config.json").write_text(ModelConfig().to_json())
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["fit", "--data", str(small_folder), "--out", str(tmp_path / "run"), "--init-weights", str(start), "--config", str(tmp_path / "config.json")])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_info_shows_every_generation_of_training(small_folder: Path, tmp_path: Path, capsys) -> None:
