@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 try:
     import torch
@@ -19,16 +19,19 @@ except ModuleNotFoundError as missing:  # the base install is the torch-free edg
 
 from shared_model.checkpoint import CheckpointError, load_model, select_device
 
+from .runtimes import RUNTIMES
 from .engine import BatchingSettings, InferenceEngine
 from .inference import Limits
-from .server import CloudServer, ServerOptions
+from .server import CloudServer, ServerOptions, check_tls_options
 
+TOKEN_ENV = "FER_CLOUD_TOKEN"
 EXAMPLES = """examples:
   fer-cloud serve                                   # port 8001, shipped weights, GPU if present
   fer-cloud serve --port 0 --ready-file /tmp/port   # any free port, written to the file when ready
   fer-cloud serve --max-batch-size 32 --max-queue-delay-ms 2 --metrics-port 9090
-  fer-cloud serve --tls-cert server.crt --tls-key server.key --token "$FER_TOKEN"
+  FER_CLOUD_TOKEN=... fer-cloud serve --tls-cert server.crt --tls-key server.key
   fer-cloud health 127.0.0.1:8001                   # exit 0 when SERVING (container health checks)
+  fer-cloud health localhost:8001 --tls-ca ca.crt   # the same against a TLS service
 """
 
 
@@ -41,27 +44,58 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ready-file", type=Path, help="write {port, metrics_port, version} as JSON here once serving")
     serve.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
-    serve.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for PyTorch")
+    serve.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the runtime")
+    serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what computes fer_rest and fer_classifier: onnx (ONNX Runtime, CPU only; several times faster than PyTorch there), torch, or auto (torch on CUDA, else onnx where installed)")
+    serve.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: the export of --weights from `fer-train export` (default: the shipped export of the shipped weights)")
     serve.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: items per batch (1 disables batching)")
     serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: longest wait for requests already on their way into the queue (0 disables batching)")
-    serve.add_argument("--max-queue-size", type=int, default=512, help="queued requests beyond this get RESOURCE_EXHAUSTED")
-    serve.add_argument("--max-concurrent-rpcs", type=int, default=256, help="RPCs beyond this get RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-queue-size", type=int, default=512, help="per model: requests waiting for the model beyond this are refused at once with RESOURCE_EXHAUSTED (the edge answers them locally)")
+    serve.add_argument("--max-concurrent-rpcs", type=int, default=4096, help="open calls (a stream counts as one, health checks too) beyond this are refused with RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on this port")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
-    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
-    serve.add_argument("--token", default=os.environ.get("FER_CLOUD_TOKEN"), help="require 'authorization: Bearer TOKEN' (default: $FER_CLOUD_TOKEN)")
-    serve.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024)
-    serve.add_argument("--max-request-batch", type=int, default=64, help="largest batch one request may carry")
-    serve.add_argument("--max-image-bytes", type=int, default=4 * 1024 * 1024, help="largest encoded image")
-    serve.add_argument("--max-decoded-pixels", type=int, default=16 * 1024 * 1024, help="largest decoded image (width x height)")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS; needs --tls-cert and --tls-key)")
+    # The token's default is read from the environment after parsing, so that --help never prints it.
+    serve.add_argument("--token", default=argparse.SUPPRESS, help=f"require 'authorization: Bearer TOKEN' on every call but health checks (default: ${TOKEN_ENV}; prefer the variable: arguments show in ps)")
+    serve.add_argument("--max-message-bytes", type=int, default=64 * 1024 * 1024, help="largest gRPC message received or sent; larger ones are refused with RESOURCE_EXHAUSTED")
+    serve.add_argument("--max-request-batch", type=int, default=64, help="largest batch (first dimension) one request may carry; larger is INVALID_ARGUMENT")
+    serve.add_argument("--max-image-bytes", type=int, default=4 * 1024 * 1024, help="largest encoded image (fer_classifier); larger is INVALID_ARGUMENT")
+    serve.add_argument("--max-decoded-pixels", type=int, default=16 * 1024 * 1024, help="largest image (width x height) decoded, checked before decoding; larger is INVALID_ARGUMENT")
     serve.add_argument("--max-connection-age-s", type=float, help="close connections after this long so load balancers rebalance")
     serve.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM: how long in-flight requests may take")
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"), default="INFO")
     health = commands.add_parser("health", help="ask a running service's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1); for container health checks")
     health.add_argument("address", nargs="?", default="127.0.0.1:8001", help="host:port of the service")
     health.add_argument("--timeout-s", type=float, default=3.0)
+    health.add_argument("--tls-ca", type=Path, help="CA certificate of the service (enables TLS)")
+    health.add_argument("--tls-cert", type=Path, help="client certificate, for a service that requires mutual TLS")
+    health.add_argument("--tls-key", type=Path, help="client key, for a service that requires mutual TLS")
+    health.add_argument("--tls-server-name", help="name to verify in the server certificate (default: the address's host)")
+    health.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token to send (default: ${TOKEN_ENV}; health checks are exempt from the token, so this is needed only behind proxies that check it)")
     return parser
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The bearer token: ``--token``, else the environment (read here, never as an argparse default)."""
+    return getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None
+
+
+if TYPE_CHECKING:
+    import grpc
+
+
+def _health_channel(args: argparse.Namespace) -> "grpc.Channel":
+    import grpc
+
+    if not args.tls_ca:
+        if args.tls_cert or args.tls_key:
+            raise ValueError("--tls-cert/--tls-key need --tls-ca")
+        return grpc.insecure_channel(args.address)
+    key = args.tls_key.read_bytes() if args.tls_key else None
+    chain = args.tls_cert.read_bytes() if args.tls_cert else None
+    credentials = grpc.ssl_channel_credentials(args.tls_ca.read_bytes(), key, chain)
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+    return grpc.secure_channel(args.address, credentials, options)
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -70,9 +104,16 @@ def _health(args: argparse.Namespace) -> int:
 
     from shared_model.protocol import SERVICE_NAME
 
-    with grpc.insecure_channel(args.address) as channel:
+    token = read_token(args)
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    try:
+        channel = _health_channel(args)
+    except (OSError, ValueError) as error:
+        print(f"fer-cloud health: error: {error}", file=sys.stderr)
+        return 2
+    with channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=args.timeout_s)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=args.timeout_s, metadata=metadata)
         except grpc.RpcError as error:
             print(f"{args.address}: {error.code().name}", file=sys.stderr)
             return 1
@@ -82,6 +123,12 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    options = ServerOptions(
+        host=args.host, port=args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, max_message_bytes=args.max_message_bytes,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, token=read_token(args),
+        max_connection_age_s=args.max_connection_age_s, metrics_port=args.metrics_port,
+    )
+    check_tls_options(options)  # before the model loads: a TLS mistake is a quick, clear error
     torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.weights)
     engine = InferenceEngine(
@@ -89,12 +136,12 @@ def _serve(args: argparse.Namespace) -> int:
         select_device(args.device),
         BatchingSettings(args.max_batch_size, args.max_queue_delay_ms, args.max_queue_size),
         Limits(args.max_request_batch, args.max_image_bytes, args.max_decoded_pixels, args.max_message_bytes),
+        # a checkpoint of its own has no shipped export: auto means PyTorch then, unless its export is given
+        runtime="torch" if args.runtime == "auto" and args.weights and not args.onnx_dir else args.runtime,
+        onnx_dir=args.onnx_dir,
+        threads=args.threads,
     )
-    server = CloudServer(engine, ServerOptions(
-        host=args.host, port=args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, max_message_bytes=args.max_message_bytes,
-        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, token=args.token,
-        max_connection_age_s=args.max_connection_age_s, metrics_port=args.metrics_port,
-    ))
+    server = CloudServer(engine, options)
     port = server.start()
 
     def on_signal(signum: int, frame: object) -> None:

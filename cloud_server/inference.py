@@ -1,9 +1,14 @@
 """Request validation and response building for the two served models, as plain functions.
 
 ``fer_attention``: input ``features`` UINT8/FP16/FP32 ``[N, C, H, W]`` (the split
-tensor), output ``features`` in the same encoding. ``fer_classifier``: input
-``image`` as BYTES ``[N]`` (encoded JPEG/PNG face crops) or UINT8
-``[N, S, S, 3]`` pixels, output ``probabilities`` FP32 ``[N, classes]``.
+tensor); outputs ``features`` (the attended map, in the input's encoding),
+``spatial_attention`` UINT8 ``[N, 1, H, W]`` and ``channel_attention`` UINT8
+``[N, C]`` (fixed scale 1/255). ``fer_rest``: the same input, output
+``probabilities``. ``fer_classifier``: input ``image`` as BYTES ``[N]`` (encoded
+JPEG/PNG face crops of any size) or UINT8 ``[N, S, S, 3]`` pixels, output
+``probabilities`` FP32 ``[N, classes]``. A request that names outputs gets
+exactly those; one that names none gets the model's default
+(:data:`~shared_model.protocol.DEFAULT_OUTPUTS`).
 Every problem with a request is an :class:`InferenceError` carrying the gRPC
 status to answer with and a message that says what is wrong.
 """
@@ -26,11 +31,20 @@ from shared_model.config import ModelConfig
 from shared_model.preprocessing import pixels_to_tensor, prepare_face
 from shared_model.protocol import (
     ATTENTION_MODEL,
+    ATTENTION_SCALE,
+    CHANNEL_ATTENTION,
+    CLASS_NAMES,
     CLASSIFIER_MODEL,
+    CONFIG,
+    DEFAULT_OUTPUTS,
     FEATURES,
+    FINGERPRINT,
     IMAGE,
+    MODEL_OUTPUTS,
     PROBABILITIES,
+    REST_MODEL,
     SCALE,
+    SPATIAL_ATTENTION,
     ZERO_POINT,
     pb,
     read_parameters,
@@ -38,7 +52,7 @@ from shared_model.protocol import (
     unpack_bytes_elements,
 )
 
-MODELS = (ATTENTION_MODEL, CLASSIFIER_MODEL)
+MODELS = (ATTENTION_MODEL, REST_MODEL, CLASSIFIER_MODEL)
 
 
 class InferenceError(Exception):
@@ -77,6 +91,20 @@ def check_model(request: Any, fingerprint: str) -> str:
             "edge and cloud must load the same weights",
         )
     return name
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
+    """The outputs a request names (the model's default when it names none); unknown names are INVALID_ARGUMENT."""
+    names = tuple(output.name for output in request.outputs)
+    if not names:
+        return DEFAULT_OUTPUTS[request.model_name]
+    served = MODEL_OUTPUTS[request.model_name]
+    unknown = [name for name in names if name not in served]
+    if unknown:
+        raise invalid(f"model {request.model_name} has no output {', '.join(map(repr, unknown))}; it serves {', '.join(served)}")
+    if len(set(names)) != len(names):
+        raise invalid(f"outputs {list(names)} name the same output twice")
+    return names
 
 
 def _single_input(request: pb.ModelInferRequest, name: str) -> tuple[Any, bytes | None]:
@@ -141,22 +169,66 @@ def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: L
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
     scale, zero_point = _quantization(tensor, request) if encoding == codec.UINT8 else (None, None)
     try:
-        return torch.from_numpy(codec.decode_bytes(data, shape, encoding, scale, zero_point)), encoding
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scale is refused just below, not warned about
+            array = codec.decode_bytes(data, shape, encoding, scale, zero_point)
     except codec.CodecError as error:
         raise invalid(f"input {FEATURES!r}: {error}") from None
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(array).all())
+    if not finite:
+        raise invalid(f"input {FEATURES!r} holds NaN or infinite values (check 'scale')")
+    return torch.from_numpy(array), encoding
 
 
-def features_response(request: pb.ModelInferRequest, output: Tensor, encoding: str, version: str) -> pb.ModelInferResponse:
-    """``fer_attention`` response: the attended tensor in the request's encoding."""
+@dataclass(frozen=True)
+class AttentionOutputs:
+    """What ``fer_attention`` computes for a batch: the attended map and the attention that makes it."""
+
+    features: Tensor  # (N, C, H, W) = input * spatial * channel
+    spatial: Tensor  # (N, 1, H, W), values in (0, 1)
+    channel: Tensor  # (N, C), values in (0, 1)
+
+    def pack(self) -> Tensor:
+        """One (N, C*H*W + H*W + C) tensor, so a batch can be split per request along dim 0."""
+        return torch.cat([self.features.flatten(1), self.spatial.flatten(1), self.channel], dim=1)
+
+    @classmethod
+    def unpack(cls, packed: Tensor, split_shape: tuple[int, int, int]) -> "AttentionOutputs":
+        channels, height, width = split_shape
+        batch, pixels = packed.shape[0], height * width
+        features, spatial, channel = packed.split([channels * pixels, pixels, channels], dim=1)
+        return cls(features.reshape(batch, channels, height, width), spatial.reshape(batch, 1, height, width), channel)
+
+
+def _encode_output(tensor: Tensor, encoding: str, name: str) -> codec.EncodedTensor:
     try:
-        encoded = codec.encode(output, encoding)
-    except codec.CodecError as error:
-        raise InferenceError(grpc.StatusCode.INTERNAL, f"output could not be encoded: {error}") from None
+        return codec.encode(tensor, encoding)
+    except codec.CodecError as error:  # e.g. an input scale so large that the output overflows
+        raise invalid(f"output {name!r} cannot be encoded as {encoding}: {error}; check the input's scale") from None
+
+
+def _add_attention(response: pb.ModelInferResponse, name: str, values: Tensor) -> None:
+    """An attention output as UINT8 with the fixed scale 1/255 and zero point 0."""
+    quantized = codec.quantize(values.detach().cpu().numpy().astype(np.float32), ATTENTION_SCALE, 0)
+    out = response.outputs.add(name=name, datatype="UINT8", shape=list(quantized.shape))
+    set_parameters(out.parameters, {SCALE: ATTENTION_SCALE, ZERO_POINT: 0})
+    response.raw_output_contents.append(quantized.tobytes())
+
+
+def attention_response(
+    request: pb.ModelInferRequest, outputs: AttentionOutputs, encoding: str, version: str, names: tuple[str, ...]
+) -> pb.ModelInferResponse:
+    """``fer_attention`` response with exactly the requested outputs, in the order requested."""
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
-    out = response.outputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))
-    if encoding == codec.UINT8:
-        set_parameters(out.parameters, {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)})
-    response.raw_output_contents.append(encoded.data)
+    for name in names:
+        if name == FEATURES:
+            encoded = _encode_output(outputs.features, encoding, FEATURES)
+            out = response.outputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))
+            if encoding == codec.UINT8:
+                set_parameters(out.parameters, {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)})
+            response.raw_output_contents.append(encoded.data)
+        else:
+            _add_attention(response, name, outputs.spatial if name == SPATIAL_ATTENTION else outputs.channel)
     return response
 
 
@@ -212,12 +284,17 @@ def probabilities_response(request: pb.ModelInferRequest, probabilities: Tensor,
 def model_metadata(name: str, config: ModelConfig, version: str) -> pb.ModelMetadataResponse:
     """Tensors, class names and config of a served model (-1 marks the batch dimension)."""
     meta = pb.ModelMetadataResponse(name=name, versions=[version], platform="pytorch")
-    if name == ATTENTION_MODEL:
-        for tensors in (meta.inputs, meta.outputs):
-            tensors.add(name=FEATURES, datatype="UINT8", shape=[-1, *config.split_shape])
-    else:
+    if name == CLASSIFIER_MODEL:
         meta.inputs.add(name=IMAGE, datatype="BYTES", shape=[-1])
+    else:
+        meta.inputs.add(name=FEATURES, datatype="UINT8", shape=[-1, *config.split_shape])
+    if name == ATTENTION_MODEL:
+        channels, height, width = config.split_shape
+        meta.outputs.add(name=FEATURES, datatype="UINT8", shape=[-1, *config.split_shape])
+        meta.outputs.add(name=SPATIAL_ATTENTION, datatype="UINT8", shape=[-1, 1, height, width])
+        meta.outputs.add(name=CHANNEL_ATTENTION, datatype="UINT8", shape=[-1, channels])
+    else:
         meta.outputs.add(name=PROBABILITIES, datatype="FP32", shape=[-1, config.num_classes])
-    set_parameters(meta.parameters, {"class_names": ",".join(config.class_names), "config": config.to_json()})
+    set_parameters(meta.parameters, {CLASS_NAMES: ",".join(config.class_names), CONFIG: config.to_json(), FINGERPRINT: version})
     return meta
 

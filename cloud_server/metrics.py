@@ -15,7 +15,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class ServerMetrics:
-    """Requests by model and status, queue/compute/total latency, batch sizes, in-flight requests."""
+    """Requests by model and status, queue/compute/total latency, batch sizes, expired and in-flight requests.
+
+    Labels are model names and status codes only: nothing a client sends (tokens,
+    ids) ever becomes a label.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -24,6 +28,7 @@ class ServerMetrics:
         self.compute_seconds = Histogram("fer_compute_seconds", "Forward pass time of the batch", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.request_seconds = Histogram("fer_request_seconds", "Total server time per request", ["model"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("fer_batch_size", "Items per executed batch", ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.expired = Counter("fer_expired_requests", "Requests whose deadline passed before they were answered (still queued: dropped before compute)", ["model"], registry=self.registry)
         self.in_flight = Gauge("fer_in_flight_requests", "Requests being served now", registry=self.registry)
         self._http = None
 

@@ -1,62 +1,84 @@
-"""Assembling the gRPC server: inference service, health, reflection, auth, TLS, limits, drain."""
+"""Assembling the gRPC server: inference service, health, reflection, auth, TLS, limits, drain.
+
+The server is ``grpc.aio``: one event loop (on a thread of its own, so that
+:class:`CloudServer` can be driven from ordinary code) serves every call, so
+long-lived streams hold no threads and health checks are answered beside any
+number of them. Thread model: the event loop; one compute thread per model
+(the batchers); a small pool decoding images; the metrics HTTP server.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import ipaddress
 import logging
 import threading
-from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared_model.protocol import SERVICE_NAME, pb
+from shared_model.protocol import SERVICE_NAME, pb, pb_grpc
 
 from .engine import InferenceEngine
 from .service import InferenceServicer
 
 log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+T = TypeVar("T")
+
+# Edges send keepalive pings (edge_client.transport) so that a silent link is noticed;
+# the server must permit them, or it answers GOAWAY "too_many_pings".
+KEEPALIVE_PERMIT_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_pings_without_data", 0),
+    # The server pings too, so the streams of an edge that vanished are reaped.
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+]
 
 
 @dataclass(frozen=True)
 class ServerOptions:
+    """Where and how the service listens; see ``fer-cloud serve --help`` for each limit."""
+
     host: str = "0.0.0.0"
     port: int = 8001
-    workers: int = 32
-    max_concurrent_rpcs: int = 256
+    max_concurrent_rpcs: int | None = 4096  # calls (streams count once) beyond this get RESOURCE_EXHAUSTED
     max_message_bytes: int = 64 * 1024 * 1024
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None  # set: clients must present a certificate signed by it (mTLS)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in reprs or logs
     max_connection_age_s: float | None = None  # bounded connections let new replicas receive traffic
     metrics_port: int | None = None
     metrics_host: str = "0.0.0.0"
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Requires ``authorization: Bearer <token>``; the health service stays open for probes."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
+        self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(HEALTH_PREFIX):
             return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
+        sent = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(str(sent).encode(), self._expected):
             return handler
         return _refusal(handler, "missing or wrong bearer token (send 'authorization: Bearer <token>')")
 
 
 def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    def abort(request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
@@ -67,89 +89,142 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
     return grpc.unary_unary_rpc_method_handler(abort)
 
 
+def check_tls_options(options: ServerOptions) -> None:
+    """Refuse a TLS setup that would silently serve something else than asked (raises ValueError)."""
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise ValueError("TLS needs both a certificate (--tls-cert) and a key (--tls-key)")
+    if options.tls_client_ca and not options.tls_cert:
+        raise ValueError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key: without them the server would serve plaintext")
+
+
 def _server_credentials(options: ServerOptions) -> grpc.ServerCredentials | None:
-    if not options.tls_cert and not options.tls_key:
+    check_tls_options(options)
+    if not options.tls_cert:
         return None
-    if not (options.tls_cert and options.tls_key):
-        raise ValueError("TLS needs both a certificate and a key")
-    pair = (Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())
+    pair = (Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())  # type: ignore[arg-type]
     client_ca = Path(options.tls_client_ca).read_bytes() if options.tls_client_ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
+def is_loopback(host: str) -> bool:
+    """Is ``host`` reachable only from this machine?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
+    """Channel arguments of the server: message limits, keepalive permits, connection age."""
+    result: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+        *KEEPALIVE_PERMIT_OPTIONS,
+    ]
+    if options.max_connection_age_s:
+        result += [
+            ("grpc.max_connection_age_ms", int(options.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 5000),
+        ]
+    return result
+
+
 class CloudServer:
-    """A running ``fer-cloud``: start, drain gracefully, wait."""
+    """A running ``fer-cloud``: start, drain gracefully, wait. Usable from any thread."""
 
     def __init__(self, engine: InferenceEngine, options: ServerOptions | None = None) -> None:
         self.engine = engine
         self.options = options or ServerOptions()
+        self._credentials = _server_credentials(self.options)  # TLS mistakes fail here, before anything runs
         self.servicer = InferenceServicer(engine)
-        self.health = health.HealthServicer()
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
-        self._server = self._build()
+        self._stop_lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        try:
+            self.health, self._server = self._call(self._build())
+        except BaseException:
+            self._close_loop()
+            raise
 
-    def _build(self) -> grpc.Server:
+    def _call(self, coroutine: Awaitable[T], timeout: float | None = None) -> T:
+        """Run ``coroutine`` on the server's event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    async def _build(self) -> tuple[health.aio.HealthServicer, grpc.aio.Server]:
         o = self.options
-        grpc_options = [
-            ("grpc.max_receive_message_length", o.max_message_bytes),
-            ("grpc.max_send_message_length", o.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        if o.max_connection_age_s:
-            grpc_options += [
-                ("grpc.max_connection_age_ms", int(o.max_connection_age_s * 1000)),
-                ("grpc.max_connection_age_grace_ms", 5000),
-            ]
-        interceptors = [BearerTokenInterceptor(o.token)] if o.token else []
-        server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=o.workers, thread_name_prefix="grpc"),
-            interceptors=interceptors,
-            options=grpc_options,
+        server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(o.token)] if o.token else [],
+            options=grpc_options(o),
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
-        from shared_model.protocol import pb_grpc
-
+        health_servicer = health.aio.HealthServicer()
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
         address = f"{o.host}:{o.port}"
-        credentials = _server_credentials(o)
-        bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+        bound = server.add_secure_port(address, self._credentials) if self._credentials else server.add_insecure_port(address)
         if bound == 0:
             raise OSError(f"could not bind {address}")
         self.port = bound
-        return server
+        return health_servicer, server
+
+    async def _start(self) -> None:
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> int:
         """Start serving; returns the bound gRPC port."""
-        self._server.start()
-        for service in ("", SERVICE_NAME):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._call(self._start())
         if self.options.metrics_port is not None:
             self.metrics_port = self.engine.metrics.serve(self.options.metrics_port, self.options.metrics_host)
-        log.info("serving %s on port %s (model version %s, device %s)", SERVICE_NAME, self.port, self.engine.fingerprint, self.engine.device)
+        if self._credentials is None and not is_loopback(self.options.host):
+            log.warning(
+                "serving WITHOUT TLS on %s: requests%s cross the network in plaintext; use --tls-cert/--tls-key",
+                self.options.host, " and the bearer token" if self.options.token else "",
+            )
+        log.info("serving %s on port %s (model version %s, device %s, runtime %s)", SERVICE_NAME, self.port, self.engine.fingerprint, self.engine.device, self.engine.runtime)
         return self.port  # type: ignore[return-value]
 
-    def drain(self, grace: float = 30.0) -> None:
-        """Graceful shutdown: report NOT_SERVING, refuse new work, let in-flight requests finish."""
-        if self._stopped.is_set():
-            return
+    async def _drain(self, grace: float) -> None:
         self.servicer.start_draining()
-        self.health.enter_graceful_shutdown()
-        self._server.stop(grace).wait()
-        self.engine.close()
-        self.engine.metrics.close()
-        self._stopped.set()
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+
+    def drain(self, grace: float = 30.0) -> None:
+        """Graceful shutdown: report NOT_SERVING, refuse new work, let in-flight requests finish (up to ``grace`` s)."""
+        self._shutdown(lambda: self._call(self._drain(grace)), grace)
 
     def stop_now(self) -> None:
         """Abrupt stop (tests simulate a crash with it): connections are cut, nothing drains."""
-        self._server.stop(None).wait()
-        self.engine.close()
-        self.engine.metrics.close()
-        self._stopped.set()
+        self._shutdown(lambda: self._call(self._server.stop(None)), 1.0)
+
+    def _shutdown(self, stop_grpc: Callable[[], None], grace: float) -> None:
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            try:
+                stop_grpc()
+            finally:
+                self.engine.close(grace)
+                self.engine.metrics.close()
+                self._close_loop()
+                self._stopped.set()
+
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if not self._loop.is_running():
+            self._loop.close()
 
     def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (or ``timeout``); True once stopped."""
         return self._stopped.wait(timeout)

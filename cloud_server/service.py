@@ -1,10 +1,16 @@
-"""The gRPC servicer: thin, it maps protocol calls onto the engine and statuses onto errors."""
+"""The gRPC servicer (grpc.aio): thin, it maps protocol calls onto the engine and statuses onto errors.
+
+Every method is a coroutine on the server's one event loop, so an open stream
+costs a coroutine, not a thread; the model computes on the engine's batcher
+threads and the loop only validates, queues and answers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-from typing import Iterator
+import time
+from typing import AsyncIterator
 
 import grpc
 
@@ -16,69 +22,110 @@ from .inference import MODELS, InferenceError, model_metadata
 log = logging.getLogger(__name__)
 SERVER_NAME = "fer-cloud"
 SERVER_VERSION = "0.1.0"
+STREAM_WINDOW = 64  # requests of one stream in the server at once; more wait in the transport (flow control)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.perf_counter()`` value (None: the client set none)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.perf_counter() + remaining
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """``inference.GRPCInferenceService`` over an :class:`InferenceEngine`."""
 
-    def __init__(self, engine: InferenceEngine) -> None:
+    def __init__(self, engine: InferenceEngine, stream_window: int = STREAM_WINDOW) -> None:
         self.engine = engine
-        self._draining = threading.Event()
+        self.stream_window = stream_window
+        self._draining = False
 
     def start_draining(self) -> None:
         """From now on: not ready, new inference calls UNAVAILABLE."""
-        self._draining.set()
+        self._draining = True
 
     @property
     def draining(self) -> bool:
-        return self._draining.is_set()
+        return self._draining
 
-    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext) -> pb.ServerReadyResponse:
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=not self.draining)
 
-    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext) -> pb.ModelReadyResponse:
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
         known = request.name in MODELS and request.version in ("", self.engine.fingerprint)
         return pb.ModelReadyResponse(ready=known and not self.draining)
 
-    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext) -> pb.ServerMetadataResponse:
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=["model_stream_infer"])
 
-    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext) -> pb.ModelMetadataResponse:
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         if request.name not in MODELS:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r}; this server serves {', '.join(MODELS)}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r}; this server serves {', '.join(MODELS)}")
         if request.version not in ("", self.engine.fingerprint):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {request.version} is not served here (this server holds version {self.engine.fingerprint})")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {request.version} is not served here (this server holds version {self.engine.fingerprint})")
         return model_metadata(request.name, self.engine.config, self.engine.fingerprint)
 
-    def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         if self.draining:
             raise InferenceError(grpc.StatusCode.UNAVAILABLE, "server is draining; send requests to another replica")
-        return self.engine.infer(request)
+        return await self.engine.infer_async(request, deadline)
 
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            return self._infer(request)
+            return await self._infer(request, _deadline(context))
         except InferenceError as error:
-            context.abort(error.code, error.message)
+            await context.abort(error.code, error.message)
         except Exception as error:  # a bug must not kill the server: report it, keep serving
             log.exception("inference failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+        raise AssertionError("unreachable: abort raises")
 
-    def ModelStreamInfer(self, request_iterator: Iterator[pb.ModelInferRequest], context: grpc.ServicerContext) -> Iterator[pb.ModelStreamInferResponse]:
-        """Each request gets one response in order; errors travel in-stream (with the request id)."""
-        for request in request_iterator:
-            try:
-                yield pb.ModelStreamInferResponse(infer_response=self._infer(request))
-            except InferenceError as error:
-                yield _stream_error(request, f"{error.code.name}: {error.message}")
-                if error.code == grpc.StatusCode.UNAVAILABLE:
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Each request gets one response, in order; errors travel in-stream (with the request id).
+
+        Up to ``stream_window`` requests of the stream are computed at once (so
+        they can share batches); a draining server answers UNAVAILABLE and ends
+        the stream.
+        """
+        replies: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+        window = asyncio.Semaphore(self.stream_window)
+        reader = asyncio.create_task(self._read_stream(request_iterator, replies, window, _deadline(context)))
+        try:
+            while (task := await replies.get()) is not None:
+                reply, last = await task
+                window.release()
+                yield reply
+                if last:
                     return
-            except Exception as error:
-                log.exception("stream inference failed")
-                yield _stream_error(request, f"INTERNAL: {type(error).__name__}: {error}")
+        finally:
+            reader.cancel()
+            while not replies.empty():
+                if (task := replies.get_nowait()) is not None:
+                    task.cancel()
+
+    async def _read_stream(
+        self, requests: AsyncIterator[pb.ModelInferRequest], replies: asyncio.Queue, window: asyncio.Semaphore, deadline: float | None
+    ) -> None:
+        try:
+            async for request in requests:
+                await window.acquire()
+                replies.put_nowait(asyncio.create_task(self._stream_reply(request, deadline)))
+        finally:
+            replies.put_nowait(None)
+
+    async def _stream_reply(self, request: pb.ModelInferRequest, deadline: float | None) -> tuple[pb.ModelStreamInferResponse, bool]:
+        """The stream response for one request, and whether the stream should end after it."""
+        try:
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline)), False
+        except InferenceError as error:
+            return _stream_error(request, f"{error.code.name}: {error.message}"), error.code == grpc.StatusCode.UNAVAILABLE
+        except Exception as error:
+            log.exception("stream inference failed")
+            return _stream_error(request, f"INTERNAL: {type(error).__name__}: {error}"), False
 
 
 def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:

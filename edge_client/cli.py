@@ -12,7 +12,6 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -23,14 +22,17 @@ from shared_model.preprocessing import prepare_face
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
 from .daemon import AnnotatedWriter, run_source
-from .faces import FaceDetector
-from .runner import EDGE, IMAGE_FORMATS, STRATEGIES, EdgeRunner
+from .faces import BlazeFaceDetector, FaceDetector
+from .samples import sample_image
+from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
 from .sources import SourceError, open_source
 from .transport import ClientSecurity, CloudClient, RemoteError
 
 EXAMPLES = """examples:
   fer-edge run photo.jpg                                  # everything on this device
-  fer-edge run photo.jpg --cloud 10.0.0.5:8001 --strategy split --json
+  fer-edge run photo.jpg --cloud 10.0.0.5:8001 --json     # auto: the fastest strategy per face
+  fer-edge run clip.mp4 --cloud 10.0.0.5:8001 --private   # auto, but the face image never leaves
+  fer-edge run photo.jpg --cloud 10.0.0.5:8001 --strategy split --split-returns features  # the paper's round trip
   fer-edge run clip.mp4 --cloud localhost:8001 --strategy cloud --annotate out.mp4
   fer-edge run faces/ --whole-image --json                # a folder of pre-cropped faces
   fer-edge run 0 --cloud localhost:8001 --strategy split  # camera 0
@@ -38,42 +40,72 @@ EXAMPLES = """examples:
 """
 
 
-def sample_image() -> Path:
-    """The bundled public-domain sample photo (astronaut Eileen Collins, NASA)."""
-    return Path(str(resources.files("edge_client") / "assets" / "astronaut.png"))
+def _token_or_environment(text: str) -> str | None:
+    """``--token``'s value; its default, the text ``$FER_CLOUD_TOKEN``, reads that variable."""
+    return os.environ.get("FER_CLOUD_TOKEN") or None if text == "$FER_CLOUD_TOKEN" else text
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights); must match the cloud's")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="torch", help="run the edge partitions with PyTorch, or with ONNX Runtime (no torch needed)")
-    parser.add_argument("--onnx-dir", type=Path, help="with --runtime onnx: a folder from `fer-train export` (default: the shipped export of the default weights)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what runs the edge's partitions: onnx (ONNX Runtime, no torch needed; several times faster on a CPU), torch, or auto (onnx where installed, unless --weights names a checkpoint without --onnx-dir)")
+    parser.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: a folder from `fer-train export` (default: the shipped export of the shipped weights)")
     parser.add_argument("--encoding", choices=("uint8", "fp16", "fp32"), default="uint8", help="split tensor encoding on the wire")
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg", help="what the cloud strategy sends: JPEG, PNG or raw 224x224x3 pixels (the paper's 150.5 KB)")
-    parser.add_argument("--timeout-ms", type=float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
+    parser.add_argument("--image-size", type=_positive_int, default=DEFAULT_IMAGE_SIZE, help="the cloud strategy sends the face crop as found, shrunk to at most this side (the cloud resizes it to the input size); the default kept FER2013 accuracy within 0.3 points of sending 224x224")
+    parser.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the face the cloud strategy sends")
+    parser.add_argument("--split-returns", choices=SPLIT_RETURNS, default="attention", help="what the split strategy gets back: the attention alone (1x28x28 map + 8 weights, 792 bytes), applied here to the full-precision map; or the attended map (the paper's round trip, 6,272 bytes)")
+    parser.add_argument("--private", action="store_true", help="the face image never leaves this device: auto chooses among edge, split and split-rest only; --strategy cloud is refused")
+    parser.add_argument("--timeout-ms", type=_positive_float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
     parser.add_argument("--failures-to-open", type=int, default=3, help="consecutive failures that open the circuit breaker")
     parser.add_argument("--probe-after-s", type=float, default=2.0, help="how long an open circuit waits before probing the health service")
     parser.add_argument("--tls-ca", type=Path, help="CA certificate of the cloud (enables TLS)")
     parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
     parser.add_argument("--tls-server-name", help="name to verify in the server certificate")
-    parser.add_argument("--token", default=os.environ.get("FER_CLOUD_TOKEN"), help="bearer token (default: $FER_CLOUD_TOKEN)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for PyTorch")
+    # The default is the variable's name, resolved by `type` after parsing, so --help never shows the secret.
+    parser.add_argument("--token", default="$FER_CLOUD_TOKEN", type=_token_or_environment, help="bearer token (prefer the variable: arguments show in ps)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the edge's runtime")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if action.default is None or action.default is False or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-edge", description="Edge side of split FER inference: find faces, classify each into seven expressions, locally or with the cloud.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=_HelpFormatter)
     run.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
     run.add_argument("--cloud", help="cloud address host:port, several replicas as ip:port,ip:port (round robin), or dns:///name:port; without it everything runs locally")
-    run.add_argument("--strategy", choices=STRATEGIES, default=None, help="edge, cloud or split (default: split with --cloud, else edge)")
+    run.add_argument("--strategy", choices=STRATEGIES, default=None, help="edge, cloud, split, split-rest, or auto (the fastest per face, from what this edge measures); default: auto with --cloud, else edge")
     run.add_argument("--whole-image", action="store_true", help="treat each image as one pre-cropped face (no detection)")
+    run.add_argument("--detector", choices=DETECTORS, default="haar", help="face detector: OpenCV's Haar cascade, or MediaPipe's BlazeFace (short or full range; pip install 'fer-split[blazeface]'), faster and fewer false faces (docs/faces.md)")
     run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
     run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video or image file")
-    run.add_argument("--max-frames", type=int, help="stop after this many frames (cameras and streams)")
+    run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames (any source: video, camera, stream, folder)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_connection_arguments(run)
-    demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=_HelpFormatter)
     demo.add_argument("--image", type=Path, default=None, help="photo to classify (default: the bundled sample)")
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per strategy (median reported)")
     demo.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -89,7 +121,19 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
         client = CloudClient(cloud, backend.fingerprint, security, args.timeout_ms / 1000)
     probe_timeout = min(0.25, args.timeout_ms / 1000)  # a probe delays one locally answered face at most this long
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
-    return EdgeRunner(backend, strategy, client, breaker, args.encoding, args.image_format, timeout_s=args.timeout_ms / 1000, use_stream=use_stream)
+    return EdgeRunner(
+        backend, strategy, client, breaker, args.encoding, args.image_format, args.jpeg_quality, timeout_s=args.timeout_ms / 1000, use_stream=use_stream,
+        image_size=args.image_size, split_returns=args.split_returns, private=args.private,
+    )
+
+
+DETECTORS = ("haar", "blazeface", "blazeface-full")
+
+
+def make_detector(name: str, whole_image: bool = False) -> FaceDetector | BlazeFaceDetector:
+    if whole_image or name == "haar":
+        return FaceDetector(whole_image)
+    return BlazeFaceDetector("full" if name == "blazeface-full" else "short")
 
 
 def _human(record: dict[str, Any]) -> str:
@@ -101,21 +145,20 @@ def _human(record: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    strategy = args.strategy or ("split" if args.cloud else EDGE)
-    if strategy != EDGE and not args.cloud:
+    strategy = args.strategy or (AUTO if args.cloud else EDGE)
+    if strategy not in (EDGE, AUTO) and not args.cloud:
         raise ValueError(f"--strategy {strategy} needs --cloud HOST:PORT")
     source = open_source(args.source, args.max_frames)
     runner = make_runner(args, strategy, args.cloud, use_stream=source.is_video)
     writer = AnnotatedWriter(args.annotate, source.fps) if args.annotate else None
-    frames_bar = tqdm(total=source.length, unit="face", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
+    frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
     try:
-        for record in run_source(source, FaceDetector(args.whole_image), runner, writer):
+        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer):
             print(json.dumps(record) if args.json else _human(record), flush=True)
             frames_bar.update(1 if record.get("face") in (0, None) else 0)
     finally:
         frames_bar.close()
-        if runner.client:
-            runner.client.close()
+        runner.close()
     return 0
 
 
@@ -143,47 +186,58 @@ def loopback_cloud(weights: Path | None, threads: int) -> Iterator[str]:
                 process.kill()
 
 
-DEMO_VARIANTS = (("edge", "edge", {}), ("cloud (JPEG)", "cloud", {"image_format": "jpeg"}), ("cloud (raw pixels)", "cloud", {"image_format": "raw"}), ("split (uint8)", "split", {"encoding": "uint8"}))
+def _demo_variants(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
+    """The rows of the demo: every strategy, with --encoding and --image-format where they apply."""
+    image = {"jpeg": f"cloud (JPEG, crop <= {args.image_size} px)", "png": f"cloud (PNG, crop <= {args.image_size} px)", "raw": "cloud (raw pixels, the paper)"}
+    rows = [("edge", "edge", {}), (image[args.image_format], "cloud", {})]
+    if args.image_format != "raw":
+        rows.append((image["raw"], "cloud", {"image_format": "raw"}))
+    if args.private:  # the face image stays here: no cloud rows
+        rows = rows[:1]
+    return rows + [
+        (f"split ({args.encoding}, attention back)", "split", {"split_returns": "attention"}),
+        (f"split ({args.encoding}, map back: paper)", "split", {"split_returns": "features"}),
+        (f"split-rest ({args.encoding})", "split-rest", {}),
+        ("auto", "auto", {}),
+    ]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import torch
+    from collections import Counter
 
-    from shared_model.checkpoint import load_model
-
-    torch.set_num_threads(args.threads)
     image_path = args.image or sample_image()
     frame = next(open_source(str(image_path)).frames)
     if frame.image is None:
         raise SourceError(frame.error or f"cannot read {image_path}")
     detector = FaceDetector()
     boxes = detector.detect(frame.image) or FaceDetector(whole_image=True).detect(frame.image)
-    model, checkpoint = load_model(args.weights)
-    backend = as_backend(model)  # fingerprinted once, shared by every strategy's runner
-    pixels = prepare_face(FaceDetector.crop(frame.image, boxes[0]), backend.config.input_size)
+    backend = load_backend(args.runtime, args.weights, args.onnx_dir, args.threads)  # shared by every strategy's runner
+    runtime = type(backend).__name__.removesuffix("Backend").lower()
+    crop = FaceDetector.crop(frame.image, boxes[0])
+    pixels = prepare_face(crop, backend.config.input_size)
     rows = []
     with loopback_cloud(args.weights, args.threads) as address:
-        for title, strategy, overrides in DEMO_VARIANTS:
+        for title, strategy, overrides in _demo_variants(args):
             runner = make_runner(argparse.Namespace(**{**vars(args), **overrides}), strategy, address, backend)
-            runner.classify(pixels)  # warm-up: connection, caches
-            results = [runner.classify(pixels) for _ in range(args.repeats)]
+            runner.classify(pixels, crop)  # warm-up: connection, caches
+            results = [runner.classify(pixels, crop) for _ in range(args.repeats)]
             last = results[-1]
             rows.append({
                 "strategy": title, "label": last.label, "confidence": last.probabilities[last.label],
+                "answered_by": Counter(r.strategy for r in results).most_common(1)[0][0],
                 "median_ms": statistics.median(r.latency.total for r in results),
                 "bytes_up": last.bytes_up, "bytes_down": last.bytes_down,
                 "fallbacks": sum(r.fallback for r in results), "fallback_reason": last.fallback_reason,
             })
-            if runner.client:
-                runner.client.close()
-    summary = {"image": str(image_path), "box": boxes[0].to_list(), "model_version": checkpoint.fingerprint, "validation_accuracy": checkpoint.provenance.get("validation_accuracy"), "strategies": rows}
+            runner.close()
+    summary = {"image": str(image_path), "box": boxes[0].to_list(), "model_version": backend.fingerprint, "edge_runtime": runtime, "strategies": rows}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
-    print(f"{image_path.name}: face at {boxes[0].to_list()}, model {checkpoint.fingerprint}, cloud on {address} (loopback)")
-    print(f"{'strategy':<20}{'label':<10}{'conf':>6}{'median ms':>11}{'bytes up':>10}{'bytes down':>12}{'fallbacks':>11}")
+    print(f"{image_path.name}: face at {boxes[0].to_list()}, model {backend.fingerprint}, edge runtime {runtime}, cloud on {address} (loopback)")
+    print(f"{'strategy':<34}{'label':<10}{'conf':>6}{'answered by':>13}{'median ms':>11}{'bytes up':>10}{'bytes down':>12}{'fallbacks':>11}")
     for r in rows:
-        print(f"{r['strategy']:<20}{r['label']:<10}{r['confidence']:>6.2f}{r['median_ms']:>11.1f}{r['bytes_up']:>10}{r['bytes_down']:>12}{r['fallbacks']:>11}")
+        print(f"{r['strategy']:<34}{r['label']:<10}{r['confidence']:>6.2f}{r['answered_by']:>13}{r['median_ms']:>11.1f}{r['bytes_up']:>10}{r['bytes_down']:>12}{r['fallbacks']:>11}")
     print(f"({args.repeats} runs each on loopback: no bandwidth limit; see `fer-bench network` for throttled links)")
     return 0
 
@@ -195,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SourceError, RemoteError, ValueError, RuntimeError, FileNotFoundError, ImportError) as error:
         print(f"fer-edge: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C on a camera: what was printed stands; no traceback
+        return 130
+    except BrokenPipeError:  # `fer-edge run ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import numpy as np
 
 from shared_model.preprocessing import prepare_face
 
-from .faces import Box, FaceDetector
+from .faces import Box, ConfirmationWindow, FaceDetector, FaceTracker
 from .runner import EdgeRunner
 from .sources import Frame, Source
 
@@ -23,19 +23,37 @@ class Annotation:
     fallback: bool
 
 
-def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner) -> tuple[list[dict[str, Any]], list[Annotation]]:
-    """One record per face in the frame; one record with an error when the frame is unreadable or faceless."""
+def find_faces(image: np.ndarray, detector: FaceDetector, tracker: FaceTracker | None = None) -> list[tuple[Box, int | None]]:
+    """Boxes to classify with their track ids: one-shot detection for stills (id None), tracked faces in video."""
+    boxes = detector.detect(image)
+    if tracker is None or detector.whole_image:
+        return [(box, None) for box in boxes]
+    return [(track.as_box(), track.track_id) for track in tracker.update(boxes)]
+
+
+def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner, tracker: FaceTracker | None = None) -> tuple[list[dict[str, Any]], list[Annotation]]:
+    """One record per face in the frame; one record with an error when the frame is unreadable or faceless.
+
+    With a ``tracker``, only faces already confirmed over consecutive frames are
+    reported, with smoothed boxes and a ``track_id`` (``run_source`` instead
+    delays video frames so that confirmed faces are reported from their first frame).
+    """
+    faces = find_faces(frame.image, detector, tracker) if frame.image is not None else []
+    return classify_faces(frame, faces, runner)
+
+
+def classify_faces(frame: Frame, faces: list[tuple[Box, int | None]], runner: EdgeRunner) -> tuple[list[dict[str, Any]], list[Annotation]]:
+    """Records (and annotations) for the given faces of a frame; one error record when there are none."""
     base = {"source": frame.source, "frame": frame.index}
     if frame.image is None:
-        return [{**base, "face": None, "box": None, "label": None, "error": frame.error}], []
-    boxes = detector.detect(frame.image)
-    if not boxes:
-        return [{**base, "face": None, "box": None, "label": None, "error": "no face found"}], []
+        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": frame.error}], []
+    if not faces:
+        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": "no face found"}], []
     records, annotations = [], []
-    for number, box in enumerate(boxes):
-        pixels = prepare_face(FaceDetector.crop(frame.image, box), runner.config.input_size)
-        result = runner.classify(pixels)
-        records.append({**base, "face": number, "box": box.to_list(), **result.to_dict(), "error": None})
+    for number, (box, track_id) in enumerate(faces):
+        crop = FaceDetector.crop(frame.image, box)
+        result = runner.classify(prepare_face(crop, runner.config.input_size), crop)
+        records.append({**base, "face": number, "track_id": track_id, "box": box.to_list(), **result.to_dict(), "error": None})
         confidence = result.probabilities[result.label]
         annotations.append(Annotation(box, f"{result.label} {confidence:.2f} [{result.strategy}]", result.fallback))
     return records, annotations
@@ -75,11 +93,29 @@ class AnnotatedWriter:
             self._video.release()
 
 
-def run_source(source: Source, detector: FaceDetector, runner: EdgeRunner, writer: AnnotatedWriter | None = None) -> Iterator[dict[str, Any]]:
-    """All records of a source, in order."""
+def _tracked_faces(frames: Iterator[Frame], detector: FaceDetector, tracker: FaceTracker) -> Iterator[tuple[Frame, list[tuple[Box, int | None]]]]:
+    """Video frames with their confirmed faces, each frame released once its faces are confirmed or rejected."""
+    window: ConfirmationWindow[Frame] = ConfirmationWindow(tracker)
+    for frame in frames:
+        boxes = detector.detect(frame.image) if frame.image is not None else []
+        yield from window.push(frame, boxes)
+    yield from window.flush()
+
+
+def run_source(source: Source, detector: FaceDetector, runner: EdgeRunner, writer: AnnotatedWriter | None = None, tracker: FaceTracker | None = None) -> Iterator[dict[str, Any]]:
+    """All records of a source, in order.
+
+    Faces in a video are tracked (a new :class:`FaceTracker` unless one is
+    given): each frame waits ``confirm_frames - 1`` frames, then its confirmed
+    faces are classified. Stills and ``whole_image`` get one-shot detection.
+    """
+    if source.is_video and not detector.whole_image:
+        faces = _tracked_faces(source.frames, detector, tracker or FaceTracker())
+    else:
+        faces = ((frame, find_faces(frame.image, detector) if frame.image is not None else []) for frame in source.frames)
     try:
-        for frame in source.frames:
-            records, annotations = face_records(frame, detector, runner)
+        for frame, found in faces:
+            records, annotations = classify_faces(frame, found, runner)
             if writer is not None and frame.image is not None:
                 writer.write(annotate(frame.image, annotations))
             yield from records

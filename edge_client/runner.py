@@ -1,34 +1,81 @@
 """The edge runner: one face in, exactly one result out, by the chosen strategy or locally.
 
-Strategies (see DESIGN.md): ``edge`` runs everything here; ``cloud`` sends the
-face (JPEG, PNG or raw pixels) and gets class probabilities; ``split`` runs the
-head, sends the split tensor, gets the attended tensor back and runs the tail.
-Any remote failure (error, timeout, refusal, version mismatch, open circuit)
-is answered locally from the same weights, reusing the head's output when the
-split strategy already computed it; the result says so and why.
+Strategies (see DESIGN.md and ARCHITECTURE.md):
+
+- ``edge``: everything here.
+- ``cloud``: the face image goes up (JPEG/PNG at ``image_size``, or raw pixels
+  as in the paper); class probabilities come back.
+- ``split``: the head runs here, the split tensor goes up; by default only the
+  attention comes back (a 1xHxW spatial map and C channel weights, 792 bytes as
+  uint8) and is applied to the edge's own full-precision tensor; with
+  ``split_returns="features"`` the attended tensor comes back (the paper's round trip).
+- ``split-rest``: the head runs here, the split tensor goes up, probabilities come back.
+- ``auto``: one of the above per face, chosen by :class:`~edge_client.auto.AutoPlanner`.
+
+Any remote failure (error, timeout, refusal, version mismatch, open circuit, a
+malformed answer, even a bug on the remote path) is answered locally from the
+same weights, reusing the head's output when the strategy already computed it;
+the result says so and why.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
 
 from shared_model import codec
-from shared_model.preprocessing import pixels_to_array
+from shared_model.preprocessing import pixels_to_array, to_gray
+from shared_model.protocol import (
+    ATTENTION_MODEL,
+    CHANNEL_ATTENTION,
+    CLASSIFIER_MODEL,
+    FEATURES,
+    FINGERPRINT,
+    PROBABILITIES,
+    REST_MODEL,
+    SPATIAL_ATTENTION,
+    read_parameters,
+)
 
+from .auto import (
+    CLOUD,
+    CONCRETE_STRATEGIES,
+    EDGE,
+    PRIVATE_STRATEGIES,
+    REMOTE_STRATEGIES,
+    SPLIT,
+    SPLIT_REST,
+    AutoPlanner,
+    Decision,
+    Observation,
+    RttProbe,
+)
 from .backends import Backend, as_backend
 from .breaker import CircuitBreaker
 from .transport import CloudClient, RemoteCall, RemoteError
 
-EDGE = "edge"
-CLOUD = "cloud"
-SPLIT = "split"
-STRATEGIES = (EDGE, CLOUD, SPLIT)
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+STRATEGIES = (*CONCRETE_STRATEGIES, AUTO)
 IMAGE_FORMATS = ("jpeg", "png", "raw")
+SPLIT_RETURNS = ("attention", "features")
+# The cloud strategy sends the face crop itself, shrunk to at most this side:
+# the smallest that kept FER2013 accuracy within 0.3 points of sending 224x224
+# (docs/offload_accuracy.md); FER2013's faces are 48x48, the network's training data.
+DEFAULT_IMAGE_SIZE = 48
+DEFAULT_JPEG_QUALITY = 95
+MODEL_OF_STRATEGY = {CLOUD: CLASSIFIER_MODEL, SPLIT: ATTENTION_MODEL, SPLIT_REST: REST_MODEL}
+# Fallback reasons that mean "this cloud cannot serve this strategy", not "it failed this time".
+NOT_SERVED_REASONS = ("not_served", "version_mismatch")
+
+__all__ = ["AUTO", "CLOUD", "EDGE", "SPLIT", "SPLIT_REST", "STRATEGIES", "IMAGE_FORMATS", "SPLIT_RETURNS", "Latency", "FaceResult", "EdgeRunner", "softmax"]
 
 
 @dataclass
@@ -39,6 +86,7 @@ class Latency:
     encode: float = 0.0
     network: float = 0.0
     server: float = 0.0
+    attention: float = 0.0  # the attention stage run here (edge strategy and fallbacks)
     tail: float = 0.0
     total: float = 0.0
 
@@ -47,13 +95,14 @@ class Latency:
 class FaceResult:
     label: str
     probabilities: dict[str, float]
-    strategy: str  # what produced the answer: edge, cloud or split
+    strategy: str  # what produced the answer: edge, cloud, split or split-rest
     requested_strategy: str
     fallback: bool = False
     fallback_reason: str | None = None
     latency: Latency = field(default_factory=Latency)
     bytes_up: int = 0
     bytes_down: int = 0
+    auto: dict[str, Any] | None = None  # with strategy auto: its choice, why, and each candidate's predicted ms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,10 +117,40 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def encode_face_image(
+    pixels: np.ndarray,
+    image_format: str = "jpeg",
+    size: int | None = DEFAULT_IMAGE_SIZE,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    crop: np.ndarray | None = None,
+) -> bytes | np.ndarray:
+    """What the cloud strategy sends: the raw prepared (S, S, 3) pixels as in the paper, or the gray
+    face as JPEG/PNG: the ``crop`` as found (else the prepared pixels), shrunk to ``size`` if larger."""
+    if image_format == "raw":
+        return pixels
+    gray = to_gray(crop) if crop is not None else pixels[:, :, 0]
+    if size and max(gray.shape[:2]) > size:
+        gray = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+    if image_format == "png":
+        ok, buffer = cv2.imencode(".png", gray)
+    else:
+        ok, buffer = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise ValueError(f"could not encode the face as {image_format}")
+    return buffer.tobytes()
+
+
+def apply_attention(z: np.ndarray, spatial: np.ndarray, channel: np.ndarray) -> np.ndarray:
+    """The attended tensor ``z * S * c`` from the edge's own ``z`` and the attention it received."""
+    return z * spatial * channel[:, :, None, None]
+
+
 class EdgeRunner:
     """Classifies prepared faces (uint8 (S, S, 3)) with a strategy and local fallback.
 
     ``model`` is a :class:`~edge_client.backends.Backend` or a PyTorch ``FERNet``.
+    With ``private`` the face image never leaves the device (``cloud`` is refused,
+    ``auto`` never picks it).
     """
 
     def __init__(
@@ -82,16 +161,22 @@ class EdgeRunner:
         breaker: CircuitBreaker | None = None,
         encoding: str = codec.UINT8,
         image_format: str = "jpeg",
-        jpeg_quality: int = 90,
+        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
         timeout_s: float = 1.0,
         use_stream: bool = False,
+        image_size: int | None = DEFAULT_IMAGE_SIZE,
+        split_returns: str = "attention",
+        private: bool = False,
+        planner: AutoPlanner | None = None,
+        rtt_interval_s: float = 2.0,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-        if strategy != EDGE and client is None:
+        _check_choice("strategy", strategy, STRATEGIES)
+        _check_choice("image format", image_format, IMAGE_FORMATS)
+        _check_choice("split return", split_returns, SPLIT_RETURNS)
+        if strategy not in (EDGE, AUTO) and client is None:
             raise ValueError(f"strategy {strategy!r} needs a cloud address")
-        if image_format not in IMAGE_FORMATS:
-            raise ValueError(f"unknown image format {image_format!r}; expected one of {IMAGE_FORMATS}")
+        if private and strategy == CLOUD:
+            raise ValueError("strategy 'cloud' sends the face image, which --private forbids; use edge, split, split-rest or auto")
         self.backend = as_backend(model)
         self.config = self.backend.config
         self.class_names = self.config.class_names
@@ -101,100 +186,247 @@ class EdgeRunner:
         self.encoding = encoding
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
+        self.image_size = image_size
+        self.split_returns = split_returns
         self.timeout_s = timeout_s
         self.use_stream = use_stream
+        self.private = private
+        self.planner = planner
+        self._probe: RttProbe | None = None
+        self._warm = False
+        self._refusal: tuple[str, str] | None = None  # why a fixed remote strategy must not call this cloud
+        self._discovered = False
+        self._closed = False
+        self._next_discovery = 0.0
+        self._discovery_lock = threading.Lock()
+        if strategy == AUTO:
+            self._start_auto(rtt_interval_s)
+        self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None], FaceResult]] = {
+            EDGE: lambda pixels, crop: self._local(pixels_to_array(pixels), Latency()),
+            CLOUD: self._cloud,
+            SPLIT: self._split,
+            SPLIT_REST: self._split_rest,
+        }
 
-    def classify(self, pixels: np.ndarray) -> FaceResult:
-        """Exactly one result for one face; never raises for a remote failure."""
-        started = time.perf_counter()
-        if self.strategy == SPLIT:
-            result = self._split(pixels)
-        elif self.strategy == CLOUD:
-            result = self._cloud(pixels)
+    def _start_auto(self, rtt_interval_s: float) -> None:
+        allowed = PRIVATE_STRATEGIES if self.private else CONCRETE_STRATEGIES
+        remote = [s for s in allowed if s in REMOTE_STRATEGIES] if self.client else []
+        if self.planner is None:
+            self.planner = AutoPlanner([EDGE, *remote], deadline_s=self.timeout_s)
         else:
-            result = self._local(pixels_to_array(pixels), Latency())
+            for strategy in list(self.planner.candidates):
+                if strategy not in allowed or (strategy in REMOTE_STRATEGIES and not self.client):
+                    self.planner.remove(strategy)
+        if self.client is not None:
+            client = self.client
+            self._probe = RttProbe(lambda: client.round_trip(min(0.5, self.timeout_s)), self.planner.observe_rtt, rtt_interval_s)
+
+    # -- the one public call ----------------------------------------------------------
+
+    def classify(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+        """Exactly one result for one face; never raises for a remote failure.
+
+        ``pixels``: the prepared face (uint8 (S, S, 3)); ``crop``: the face as found in
+        the frame (gray or BGR, any size), which the cloud strategy sends instead of
+        the upscaled pixels when given.
+        """
+        if self.strategy != EDGE:
+            self._discover()  # once per connection (warm-up, ModelMetadata): not part of any face's latency
+        started = time.perf_counter()
+        decision: Decision | None = None
+        strategy = self.strategy
+        if strategy == AUTO:
+            decision = self.planner.choose()  # type: ignore[union-attr]
+            strategy = decision.strategy
+        try:
+            if self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
+                result = self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
+            else:
+                result = self._run_strategy[strategy](pixels, crop)
+        except Exception as error:  # a bug on the remote path must not lose the face
+            if strategy == EDGE:
+                raise
+            log.exception("the %s path failed; answering locally", strategy)
+            result = self._local(pixels_to_array(pixels), Latency(), f"edge_error: {type(error).__name__}")
+        result.requested_strategy = self.strategy
         result.latency.total = _ms(time.perf_counter() - started)
+        if decision is not None:
+            result.auto = decision.to_dict()
+            self.planner.observe(_observation(strategy, result))  # type: ignore[union-attr]
         return result
 
-    # -- strategies -------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the RTT probe and close the connection to the cloud."""
+        self._closed = True
+        if self._probe is not None:
+            self._probe.stop()
+        if self.client is not None:
+            self.client.close()
 
-    def _local(self, x: np.ndarray, latency: Latency, reason: str | None = None) -> FaceResult:
+    # -- auto: what the cloud serves ----------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Run each local stage once, untimed: a first inference (lazy initialisation) is no measure of the next."""
+        size = self.config.input_size
+        z = self.backend.head(np.zeros((1, 3, size, size), dtype=np.float32))
+        self.backend.tail(self.backend.cloud(z))
+        self._warm = True
+
+    def _discover(self) -> None:
+        """Once per connection: does the cloud serve what we need, with our weights (ModelMetadata)?
+
+        For ``auto``, the strategies it may choose from; for a fixed remote strategy,
+        whether to call the cloud at all. A cloud that cannot be asked now is asked
+        again 5 s later; meanwhile calls go ahead and fail over as usual.
+        """
+        if self.strategy == AUTO and not self._warm:
+            self._warm_up()
+        if self._discovered or self.client is None or time.monotonic() < self._next_discovery:
+            return
+        if self._discovery_lock.acquire(blocking=False):  # in the background: a silent link must not hold a face
+            self._next_discovery = time.monotonic() + 5.0
+            threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
+
+    def _discover_now(self) -> None:
+        try:
+            auto = self.strategy == AUTO
+            strategies = [s for s in self.planner.candidates if s in REMOTE_STRATEGIES] if auto else [self.strategy]  # type: ignore[union-attr]
+            try:
+                refusals = {s: self._refusal_of(MODEL_OF_STRATEGY[s]) for s in strategies}
+            except RemoteError as error:
+                log.info("cloud metadata unavailable (%s); asking again in 5 s", error.reason)
+                return
+            for strategy, refusal in refusals.items():
+                if refusal is None:
+                    continue
+                log.warning("%s will not use the cloud: %s", strategy, refusal[1])
+                if auto:
+                    self.planner.remove(strategy)  # type: ignore[union-attr]
+                else:
+                    self._refusal = refusal
+            self._discovered = True
+            if self._probe is not None and not self._closed:
+                self._probe.sample_now()
+                self._probe.start()
+        finally:
+            self._discovery_lock.release()
+
+    def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
+        """Block until the cloud's models and weights are known (for tests and tools); True if they are."""
+        deadline = time.monotonic() + timeout_s
+        while not self._discovered and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._discovered
+
+    def _refusal_of(self, model: str) -> tuple[str, str] | None:
+        """None when the cloud serves ``model`` with this edge's weights, else (fallback reason, why)."""
+        try:
+            metadata = self.client.model_metadata(model)  # type: ignore[union-attr]
+        except RemoteError as error:
+            if error.reason in NOT_SERVED_REASONS:
+                return error.reason, f"{model}: {error.detail or error.reason}"
+            raise
+        fingerprint = read_parameters(metadata.parameters).get(FINGERPRINT)
+        versions = list(metadata.versions)
+        if fingerprint is not None and fingerprint != self.backend.fingerprint:
+            return "version_mismatch", f"{model} holds weights {fingerprint}, the edge {self.backend.fingerprint}"
+        if fingerprint is None and versions and self.backend.fingerprint not in versions:
+            return "version_mismatch", f"{model} serves versions {versions}, not the edge's {self.backend.fingerprint}"
+        return None
+
+    # -- strategies -------------------------------------------------------------------
+
+    def _head(self, x: np.ndarray, latency: Latency) -> np.ndarray:
         t0 = time.perf_counter()
         z = self.backend.head(x)
         latency.head = _ms(time.perf_counter() - t0)
-        return self._finish_locally(z, latency, reason)
+        return z
+
+    def _local(self, x: np.ndarray, latency: Latency, reason: str | None = None) -> FaceResult:
+        return self._finish_locally(self._head(x, latency), latency, reason)
 
     def _finish_locally(self, z: np.ndarray, latency: Latency, reason: str | None) -> FaceResult:
         t0 = time.perf_counter()
-        scores = self.backend.tail(self.backend.cloud(z))
-        latency.tail = _ms(time.perf_counter() - t0)
+        attended = self.backend.cloud(z)
+        t1 = time.perf_counter()
+        scores = self.backend.tail(attended)
+        latency.attention = _ms(t1 - t0)
+        latency.tail = _ms(time.perf_counter() - t1)
         return self._result(softmax(scores)[0], EDGE, latency, reason)
 
-    def _split(self, pixels: np.ndarray) -> FaceResult:
-        latency = Latency()
-        t0 = time.perf_counter()
-        z = self.backend.head(pixels_to_array(pixels))
-        latency.head = _ms(time.perf_counter() - t0)
+    def _send_features(self, model: str, z: np.ndarray, latency: Latency, outputs: tuple[str, ...] = ()) -> RemoteCall | str:
+        """The split tensor to ``model``: the call, or the reason it produced nothing usable."""
         if not self.breaker.allow():
-            return self._finish_locally(z, latency, "circuit_open")
+            return "circuit_open"
         t0 = time.perf_counter()
         try:
-            request = self.client.attention_request(z, self.encoding)  # type: ignore[union-attr]
+            request = self.client.features_request(model, z, self.encoding, outputs)  # type: ignore[union-attr]
         except codec.CodecError as error:
-            return self._finish_locally(z, latency, f"encode_error: {error}")
+            return f"encode_error: {error}"
         latency.encode = _ms(time.perf_counter() - t0)
         try:
-            call = self._call(request)
+            return self._call(request)
         except RemoteError as error:
-            return self._finish_locally(z, latency, error.reason)
+            return error.reason
+
+    def _split(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+        latency = Latency()
+        z = self._head(pixels_to_array(pixels), latency)
+        lean = self.split_returns == "attention"
+        call = self._send_features(ATTENTION_MODEL, z, latency, (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if lean else ())
+        if isinstance(call, str):
+            return self._finish_locally(z, latency, call)
         t0 = time.perf_counter()
-        scores = self.backend.tail(call.output)
+        attended = apply_attention(z, call.outputs[SPATIAL_ATTENTION], call.outputs[CHANNEL_ATTENTION]) if lean else call.outputs[FEATURES]
+        scores = self.backend.tail(attended)
         latency.tail = _ms(time.perf_counter() - t0)
         return self._remote_result(softmax(scores)[0], SPLIT, latency, call)
 
-    def _cloud(self, pixels: np.ndarray) -> FaceResult:
+    def _split_rest(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+        latency = Latency()
+        z = self._head(pixels_to_array(pixels), latency)
+        call = self._send_features(REST_MODEL, z, latency)
+        if isinstance(call, str):
+            return self._finish_locally(z, latency, call)
+        probabilities = call.outputs[PROBABILITIES][0]
+        if probabilities.size != len(self.class_names):
+            self.breaker.record_failure()
+            return self._finish_locally(z, latency, "invalid_response")
+        return self._remote_result(probabilities, SPLIT_REST, latency, call)
+
+    def _cloud(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
         latency = Latency()
         if not self.breaker.allow():
             return self._local(pixels_to_array(pixels), latency, "circuit_open")
         t0 = time.perf_counter()
-        payload = self.encode_image(pixels)
-        request = self.client.image_request(payload)  # type: ignore[union-attr]
+        request = self.client.image_request(self.encode_image(pixels, crop))  # type: ignore[union-attr]
         latency.encode = _ms(time.perf_counter() - t0)
         try:
             call = self._call(request)
         except RemoteError as error:
             return self._local(pixels_to_array(pixels), latency, error.reason)
-        probabilities = call.output[0]
+        probabilities = call.outputs[PROBABILITIES][0]
         if probabilities.size != len(self.class_names):
             self.breaker.record_failure()
             return self._local(pixels_to_array(pixels), latency, "invalid_response")
         return self._remote_result(probabilities, CLOUD, latency, call)
 
-    # -- helpers ----------------------------------------------------------------
+    # -- helpers ----------------------------------------------------------------------
 
-    def encode_image(self, pixels: np.ndarray) -> bytes | np.ndarray:
-        """What the cloud strategy sends: compressed gray face, or the raw (S, S, 3) pixels as in the paper."""
-        if self.image_format == "raw":
-            return pixels
-        gray = pixels[:, :, 0]
-        if self.image_format == "png":
-            ok, buffer = cv2.imencode(".png", gray)
-        else:
-            ok, buffer = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise ValueError(f"could not encode the face as {self.image_format}")
-        return buffer.tobytes()
+    def encode_image(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> bytes | np.ndarray:
+        """What the cloud strategy sends (see :func:`encode_face_image`)."""
+        return encode_face_image(pixels, self.image_format, self.image_size, self.jpeg_quality, crop)
 
     def _call(self, request: Any) -> RemoteCall:
+        """One remote call; a failure is recorded here, a success only once its answer proved usable."""
         try:
-            call = self.client.infer(request, self.timeout_s, self.use_stream)  # type: ignore[union-attr]
+            return self.client.infer(request, self.timeout_s, self.use_stream)  # type: ignore[union-attr]
         except RemoteError:
             self.breaker.record_failure()
             raise
-        self.breaker.record_success()
-        return call
 
     def _remote_result(self, probabilities: np.ndarray, strategy: str, latency: Latency, call: RemoteCall) -> FaceResult:
+        self.breaker.record_success()
         latency.server = _ms(call.server_s)
         latency.network = _ms(max(call.round_trip_s - call.server_s, 0.0))
         result = self._result(probabilities, strategy, latency, None)
@@ -212,3 +444,28 @@ class EdgeRunner:
             fallback_reason=reason,
             latency=latency,
         )
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
+
+
+def _observation(strategy: str, result: FaceResult) -> Observation:
+    """What auto learns from one result of ``strategy`` (a stage that did not run reads 0 and is skipped)."""
+    lat = result.latency
+    remote_ok = strategy != EDGE and not result.fallback
+    return Observation(
+        strategy=strategy,
+        head_ms=lat.head or None,
+        attention_ms=lat.attention or None,
+        tail_ms=lat.tail or None,
+        encode_ms=lat.encode or None,
+        total_ms=lat.total,
+        network_ms=lat.network if remote_ok else None,
+        server_ms=lat.server if remote_ok else None,
+        bytes_up=result.bytes_up,
+        bytes_down=result.bytes_down,
+        failed=strategy != EDGE and result.fallback,
+        not_served=result.fallback_reason in NOT_SERVED_REASONS,
+    )

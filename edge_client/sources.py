@@ -76,9 +76,10 @@ def open_source(spec: str, max_frames: int | None = None) -> Source:
         return Source(spec, _capture_frames(capture, spec, max_frames), True, max_frames, fps)
     path = Path(spec)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # Recursively, so a dataset laid out as class subfolders is walked; each record names its file.
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not files:
-            raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+            raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its subfolders")
         return Source(spec, _folder_frames(files[:max_frames]), False, len(files[:max_frames]))
     if not path.exists():
         raise SourceError(f"no such file, folder, camera or URL: {spec}")

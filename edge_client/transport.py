@@ -25,12 +25,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shared_model import codec
 from shared_model.protocol import (
     ATTENTION_MODEL,
+    ATTENTION_SCALE,
+    CHANNEL_ATTENTION,
     CLASSIFIER_MODEL,
+    COMPUTE_US,
+    DEFAULT_OUTPUTS,
     FEATURES,
     IMAGE,
     PROBABILITIES,
+    QUEUE_US,
     SCALE,
+    SERVER_US,
     SERVICE_NAME,
+    SPATIAL_ATTENTION,
     ZERO_POINT,
     pack_bytes_elements,
     pb,
@@ -59,8 +66,8 @@ class RemoteError(Exception):
 
 
 def _reason(code: grpc.StatusCode, detail: str) -> str:
-    if code == grpc.StatusCode.NOT_FOUND and "version" in detail:
-        return "version_mismatch"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return "version_mismatch" if "version" in detail else "not_served"
     return _REASONS.get(code, f"error_{code.name.lower()}")
 
 
@@ -97,15 +104,20 @@ def channel_target(target: str) -> str:
 
 @dataclass
 class RemoteCall:
-    """What a remote call returned and what it cost."""
+    """What a remote call returned (every output by name, decoded to float32) and what it cost."""
 
-    output: np.ndarray
+    outputs: dict[str, np.ndarray]
     round_trip_s: float
     server_s: float
     queue_s: float
     compute_s: float
     bytes_up: int
     bytes_down: int
+
+    @property
+    def output(self) -> np.ndarray:
+        """The only (or first) output."""
+        return next(iter(self.outputs.values()))
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,12 @@ class CloudClient:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
+            # A silent link (no reset, no answer) is noticed by keepalive pings, not waited on;
+            # the server permits pings this often (cloud_server.server.KEEPALIVE_PERMIT_OPTIONS).
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         if self.security.server_name:
             options.append(("grpc.ssl_target_name_override", self.security.server_name))
@@ -167,6 +185,15 @@ class CloudClient:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
+    def round_trip(self, timeout_s: float | None = None) -> float | None:
+        """Seconds for one tiny call (``ServerLive``), or None when it fails: the link's round-trip time."""
+        started = time.perf_counter()
+        try:
+            self.stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout_s or self.timeout_s, metadata=self.metadata)
+        except grpc.RpcError:
+            return None
+        return time.perf_counter() - started
+
     def model_metadata(self, model: str = ATTENTION_MODEL) -> pb.ModelMetadataResponse:
         try:
             return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=self.timeout_s, metadata=self.metadata)
@@ -175,18 +202,28 @@ class CloudClient:
 
     # -- requests -----------------------------------------------------------------
 
-    def attention_request(self, features: np.ndarray, encoding: str = codec.UINT8) -> pb.ModelInferRequest:
+    def _request(self, model: str, outputs: tuple[str, ...] = ()) -> pb.ModelInferRequest:
+        request = pb.ModelInferRequest(model_name=model, model_version=self.version, id=str(next(self._ids)))
+        for name in outputs:
+            request.outputs.add(name=name)
+        return request
+
+    def features_request(self, model: str, features: np.ndarray, encoding: str = codec.UINT8, outputs: tuple[str, ...] = ()) -> pb.ModelInferRequest:
+        """The split tensor for ``fer_attention`` or ``fer_rest``; ``outputs`` names what to send back (default: the model's)."""
         encoded = codec.encode(features, encoding)
-        request = pb.ModelInferRequest(model_name=ATTENTION_MODEL, model_version=self.version, id=str(next(self._ids)))
+        request = self._request(model, outputs)
         tensor = request.inputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))
         if encoding == codec.UINT8:
             set_parameters(tensor.parameters, {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)})
         request.raw_input_contents.append(encoded.data)
         return request
 
+    def attention_request(self, features: np.ndarray, encoding: str = codec.UINT8, outputs: tuple[str, ...] = ()) -> pb.ModelInferRequest:
+        return self.features_request(ATTENTION_MODEL, features, encoding, outputs)
+
     def image_request(self, image: bytes | np.ndarray) -> pb.ModelInferRequest:
         """Encoded image bytes (BYTES [1]) or uint8 pixels (H, W, 3) (UINT8 [1, H, W, 3])."""
-        request = pb.ModelInferRequest(model_name=CLASSIFIER_MODEL, model_version=self.version, id=str(next(self._ids)))
+        request = self._request(CLASSIFIER_MODEL)
         if isinstance(image, (bytes, bytearray)):
             request.inputs.add(name=IMAGE, datatype="BYTES", shape=[1])
             request.raw_input_contents.append(pack_bytes_elements([bytes(image)]))
@@ -225,32 +262,58 @@ class CloudClient:
         self.channel.close()
 
 
+def _expected_outputs(request: pb.ModelInferRequest) -> dict[str, tuple[str | None, list[int] | None]]:
+    """Each output the request asked for (in order): its datatype and shape, None where the edge cannot know it."""
+    names = tuple(o.name for o in request.outputs) or DEFAULT_OUTPUTS.get(request.model_name, (PROBABILITIES,))
+    sent = request.inputs[0]
+    batch = int(sent.shape[0])
+    expected: dict[str, tuple[str | None, list[int] | None]] = {}
+    for name in names:
+        if name == FEATURES:
+            expected[name] = (sent.datatype, list(sent.shape))
+        elif name == SPATIAL_ATTENTION:
+            expected[name] = ("UINT8", [batch, 1, *sent.shape[2:]])
+        elif name == CHANNEL_ATTENTION:
+            expected[name] = ("UINT8", [batch, int(sent.shape[1])])
+        else:
+            expected[name] = ("FP32", None)
+    return expected
+
+
+def _decode_output(out: pb.ModelInferResponse.InferOutputTensor, raw: bytes, datatype: str | None, shape: list[int] | None, batch: int) -> np.ndarray:
+    if out.datatype != datatype or (shape is not None and list(out.shape) != shape):
+        raise RemoteError("invalid_response", f"output {out.name!r} is {out.datatype} {list(out.shape)}, expected {datatype} {shape}")
+    if shape is None and (len(out.shape) != 2 or out.shape[0] != batch):
+        raise RemoteError("invalid_response", f"output {out.name!r} has shape {list(out.shape)}, expected [{batch}, classes]")
+    params = read_parameters(out.parameters)
+    encoding = codec.ENCODING_OF_DATATYPE.get(out.datatype, codec.FP32)
+    if out.name in (SPATIAL_ATTENTION, CHANNEL_ATTENTION) and params.get(SCALE) != ATTENTION_SCALE:
+        raise RemoteError("invalid_response", f"output {out.name!r} has scale {params.get(SCALE)}, expected 1/255")
+    return codec.decode_bytes(raw, out.shape, encoding, params.get(SCALE), params.get(ZERO_POINT))
+
+
 def _decode_response(request: pb.ModelInferRequest, response: pb.ModelInferResponse, version: str, round_trip: float) -> RemoteCall:
     if response.model_version and response.model_version != version:
         raise RemoteError("version_mismatch", f"server answered with version {response.model_version}, edge holds {version}")
-    if len(response.outputs) != 1 or len(response.raw_output_contents) != 1:
-        raise RemoteError("invalid_response", "expected exactly one output with raw contents")
-    out, raw = response.outputs[0], response.raw_output_contents[0]
-    params = read_parameters(out.parameters)
+    expected = _expected_outputs(request)
+    got = [o.name for o in response.outputs]
+    if got != list(expected) or len(response.raw_output_contents) != len(got):
+        raise RemoteError("invalid_response", f"expected outputs {list(expected)} with raw contents, got {got} with {len(response.raw_output_contents)} buffers")
+    batch = int(request.inputs[0].shape[0])
     try:
-        if request.model_name == ATTENTION_MODEL:
-            if out.name != FEATURES or out.datatype != request.inputs[0].datatype or list(out.shape) != list(request.inputs[0].shape):
-                raise RemoteError("invalid_response", f"unexpected output {out.name} {out.datatype} {list(out.shape)}")
-            encoding = codec.ENCODING_OF_DATATYPE[out.datatype]
-            tensor = codec.decode_bytes(raw, out.shape, encoding, params.get(SCALE), params.get(ZERO_POINT))
-        else:
-            if out.name != PROBABILITIES or out.datatype != "FP32":
-                raise RemoteError("invalid_response", f"unexpected output {out.name} {out.datatype}")
-            tensor = codec.decode_bytes(raw, out.shape, codec.FP32)
+        outputs = {
+            out.name: _decode_output(out, raw, *expected[out.name], batch)
+            for out, raw in zip(response.outputs, response.raw_output_contents)
+        }
     except codec.CodecError as error:
         raise RemoteError("invalid_response", str(error)) from None
     timings = read_parameters(response.parameters)
     return RemoteCall(
-        output=tensor,
+        outputs=outputs,
         round_trip_s=round_trip,
-        server_s=timings.get("server_us", 0) / 1e6,
-        queue_s=timings.get("queue_us", 0) / 1e6,
-        compute_s=timings.get("compute_us", 0) / 1e6,
+        server_s=timings.get(SERVER_US, 0) / 1e6,
+        queue_s=timings.get(QUEUE_US, 0) / 1e6,
+        compute_s=timings.get(COMPUTE_US, 0) / 1e6,
         bytes_up=request.ByteSize(),
         bytes_down=response.ByteSize(),
     )
@@ -261,7 +324,11 @@ class StreamSession:
 
     A reader thread drains the response stream. If the stream breaks (server
     killed, connection lost), every waiting request fails at once with
-    ``unavailable`` and the session is marked broken so the client opens a new one.
+    ``unavailable``; if a request gets no answer within its timeout, the stream
+    is presumed silent (a partition, a stopped server): every waiting request
+    fails at once with ``timeout`` and the call is cancelled. Either way the
+    session is marked broken, so the client opens a new one for the next request
+    instead of waiting a full timeout on a dead stream again.
     """
 
     def __init__(self, stub: pb_grpc.GRPCInferenceServiceStub, metadata: tuple[tuple[str, str], ...]) -> None:
@@ -293,6 +360,7 @@ class StreamSession:
         with self._lock:
             self.broken = True
             waiting, self._waiting = self._waiting, {}
+        self._outgoing.put(None)  # ends the request iterator, so gRPC's sending thread does not wait forever
         for future in waiting.values():
             future.set_exception(failure)
 
@@ -306,9 +374,10 @@ class StreamSession:
         try:
             reply = future.result(timeout=timeout_s)
         except FutureTimeout:
-            with self._lock:
-                self._waiting.pop(request.id, None)
-            raise RemoteError("timeout", f"no answer within {timeout_s:.3f} s") from None
+            failure = RemoteError("timeout", f"no answer within {timeout_s:.3f} s on the stream; it is presumed silent and replaced")
+            self._fail_all(failure)
+            self._call.cancel()
+            raise failure from None
         if reply.error_message:
             code = reply.error_message.split(":", 1)[0]
             status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)

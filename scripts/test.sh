@@ -16,4 +16,11 @@ if [ ! -x .venv-edge-lite/bin/python ]; then
 fi
 .venv-edge-lite/bin/python -m pip install --quiet -e '.[edge-lite]'
 export FER_LITE_PYTHON="$PWD/.venv-edge-lite/bin/python"
+# pytorch_wavelets (the optional DWT backend) imports pkg_resources, so it needs
+# setuptools below 81: a venv of its own, with the project's torch, for its test.
+if [ ! -x .venv-pytorch-wavelets/bin/python ]; then
+    "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-pytorch-wavelets
+fi
+.venv-pytorch-wavelets/bin/python -m pip install --quiet -e '.[full,pytorch-wavelets]'
+export FER_PYTORCH_WAVELETS_PYTHON="$PWD/.venv-pytorch-wavelets/bin/python"
 exec .venv/bin/python -m pytest "$@"

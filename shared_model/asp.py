@@ -11,14 +11,14 @@ second 1x1 convolution. After a sigmoid, every pooled value is broadcast back to
 the pixels of its line; the element-wise product of the selected direction maps
 is the spatial attention that multiplies the input.
 
-Vectorized: all selected line means come from one matrix product with a cached
-(H*W, lines) averaging matrix, and the broadcast back is one gather.
+Vectorized: all selected line means come from one matrix product with an
+(H*W, lines) averaging matrix, and the broadcast back is one gather; both are
+non-persistent buffers of the module for the configured map size.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -30,10 +30,12 @@ from .config import (
     FORWARD_DIAGONAL,
     HORIZONTAL,
     VERTICAL,
+    ModelConfig,
 )
 
 AXIS_DIRECTIONS = (HORIZONTAL, VERTICAL)
 DIAGONAL_DIRECTIONS = (FORWARD_DIAGONAL, BACKWARD_DIAGONAL)
+DEFAULT_MAP_SIZE: tuple[int, int] = ModelConfig().split_shape[1:]
 
 
 def line_index(direction: str, height: int, width: int) -> tuple[Tensor, int]:
@@ -72,20 +74,15 @@ def directional_means(x: Tensor, direction: str) -> Tensor:
 
 @dataclass(frozen=True)
 class LinePlan:
-    """Everything ASP needs for one map size, computed once and cached."""
+    """Everything ASP needs for one map size."""
 
     mean_matrix: Tensor  # (H*W, total lines): all selected directions' means, concatenated
     broadcast_index: Tensor  # (directions, H*W): for each pixel, its line's slot in the concatenation
     axis_lines: int  # rows + columns among the concatenated lines (they come first)
 
 
-@lru_cache(maxsize=64)
-def line_plan(directions: tuple[str, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> LinePlan:
-    with torch.inference_mode(False):  # cached: must stay usable outside inference mode
-        return _build_line_plan(directions, height, width, device, dtype)
-
-
-def _build_line_plan(directions: tuple[str, ...], height: int, width: int, device: torch.device, dtype: torch.dtype) -> LinePlan:
+def line_plan(directions: Sequence[str], height: int, width: int) -> LinePlan:
+    """The averaging matrix and broadcast index of ``directions`` (in that order) on an H x W map."""
     matrices, indices, offset = [], [], 0
     for direction in directions:
         index, count = line_index(direction, height, width)
@@ -93,22 +90,23 @@ def _build_line_plan(directions: tuple[str, ...], height: int, width: int, devic
         indices.append(index + offset)
         offset += count
     axis_lines = sum(m.shape[1] for d, m in zip(directions, matrices) if d in AXIS_DIRECTIONS)
-    return LinePlan(
-        mean_matrix=torch.cat(matrices, dim=1).to(device=device, dtype=dtype),
-        broadcast_index=torch.stack(indices).to(device),
-        axis_lines=axis_lines,
-    )
+    return LinePlan(torch.cat(matrices, dim=1), torch.stack(indices), axis_lines)
 
 
 class ArbitraryOrientedSpatialPooling(nn.Module):
     """ASP spatial attention over any non-empty subset of the four directions.
 
+    The line plan for ``map_size`` is kept as non-persistent buffers (they follow
+    the module's device and dtype and stay out of the state dict); other map
+    sizes are planned on the fly.
+
     Args:
         channels: channels of the input map.
         directions: which line families to use (the paper's Table 3 ablation).
+        map_size: (H, W) the plan is precomputed for; the split map is 28x28.
     """
 
-    def __init__(self, channels: int, directions: Sequence[str] = ASP_DIRECTIONS) -> None:
+    def __init__(self, channels: int, directions: Sequence[str] = ASP_DIRECTIONS, map_size: tuple[int, int] = DEFAULT_MAP_SIZE) -> None:
         super().__init__()
         directions = tuple(directions)
         if not directions or not set(directions) <= set(ASP_DIRECTIONS) or len(set(directions)) != len(directions):
@@ -118,12 +116,24 @@ class ArbitraryOrientedSpatialPooling(nn.Module):
         uses = set(self.directions)
         self.axis_conv = nn.Conv2d(channels, 1, kernel_size=1) if uses & set(AXIS_DIRECTIONS) else None
         self.diagonal_conv = nn.Conv2d(channels, 1, kernel_size=1) if uses & set(DIAGONAL_DIRECTIONS) else None
+        self.map_size = (int(map_size[0]), int(map_size[1]))
+        plan = line_plan(self.directions, *self.map_size)
+        self.axis_lines = plan.axis_lines
+        self.register_buffer("mean_matrix", plan.mean_matrix.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer("broadcast_index", plan.broadcast_index, persistent=False)
+
+    def plan(self, height: int, width: int) -> LinePlan:
+        """The line plan for an H x W map on this module's device (the buffers for ``map_size``)."""
+        if (height, width) == self.map_size:
+            return LinePlan(self.mean_matrix, self.broadcast_index, self.axis_lines)
+        plan = line_plan(self.directions, height, width)
+        return LinePlan(plan.mean_matrix.to(self.mean_matrix), plan.broadcast_index.to(self.broadcast_index.device), plan.axis_lines)
 
     def attention(self, x: Tensor) -> Tensor:
         """The spatial attention map, shape (N, 1, H, W), values in (0, 1)."""
         batch, height, width = x.shape[0], int(x.shape[2]), int(x.shape[3])  # int(): constant under export tracing
-        plan = line_plan(self.directions, height, width, x.device, x.dtype)
-        pooled = (x.flatten(2) @ plan.mean_matrix).unsqueeze(-1)  # (N, C, lines, 1)
+        plan = self.plan(height, width)
+        pooled = (x.flatten(2) @ plan.mean_matrix.to(x.dtype)).unsqueeze(-1)  # (N, C, lines, 1)
         logits = []
         if self.axis_conv is not None:
             logits.append(self.axis_conv(pooled[:, :, : plan.axis_lines]))
@@ -137,7 +147,7 @@ class ArbitraryOrientedSpatialPooling(nn.Module):
         return x * self.attention(x)
 
     def extra_repr(self) -> str:
-        return f"directions={self.directions}"
+        return f"directions={self.directions}, map_size={self.map_size}"
 
 
-ASP = ArbitraryOrientedSpatialPooling
+__all__ = ["ArbitraryOrientedSpatialPooling", "LinePlan", "line_plan", "line_index", "line_mean_matrix", "directional_means"]

@@ -26,6 +26,11 @@ BACKWARD_DIAGONAL = "backward_diagonal"
 ASP_DIRECTIONS = (HORIZONTAL, VERTICAL, FORWARD_DIAGONAL, BACKWARD_DIAGONAL)
 
 WAVELET_FAMILIES = ("haar", "db", "sym")
+# How the DWT extends a map past its borders (PyWavelets' names). ``zero`` is the
+# default and what the shipped weights use; it is left out of the serialized
+# config so that configs made before the field existed keep their fingerprint.
+SFP_BOUNDARY_MODES = ("zero", "symmetric", "reflect", "periodization")
+DEFAULT_SFP_BOUNDARY = "zero"
 MAX_SFP_LEVEL = 4
 STAGE2_CHANNELS = 116
 INPUT_SIZE = 224
@@ -47,6 +52,10 @@ class ModelConfig:
         sfp_wavelet: PyWavelets name: ``haar``, ``dbN`` or ``symN``.
         sfp_levels: DWT level used by each SFP channel group; its length is the
             number of groups, each level in 1..4 (default: groups at levels 1, 2, 3).
+        sfp_boundary: the DWT's boundary mode, one of ``SFP_BOUNDARY_MODES``
+            (``periodization`` needs the pytorch_wavelets backend). With
+            ``zero`` the LL-band mean is a constant times the plain global
+            average (see docs/sfp_boundary.md).
         adapter_width: channels on the wire; 116 (Stage 2's width) means no adapter.
         class_names: output classes, in output order.
         input_size: side of the square input image.
@@ -56,6 +65,7 @@ class ModelConfig:
     asp_directions: tuple[str, ...] = ASP_DIRECTIONS
     sfp_wavelet: str = "db2"
     sfp_levels: tuple[int, ...] = (1, 2, 3)
+    sfp_boundary: str = DEFAULT_SFP_BOUNDARY
     adapter_width: int = 8
     class_names: tuple[str, ...] = FER2013_CLASSES
     input_size: int = INPUT_SIZE
@@ -95,6 +105,8 @@ class ModelConfig:
             raise ConfigError(f"sfp_wavelet must be haar, dbN or symN, got {self.sfp_wavelet!r}")
         if not self.sfp_levels or any(not 1 <= level <= MAX_SFP_LEVEL for level in self.sfp_levels):
             raise ConfigError(f"sfp_levels must be 1..{MAX_SFP_LEVEL} for each group, got {self.sfp_levels}")
+        if self.sfp_boundary not in SFP_BOUNDARY_MODES:
+            raise ConfigError(f"sfp_boundary must be one of {SFP_BOUNDARY_MODES}, got {self.sfp_boundary!r}")
         if SFP in self.attention and len(self.sfp_levels) > self.adapter_width:
             raise ConfigError(f"{len(self.sfp_levels)} SFP groups need at least as many channels, adapter_width={self.adapter_width}")
         if not 1 <= self.adapter_width <= STAGE2_CHANNELS:
@@ -105,7 +117,15 @@ class ModelConfig:
             raise ConfigError(f"input_size must be a multiple of {STAGE2_STRIDE} and at least 32, got {self.input_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        """Plain JSON values; ``sfp_boundary`` only when it is not the default ``zero``.
+
+        Leaving the default out keeps the canonical JSON, and so the fingerprint,
+        of every config made before the field existed (the shipped weights').
+        """
+        data = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+        if data["sfp_boundary"] == DEFAULT_SFP_BOUNDARY:
+            del data["sfp_boundary"]
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): the form that is hashed."""
@@ -158,4 +178,5 @@ __all__ = [
     "FER2013_CLASSES",
     "STANDARD_CONFIGS",
     "ASP_DIRECTIONS",
+    "SFP_BOUNDARY_MODES",
 ]

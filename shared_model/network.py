@@ -56,12 +56,14 @@ class CloudAttention(nn.Module):
 
     def __init__(self, config: ModelConfig, wavelet_backend: str = "ptwt") -> None:
         super().__init__()
-        channels = config.adapter_width
+        channels, *map_size = config.split_shape
         modules = {
             name: (
-                ArbitraryOrientedSpatialPooling(channels, config.asp_directions)
+                ArbitraryOrientedSpatialPooling(channels, config.asp_directions, tuple(map_size))
                 if name == ASP
-                else ScalableFrequencyPooling(channels, config.sfp_levels, config.sfp_wavelet, wavelet_backend)
+                else ScalableFrequencyPooling(
+                    channels, config.sfp_levels, config.sfp_wavelet, wavelet_backend, config.sfp_boundary, tuple(map_size)
+                )
             )
             for name in config.attention
         }
@@ -71,6 +73,26 @@ class CloudAttention(nn.Module):
         for module in self.attention.values():
             x = module(x)
         return x
+
+    def attention_maps(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The attention alone: spatial map S (N, 1, H, W) and channel weights c (N, C).
+
+        Whatever the order of the modules, ``forward(x)`` equals ``x * S * c`` (up
+        to float rounding), so an edge that holds ``x`` in full precision can apply
+        attention it receives (792 bytes as uint8) instead of receiving the
+        attended map. A missing module contributes ones.
+        """
+        batch, channels, height, width = x.shape
+        spatial = x.new_ones(batch, 1, height, width)
+        channel = x.new_ones(batch, channels)
+        for name, module in self.attention.items():
+            if name == ASP:
+                spatial = module.attention(x)
+                x = x * spatial
+            else:
+                channel = module.attention(x)
+                x = x * channel[:, :, None, None]
+        return spatial, channel
 
 
 class EdgeTail(nn.Module):

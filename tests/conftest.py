@@ -40,7 +40,7 @@ def sample_face(trained_model):
     """The bundled sample photo's face, prepared as network pixels (224, 224, 3)."""
     import cv2
 
-    from edge_client.cli import sample_image
+    from edge_client.samples import sample_image
     from edge_client.faces import FaceDetector
     from shared_model.preprocessing import prepare_face
 
@@ -54,11 +54,34 @@ def fer_faces(trained_model):
     """A few real FER2013 validation faces as network pixels (skips without the data)."""
     if not (FER2013 / "public_test").is_dir():
         pytest.skip(f"FER2013 is not at {FER2013}")
-    from shared_model.datasets import load_image_folder
+    from shared_model.training.datasets import load_image_folder
     from shared_model.preprocessing import prepare_face
 
     data = load_image_folder(FER2013 / "public_test", limit_per_class=2, progress=False)
     return [prepare_face(img.numpy(), trained_model.config.input_size) for img in data.images]
+
+
+TEST_FACES = Path(__file__).parent / "data" / "faces"
+
+
+@pytest.fixture(scope="session")
+def bundled_faces(trained_model):
+    """The redistributable faces under tests/data/faces (the sample photo's face and images made from it) as network pixels."""
+    import cv2
+
+    from shared_model.preprocessing import prepare_face
+
+    paths = sorted(TEST_FACES.glob("*.png"))
+    assert paths, f"no faces under {TEST_FACES}"
+    return [prepare_face(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), trained_model.config.input_size) for path in paths]
+
+
+@pytest.fixture(scope="session")
+def parity_faces(bundled_faces, request):
+    """Faces for parity tests: always the bundled ones, plus FER2013 faces when ../shared/data holds them."""
+    if not (FER2013 / "public_test").is_dir():
+        return list(bundled_faces)
+    return [*bundled_faces, *request.getfixturevalue("fer_faces")]
 
 
 @pytest.fixture

@@ -11,9 +11,11 @@ from cloud_server.server import CloudServer, ServerOptions
 from shared_model.network import FERNet
 
 
-def start_server(model: FERNet, port: int = 0, batching: BatchingSettings | None = None, limits: Limits | None = None, **options) -> CloudServer:
-    engine = InferenceEngine(model, "cpu", batching or BatchingSettings(max_batch_size=8, max_queue_delay_ms=1.0), limits)
-    server = CloudServer(engine, ServerOptions(host="127.0.0.1", port=port, workers=8, **options))
+def start_server(
+    model: FERNet, port: int = 0, batching: BatchingSettings | None = None, limits: Limits | None = None, runtime: str = "torch", **options
+) -> CloudServer:
+    engine = InferenceEngine(model, "cpu", batching or BatchingSettings(max_batch_size=8, max_queue_delay_ms=1.0), limits, runtime=runtime)
+    server = CloudServer(engine, ServerOptions(host="127.0.0.1", port=port, **options))
     server.start()
     return server
 

@@ -104,3 +104,24 @@ def test_one_conv_per_direction_family() -> None:
 def test_invalid_directions_are_refused(bad: list[str]) -> None:
     with pytest.raises(ValueError, match="directions"):
         ArbitraryOrientedSpatialPooling(8, bad)
+
+
+@pytest.mark.parametrize("size", [(5, 7), (6, 6)])
+def test_plan_for_the_configured_size_is_non_persistent_buffers_and_matches_reference(size: tuple[int, int]) -> None:
+    asp = ArbitraryOrientedSpatialPooling(4, map_size=size)
+    buffers = dict(asp.named_buffers())
+    assert {"mean_matrix", "broadcast_index"} <= set(buffers) and not {"mean_matrix", "broadcast_index"} & set(asp.state_dict())
+    assert buffers["mean_matrix"].shape == (size[0] * size[1], size[0] + size[1] + 2 * (size[0] + size[1] - 1))
+    x = torch.randn(2, 4, *size)
+    torch.testing.assert_close(asp(x), reference_asp(asp, x), rtol=1e-5, atol=1e-6)
+    asp = asp.double()  # the buffers follow the module's dtype
+    assert asp.mean_matrix.dtype == torch.float64 and asp.broadcast_index.dtype == torch.int64
+    torch.testing.assert_close(asp(x.double()), reference_asp(asp, x.double()))
+
+
+def test_the_network_keeps_its_state_dict_keys() -> None:
+    from shared_model.checkpoint import default_weights_path, load_checkpoint
+    from shared_model.network import FERNet
+
+    checkpoint = load_checkpoint(default_weights_path())
+    assert set(FERNet(checkpoint.config).state_dict()) == set(checkpoint.state_dict)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from bench.cli import main as bench_main
-from bench.network import transfer_floor_ms
-from bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
+from fer_bench.cli import main as bench_main
+from fer_bench.network import transfer_floor_ms
+from fer_bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
 
 
 def test_transfer_floor_counts_both_directions_less_the_burst() -> None:
@@ -32,17 +33,42 @@ def test_model_benchmark_writes_table_files(tmp_path: Path, capsys) -> None:
 
 def test_network_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
     shapers = "proxy" if netns_unavailable_reason() else "proxy,netns"
-    code = bench_main(["network", "--shapers", shapers, "--profiles", "laptop", "--bandwidths", "500", "--strategies", "edge,split-uint8,cloud-jpeg", "--requests", "2", "--out", str(tmp_path), "--json"])
+    code = bench_main([
+        "network", "--shapers", shapers, "--profiles", "laptop", "--bandwidths", "500", "--strategies", "edge,split,split-paper,split-rest,cloud-jpeg,auto",
+        "--requests", "2", "--adapt", "3", "--out", str(tmp_path), "--json",
+    ])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     points = report["points"]
-    assert len(points) == 3 * len(shapers.split(","))
-    split = [p for p in points if p["strategy"] == "split-uint8"]
-    assert all(6272 < p["bytes_up"] < 6600 and p["fallbacks"] == 0 and p["floor_ms"] > 0 for p in split)
+    assert len(points) == 6 * len(shapers.split(","))
+    by_name = {name: [p for p in points if p["strategy"] == name] for name in ("split", "split-paper", "split-rest", "auto")}
+    assert all(6272 < p["bytes_up"] < 6600 and p["fallbacks"] == 0 and p["floor_ms"] > 0 for p in by_name["split-paper"] + by_name["split"])
+    assert all(p["bytes_down"] > 6272 for p in by_name["split-paper"]) and all(p["bytes_down"] <= 1100 for p in by_name["split"])
+    assert all(p["bytes_down"] < 300 and p["fallbacks"] == 0 for p in by_name["split-rest"] + by_name["auto"] if p["bytes_up"])
     edge = [p for p in points if p["strategy"] == "edge"]
     assert all(p["bytes_up"] == 0 and p["network_ms"] == 0 for p in edge)
-    assert report["compute_ms"]["laptop"]["whole_ms"] > 0
+    assert report["compute_ms"]["laptop"]["whole_ms"] > 0 and report["compute_ms"]["laptop"]["runtime"] == "onnx"
     assert (tmp_path / "network.png").stat().st_size > 0 and (tmp_path / "network.csv").exists()
+
+
+def test_trace_with_the_cloud_killed_loses_no_face(tmp_path: Path, capsys) -> None:
+    """A short trace through the proxy: the cloud is killed mid-trace and restarted; every face is answered."""
+    code = bench_main([
+        "trace", "--profile", "laptop", "--shapers", "proxy", "--strategies", "edge,split,auto", "--steps", "1000,200", "--dwell-s", "3",
+        "--kill-at", "1.5", "--restart-after", "2", "--timeout-ms", "500", "--out", str(tmp_path), "--json",
+    ])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [e["what"] for e in report["events"] if "cloud" in e["what"]] == ["cloud killed", "cloud restarted"]
+    rows = {r["strategy"]: r for r in report["summary"]}
+    assert rows["split"]["fallbacks"] > 0  # the kill was felt ...
+    with (tmp_path / "trace.csv").open() as handle:
+        records = list(csv.DictReader(handle))
+    # ... and every face has an answer: from the cloud, or from the edge with the reason it fell back
+    assert records and all(r["strategy"] in {"edge", "split", "split-rest", "cloud"} for r in records)
+    assert all(r["fallback_reason"] for r in records if r["fallback"] == "True")
+    assert sum(r["faces"] for r in rows.values()) == len(records)
+    assert (tmp_path / "trace.png").stat().st_size > 0
 
 
 def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
 import torch
 
-from cloud_server.batching import BatcherClosed, DynamicBatcher, QueueFull
+from cloud_server.batching import BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
 from edge_client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
@@ -116,8 +117,219 @@ def test_a_lone_request_is_not_held_for_the_full_delay() -> None:
     assert time.perf_counter() - started < 2.5 and result.batch_size == 1
 
 
-def test_without_batching_requests_run_on_the_callers_thread() -> None:
-    threads = []
-    batcher = DynamicBatcher(lambda x: threads.append(threading.current_thread()) or x, max_batch_size=1)
-    batcher.infer(torch.zeros(1, 1))
-    assert threads == [threading.current_thread()] and not batcher.enabled
+def test_without_batching_each_request_is_a_batch_of_its_own_on_the_worker() -> None:
+    threads, sizes = [], []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        threads.append(threading.current_thread())
+        sizes.append(x.shape[0])
+        time.sleep(0.02)
+        return x
+
+    batcher = DynamicBatcher(forward, max_batch_size=1)
+    callers = [threading.Thread(target=batcher.infer, args=(torch.zeros(1, 1),)) for _ in range(4)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    batcher.close()
+    assert not batcher.enabled and sizes == [1, 1, 1, 1]
+    assert len(set(threads)) == 1 and threads[0] not in callers  # one compute thread, not the callers'
+
+
+class Gate:
+    """A forward pass that blocks until released, so tests can hold the worker busy."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.seen: list[float] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.extend(x[:, 0].tolist())
+        self.entered.set()
+        assert self.release.wait(10)
+        return x
+
+
+def _hold_worker(batcher: DynamicBatcher, gate: Gate) -> Future:
+    busy = batcher.submit(torch.full((1, 1), -1.0))
+    assert gate.entered.wait(5)
+    return busy
+
+
+class FailingOn(Gate):
+    """A gated forward pass that raises for batches holding ``bad`` and, with ``wrong_rows``, returns too few rows."""
+
+    def __init__(self, bad: float, wrong_rows: bool = False) -> None:
+        super().__init__()
+        self.bad, self.wrong_rows = bad, wrong_rows
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().__call__(x)
+        if bool((x == self.bad).any()):
+            if self.wrong_rows:
+                return x[:1]  # split() of a 3-request batch then raises in the worker
+            raise RuntimeError("kernel failed")
+        return x
+
+
+@pytest.mark.parametrize("wrong_rows", [False, True])
+def test_an_exception_in_a_batch_reaches_its_requests_and_the_worker_survives(wrong_rows: bool) -> None:
+    forward = FailingOn(7.0, wrong_rows)
+    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.05)
+    busy = _hold_worker(batcher, forward)
+    failing = [batcher.submit(torch.full((1, 1), 7.0)) for _ in range(3)]
+    forward.release.set()
+    assert busy.result(timeout=5).output.item() == -1.0
+    errors = [f.exception(timeout=5) for f in failing]
+    assert all(isinstance(e, RuntimeError) for e in errors), errors
+    if not wrong_rows:
+        assert all("kernel failed" in str(e) for e in errors)
+    assert batcher.infer(torch.ones(1, 1), timeout=5).output.item() == 1.0  # the worker lives
+    batcher.close()
+    with pytest.raises(BatcherClosed):
+        batcher.infer(torch.zeros(1, 1))
+
+
+def test_close_racing_infers_never_leaves_a_request_waiting() -> None:
+    for _ in range(20):
+        batcher = DynamicBatcher(lambda x: x, max_batch_size=4, max_queue_delay=0.001)
+        outcomes: list[str] = []
+        start = threading.Barrier(9)
+
+        def call() -> None:
+            start.wait()
+            for _ in range(50):
+                try:
+                    future = batcher.submit(torch.zeros(1, 1))
+                except BatcherClosed:
+                    outcomes.append("refused")
+                    continue
+                try:
+                    future.result(timeout=5)  # raises TimeoutError, failing the test, if it waits forever
+                    outcomes.append("answered")
+                except BatcherClosed:
+                    outcomes.append("closed")
+
+        callers = [threading.Thread(target=call) for _ in range(8)]
+        for t in callers:
+            t.start()
+        start.wait()
+        time.sleep(0.001)
+        batcher.close()
+        for t in callers:
+            t.join(10)
+            assert not t.is_alive()
+        assert len(outcomes) == 8 * 50
+
+
+def test_full_queue_is_refused_within_milliseconds() -> None:
+    gate = Gate()
+    batcher = DynamicBatcher(gate, max_batch_size=4, max_queue_delay=0.001, max_queue_size=3)
+    busy = _hold_worker(batcher, gate)
+    queued = [batcher.submit(torch.zeros(1, 1)) for _ in range(3)]
+    started = time.perf_counter()
+    with pytest.raises(QueueFull):
+        batcher.submit(torch.zeros(1, 1))
+    assert time.perf_counter() - started < 0.05
+    gate.release.set()
+    assert all(f.result(timeout=5) for f in [busy, *queued])
+    batcher.close()
+
+
+def test_expired_and_cancelled_requests_are_dropped_before_compute() -> None:
+    gate, expired = Gate(), []
+    batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay=0.001, on_expired=expired.append)
+    _hold_worker(batcher, gate)
+    late = batcher.submit(torch.full((1, 1), 1.0), deadline=time.perf_counter() + 0.05)
+    gone = batcher.submit(torch.full((1, 1), 2.0))
+    kept = batcher.submit(torch.full((1, 1), 3.0), deadline=time.perf_counter() + 30)
+    assert gone.cancel()
+    time.sleep(0.1)  # the first deadline passes while the worker is busy
+    gate.release.set()
+    assert isinstance(late.exception(timeout=5), DeadlineExpired)
+    assert kept.result(timeout=5).output.item() == 3.0
+    batcher.close()
+    assert gate.seen == [-1.0, 3.0] and expired == [1]
+
+
+def test_close_answers_everything_queued() -> None:
+    gate = Gate()
+    batcher = DynamicBatcher(gate, max_batch_size=2, max_queue_delay=0.001)
+    busy = _hold_worker(batcher, gate)
+    queued = [batcher.submit(torch.full((1, 1), float(i))) for i in range(5)]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    time.sleep(0.05)
+    with pytest.raises(BatcherClosed):
+        batcher.submit(torch.zeros(1, 1))  # draining: nothing new
+    gate.release.set()
+    closer.join(10)
+    assert busy.result(timeout=1).output.item() == -1.0
+    assert [f.result(timeout=1).output.item() for f in queued] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def _opened(clock: Clock, **kwargs) -> CircuitBreaker:
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=clock, **kwargs)
+    breaker.record_failure()
+    clock.now = 10
+    return breaker
+
+
+def test_half_open_admits_one_trial_at_a_time() -> None:
+    clock = Clock()
+    breaker = _opened(clock)
+    start = threading.Barrier(8)
+    admitted: list[bool] = []
+
+    def caller() -> None:
+        start.wait()
+        admitted.append(breaker.allow())
+
+    threads = [threading.Thread(target=caller) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert admitted.count(True) == 1 and breaker.state == HALF_OPEN
+    assert not breaker.allow()  # the trial is still out
+    breaker.record_success()
+    assert breaker.state == CLOSED and all(breaker.allow() for _ in range(3))
+
+
+def test_a_trial_that_never_reports_frees_its_slot_after_the_trial_timeout() -> None:
+    clock = Clock()
+    breaker = _opened(clock, trial_timeout_s=3)
+    assert breaker.allow() and not breaker.allow()
+    clock.now = 14
+    assert breaker.allow()
+
+
+def test_a_slow_probe_blocks_nobody_and_is_cut_at_its_deadline() -> None:
+    release, clock = threading.Event(), Clock()
+    breaker = _opened(clock, probe=lambda: release.wait(10), probe_timeout_s=0.3)
+    prober_result: list[bool] = []
+    prober = threading.Thread(target=lambda: prober_result.append(breaker.allow()))
+    started = time.perf_counter()
+    prober.start()
+    time.sleep(0.05)  # the probe is now running
+    others = time.perf_counter()
+    assert not breaker.allow()  # answered locally at once, not queued behind the probe's lock
+    assert time.perf_counter() - others < 0.1
+    prober.join(5)
+    assert prober_result == [False] and time.perf_counter() - started < 1.0  # 0.3 s deadline, margin for CI
+    clock.now = 20
+    assert not breaker.allow()  # the abandoned probe still runs: no second probe meanwhile
+    release.set()
+    time.sleep(0.1)
+    assert breaker.allow() and breaker.state == HALF_OPEN  # a fresh probe (healthy now) admits a trial
+
+
+def test_a_probe_that_raises_counts_as_unhealthy() -> None:
+    def broken() -> bool:
+        raise OSError("connection refused")
+
+    clock = Clock()
+    breaker = _opened(clock, probe=broken)
+    assert not breaker.allow() and breaker.state == OPEN

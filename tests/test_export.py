@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="export needs the export extra (onnx, onnxruntime)")
 
 from shared_model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from shared_model.cli import main as train_main  # noqa: E402
+from shared_model.training.cli import main as train_main  # noqa: E402
 from shared_model.network import FERNet  # noqa: E402
 
 

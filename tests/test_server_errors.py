@@ -58,6 +58,8 @@ CASES = {
     "negative dimension": (lambda: features_request(shape=(1, 8, -28, 28)), grpc.StatusCode.INVALID_ARGUMENT, "negative"),
     "missing quantization": (lambda: features_request(params={}), grpc.StatusCode.INVALID_ARGUMENT, "'scale' and 'zero_point'"),
     "bad scale": (lambda: features_request(params={"scale": -1.0, "zero_point": 3}), grpc.StatusCode.INVALID_ARGUMENT, "scale"),
+    "overflowing scale": (lambda: features_request(data=bytes([255]) * 6272, params={"scale": 1e308, "zero_point": 0}), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
+    "scale beyond float32": (lambda: features_request(data=bytes([255]) * 6272, params={"scale": 1e39, "zero_point": 0}), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     "nan in fp32": (lambda: features_request(datatype="FP32", data=np.full(8 * 28 * 28, np.nan, "<f4").tobytes(), params={}), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
     "wrong input name": (lambda: _renamed(features_request(), "pixels"), grpc.StatusCode.INVALID_ARGUMENT, "exactly one input named 'features'"),
     "unknown model": (lambda: features_request(model="resnet50"), grpc.StatusCode.NOT_FOUND, "unknown model 'resnet50'"),
@@ -120,6 +122,24 @@ def test_stream_reports_errors_in_band_and_continues(stub) -> None:
     assert [r.infer_response.id for r in replies] == ["0", "1", "2"]
     assert [bool(r.error_message) for r in replies] == [False, True, False]
     assert replies[1].error_message.startswith("INVALID_ARGUMENT") and "needs 6272 bytes" in replies[1].error_message
+
+
+def test_stream_survives_garbage_mid_stream(stub) -> None:
+    garbage = [
+        pb.ModelInferRequest(),  # empty
+        features_request(model="nope"),
+        features_request(datatype="FP32", data=b"\x00" * 17, params={}),
+        features_request(params={"scale": 1e308, "zero_point": 0}, data=bytes([255]) * 6272),
+        image_request(b"GIF89a garbage"),
+    ]
+    requests = [features_request(), *garbage, features_request()]
+    for i, r in enumerate(requests):
+        r.id = str(i)
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=20))
+    assert [r.infer_response.id for r in replies] == [str(i) for i in range(len(requests))]
+    assert [bool(r.error_message) for r in replies] == [False] + [True] * len(garbage) + [False]
+    codes = [r.error_message.split(":", 1)[0] for r in replies[1:-1]]
+    assert codes == ["NOT_FOUND", "NOT_FOUND", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "INVALID_ARGUMENT"]
 
 
 def test_health_metadata_and_readiness(stub, server) -> None:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bench.shaping import (
+from fer_bench.shaping import (
     CpuQuota,
     LinkSpec,
     NetnsLink,

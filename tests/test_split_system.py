@@ -31,8 +31,8 @@ def _max_difference(a: dict[str, float], b: dict[str, float]) -> float:
 
 
 @pytest.fixture
-def faces(sample_face, fer_faces):
-    return [sample_face, *fer_faces]
+def faces(sample_face, parity_faces):
+    return [sample_face, *parity_faces]
 
 
 def test_split_agrees_with_local(server, trained_model, faces) -> None:
@@ -49,7 +49,7 @@ def test_split_agrees_with_local(server, trained_model, faces) -> None:
 
 def test_split_in_fp32_is_exact_to_float_precision(server, trained_model, sample_face) -> None:
     local = EdgeRunner(trained_model).classify(sample_face)
-    split = EdgeRunner(trained_model, "split", _client(server, trained_model), encoding="fp32", timeout_s=5.0).classify(sample_face)
+    split = EdgeRunner(trained_model, "split", _client(server, trained_model), encoding="fp32", timeout_s=5.0, split_returns="features").classify(sample_face)
     assert split.strategy == "split"
     assert _max_difference(local.probabilities, split.probabilities) < 1e-5
     assert split.label == local.label
@@ -58,7 +58,8 @@ def test_split_in_fp32_is_exact_to_float_precision(server, trained_model, sample
 @pytest.mark.parametrize("image_format", ["raw", "png", "jpeg"])
 def test_cloud_agrees_with_local(server, trained_model, faces, image_format: str) -> None:
     local = EdgeRunner(trained_model)
-    cloud = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format=image_format, timeout_s=5.0)
+    # The prepared 224x224 pixels, unshrunk: PNG is lossless, JPEG nearly so (sending the crop: tests/test_offload.py).
+    cloud = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format=image_format, image_size=None, timeout_s=5.0)
     for pixels in faces:
         ours, theirs = local.classify(pixels), cloud.classify(pixels)
         assert theirs.strategy == "cloud" and not theirs.fallback, theirs.fallback_reason

@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from shared_model.checkpoint import load_checkpoint, save_checkpoint
-from shared_model.cli import main as train_main
+from shared_model.training.cli import main as train_main
 from shared_model.config import FER2013_CLASSES, ModelConfig
-from shared_model.datasets import (
+from shared_model.training.datasets import (
     DatasetError,
     load_dataset,
     load_fer2013_csv,
     load_image_folder,
 )
-from shared_model.evaluation import classification_report
+from shared_model.training.evaluation import classification_report
 from shared_model.network import FERNet
-from shared_model.training import TrainSettings, fit
+from shared_model.training.fit import TrainSettings, fit
 
 
 @pytest.fixture

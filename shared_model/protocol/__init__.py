@@ -13,18 +13,35 @@ from . import inference_pb2 as pb
 from . import inference_pb2_grpc as pb_grpc
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-ATTENTION_MODEL = "fer_attention"
-CLASSIFIER_MODEL = "fer_classifier"
+ATTENTION_MODEL = "fer_attention"  # split: the attention stage
+REST_MODEL = "fer_rest"  # split-rest: attention and tail, from the split tensor to probabilities
+CLASSIFIER_MODEL = "fer_classifier"  # cloud: the whole network from a face image
 FEATURES = "features"
+SPATIAL_ATTENTION = "spatial_attention"  # UINT8 [N, 1, H, W], fixed scale ATTENTION_SCALE
+CHANNEL_ATTENTION = "channel_attention"  # UINT8 [N, C], fixed scale ATTENTION_SCALE
 IMAGE = "image"
 PROBABILITIES = "probabilities"
+# Attention values lie in (0, 1): quantized with a fixed scale and zero point 0.
+ATTENTION_SCALE = 1.0 / 255.0
+# What each model can answer, and what it answers when a request names no outputs.
+MODEL_OUTPUTS = {
+    ATTENTION_MODEL: (FEATURES, SPATIAL_ATTENTION, CHANNEL_ATTENTION),
+    REST_MODEL: (PROBABILITIES,),
+    CLASSIFIER_MODEL: (PROBABILITIES,),
+}
+DEFAULT_OUTPUTS = {ATTENTION_MODEL: (FEATURES,), REST_MODEL: (PROBABILITIES,), CLASSIFIER_MODEL: (PROBABILITIES,)}
 
 SCALE = "scale"
 ZERO_POINT = "zero_point"
 # Server timings carried as response parameters, in microseconds.
 QUEUE_US = "queue_us"
 COMPUTE_US = "compute_us"
+SERVER_US = "server_us"  # from the request's arrival to its answer
 BATCH_SIZE = "batch_size"
+# ModelMetadata parameters.
+FINGERPRINT = "fingerprint"
+CLASS_NAMES = "class_names"
+CONFIG = "config"
 
 
 def parameter(value: Any) -> pb.InferParameter:
@@ -77,6 +94,27 @@ def unpack_bytes_elements(raw: bytes) -> list[bytes]:
 
 
 __all__ = [
+    "SERVICE_NAME",
+    "ATTENTION_MODEL",
+    "REST_MODEL",
+    "CLASSIFIER_MODEL",
+    "FEATURES",
+    "SPATIAL_ATTENTION",
+    "CHANNEL_ATTENTION",
+    "IMAGE",
+    "PROBABILITIES",
+    "ATTENTION_SCALE",
+    "MODEL_OUTPUTS",
+    "DEFAULT_OUTPUTS",
+    "SCALE",
+    "ZERO_POINT",
+    "QUEUE_US",
+    "COMPUTE_US",
+    "SERVER_US",
+    "BATCH_SIZE",
+    "FINGERPRINT",
+    "CLASS_NAMES",
+    "CONFIG",
     "pb",
     "pb_grpc",
     "parameter",

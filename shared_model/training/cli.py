@@ -17,12 +17,12 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from .checkpoint import CheckpointError, default_weights_path, load_checkpoint, load_model, select_device
-from .config import ModelConfig
+from ..checkpoint import CheckpointError, default_weights_path, load_checkpoint, load_model, select_device
+from ..config import ModelConfig
 from .datasets import DatasetError, FaceDataset, load_dataset
 from .evaluation import ClassificationReport, evaluate
-from .network import FERNet
-from .training import RECIPES, TrainSettings, fit
+from ..network import FERNet
+from .fit import RECIPES, TrainSettings, fit
 
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013

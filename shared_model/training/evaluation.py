@@ -10,8 +10,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .datasets import FaceDataset
-from .network import FERNet
-from .preprocessing import gray_batch_to_tensor
+from ..network import FERNet
+from ..preprocessing import gray_batch_to_tensor
 
 
 @torch.inference_mode()

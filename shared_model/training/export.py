@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
-from .network import FERNet
+from ..checkpoint import Checkpoint
+from ..network import FERNet
 
 PARTS = ("cloud", "head", "tail", "whole")
 FORMATS = ("onnx", "torchscript")
@@ -110,8 +110,6 @@ def export_all(checkpoint: Checkpoint, out: Path, parts: tuple[str, ...] = PARTS
     exported = []
     for part in parts:
         module, example = _module_and_input(model, part)
-        with torch.no_grad():
-            module(example)  # fill the pooling caches so they export as constants
         for fmt in formats:
             path = out / f"{part}.{'onnx' if fmt == 'onnx' else 'pt'}"
             error = export_onnx(module, example, path) if fmt == "onnx" else export_torchscript(module, example, path)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .config import FER2013_CLASSES
+from ..config import FER2013_CLASSES
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import save_checkpoint
+from ..checkpoint import save_checkpoint
 from .datasets import FaceDataset
 from .evaluation import classification_report, predict_probabilities
-from .network import FERNet
-from .preprocessing import normalize
+from ..network import FERNet
+from ..preprocessing import normalize
 
 RECIPES = ("progressive", "paper")
 STATE_FILE = "train_state.pt"

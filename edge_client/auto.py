@@ -1,0 +1,324 @@
+"""``auto``: the fastest strategy for the next face, predicted from what this edge measured itself.
+
+The planner keeps passive estimates from the edge's own work and calls:
+
+- compute per local stage (head, local attention, tail, image and tensor encoding), EWMA;
+- server time per remote model (the ``server_us`` each response carries), EWMA;
+- bytes each strategy puts on the wire each way (from its own requests and responses);
+- the link: round-trip time (the minimum of recent tiny ``ServerLive`` calls,
+  which :class:`RttProbe` makes every few seconds: about 100 bytes each) and the
+  throughput, ``bytes up and down / (network time - RTT)`` of each remote call, EWMA.
+
+It predicts each candidate's latency (compute + server + RTT + bytes / throughput)
+and uses the lowest. A challenger must beat the current choice by ``hysteresis``
+(relative) to take over, so that two nearly equal strategies do not flap. Every
+``explore_every`` faces at most, it runs one other candidate instead, the one
+measured longest ago, so that a link that got better is noticed; a link that got
+worse shows in the current strategy's own measurements within a few faces. The
+cost of exploring is bounded: at most one face in ``explore_every``, and no
+exploration costs more than the remote deadline (a late answer is computed
+locally). A remote failure counts as a network time of the full deadline, so a
+dead or silent cloud is abandoned at once and re-tried only when exploring.
+
+Thread-safe: one planner may serve a runner used from several threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+EDGE = "edge"
+CLOUD = "cloud"
+SPLIT = "split"
+SPLIT_REST = "split-rest"
+CONCRETE_STRATEGIES = (EDGE, CLOUD, SPLIT, SPLIT_REST)
+REMOTE_STRATEGIES = (CLOUD, SPLIT, SPLIT_REST)
+PRIVATE_STRATEGIES = (EDGE, SPLIT, SPLIT_REST)  # the face image never leaves the device
+
+# Why auto picked what it picked (recorded in every result).
+FASTEST = "fastest"
+EXPLORING = "exploring"
+CALIBRATING = "calibrating"  # first use of a candidate: nothing measured yet
+ONLY = "only_candidate"
+
+# Bytes on the wire before anything is measured (gRPC/HTTP2 framing included), for an 8x28x28 split.
+PRIOR_BYTES = {
+    CLOUD: (2_000, 170),
+    SPLIT: (6_420, 960),
+    SPLIT_REST: (6_420, 170),
+}
+
+
+class Ewma:
+    """Exponentially weighted moving average over faces; ``None`` until the first sample.
+
+    The weight of the past decays per face, not per sample: a sample taken after
+    ``n`` faces without one (an exploration) counts as ``1 - (1 - alpha) ** n``,
+    so an estimate refreshed rarely is replaced by its fresh measurement rather
+    than averaged with a stale one.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.value: float | None = None
+        self._last_face: int | None = None
+
+    def update(self, sample: float, face: int | None = None) -> None:
+        steps = 1 if face is None or self._last_face is None else max(1, face - self._last_face)
+        self._last_face = face
+        if self.value is None:
+            self.value = sample
+            return
+        weight = 1.0 - (1.0 - self.alpha) ** steps
+        self.value += weight * (sample - self.value)
+
+    def get(self, default: float = 0.0) -> float:
+        return default if self.value is None else self.value
+
+
+@dataclass
+class Decision:
+    """What auto chose for one face, why, and what it predicted for every candidate (ms)."""
+
+    strategy: str
+    reason: str
+    predicted_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"choice": self.strategy, "reason": self.reason, "predicted_ms": {k: round(v, 2) for k, v in self.predicted_ms.items()}}
+
+
+@dataclass
+class Observation:
+    """What one classification cost, as the runner measured it (milliseconds and bytes)."""
+
+    strategy: str  # the strategy that was attempted
+    head_ms: float | None = None
+    attention_ms: float | None = None
+    tail_ms: float | None = None
+    encode_ms: float | None = None
+    network_ms: float | None = None
+    server_ms: float | None = None
+    total_ms: float | None = None  # the whole classification, as the caller saw it
+    bytes_up: int = 0
+    bytes_down: int = 0
+    failed: bool = False  # the remote part produced no answer (answered locally)
+    not_served: bool = False  # the cloud does not serve what this strategy needs
+
+
+class LinkEstimate:
+    """Round-trip time and per-direction throughput of the link to the cloud."""
+
+    def __init__(self, alpha: float = 0.5, rtt_window: int = 5) -> None:
+        self._rtts: deque[float] = deque(maxlen=rtt_window)
+        self.up_s_per_byte = Ewma(alpha)
+        self.down_s_per_byte = Ewma(alpha)
+
+    @property
+    def rtt_s(self) -> float:
+        """Least of the recent tiny-call round trips: queueing behind our own uploads only inflates a sample."""
+        return min(self._rtts) if self._rtts else 0.0
+
+    def add_rtt(self, seconds: float) -> None:
+        self._rtts.append(seconds)
+
+    def add_transfer(self, network_s: float, bytes_up: int, bytes_down: int, face: int | None = None) -> None:
+        """One exchange: its time beyond the RTT is shared between the directions in proportion to their bytes."""
+        total = bytes_up + bytes_down
+        if total <= 0:
+            return
+        per_byte = max(network_s - self.rtt_s, 0.0) / total
+        # Throughput per direction, bytes / time: with one observation per exchange the two
+        # directions are told apart only through exchanges of different up/down mix.
+        self.up_s_per_byte.update(per_byte, face)
+        self.down_s_per_byte.update(per_byte, face)
+
+    def transfer_s(self, bytes_up: float, bytes_down: float) -> float:
+        return self.rtt_s + bytes_up * self.up_s_per_byte.get() + bytes_down * self.down_s_per_byte.get()
+
+    @property
+    def known(self) -> bool:
+        return self.up_s_per_byte.value is not None
+
+    def throughput_bytes_per_s(self) -> float | None:
+        spb = self.up_s_per_byte.value
+        return None if spb is None or spb <= 0 else 1.0 / spb
+
+
+class AutoPlanner:
+    """Chooses a strategy per face from the edge's own measurements (see the module docstring).
+
+    ``candidates``: the concrete strategies allowed (``private`` ones only, when
+    the face must stay on the device). ``deadline_s``: the remote deadline, the
+    cost charged for a failed remote call.
+    """
+
+    def __init__(
+        self,
+        candidates: Iterable[str] = CONCRETE_STRATEGIES,
+        deadline_s: float = 1.0,
+        explore_every: int = 20,
+        hysteresis: float = 0.05,
+        alpha: float = 0.3,
+        link_alpha: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
+        if EDGE not in self.candidates:
+            self.candidates.insert(0, EDGE)  # the edge can always answer
+        self.deadline_s = deadline_s
+        self.explore_every = max(2, explore_every)
+        self.hysteresis = hysteresis
+        self.clock = clock
+        self.link = LinkEstimate(link_alpha)
+        self._stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail", "encode_image", "encode_features")}
+        self._server = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
+        self._bytes = {strategy: (Ewma(alpha), Ewma(alpha)) for strategy in REMOTE_STRATEGIES}
+        # What a strategy costs beyond its measured parts (preprocessing, decoding the answer, softmax):
+        # small on a laptop, several milliseconds on a CPU-limited device.
+        self._overhead = {strategy: Ewma(alpha) for strategy in CONCRETE_STRATEGIES}
+        self._penalty = {strategy: 0.0 for strategy in REMOTE_STRATEGIES}  # seconds, from failures; cleared by a success
+        self._last_seen: dict[str, int] = {}  # face counter at the last observation of each strategy
+        self._faces = 0
+        self._since_exploration = 0
+        self.current: str | None = None
+        self._lock = threading.Lock()
+
+    # -- what the edge tells the planner --------------------------------------------
+
+    def remove(self, strategy: str) -> None:
+        """The cloud does not serve this strategy (or holds other weights): never choose it again."""
+        with self._lock:
+            if strategy != EDGE and strategy in self.candidates:
+                self.candidates.remove(strategy)
+                if self.current == strategy:
+                    self.current = None
+
+    def observe_rtt(self, seconds: float) -> None:
+        with self._lock:
+            self.link.add_rtt(seconds)
+
+    def observe(self, obs: Observation) -> None:
+        with self._lock:
+            face = self._faces
+            self._last_seen[obs.strategy] = face
+            for stage, value in (("head", obs.head_ms), ("attention", obs.attention_ms), ("tail", obs.tail_ms)):
+                if value is not None:
+                    self._stage[stage].update(value / 1000, face)
+            if obs.encode_ms is not None and obs.strategy != EDGE:
+                self._stage["encode_image" if obs.strategy == CLOUD else "encode_features"].update(obs.encode_ms / 1000, face)
+            if obs.total_ms is not None and not obs.failed:
+                parts = (obs.head_ms, obs.attention_ms, obs.tail_ms, obs.encode_ms, obs.network_ms, obs.server_ms)
+                self._overhead[obs.strategy].update(max(obs.total_ms - sum(p or 0.0 for p in parts), 0.0) / 1000, face)
+            if obs.strategy == EDGE:
+                return
+            if obs.not_served:
+                self.candidates = [s for s in self.candidates if s != obs.strategy]
+                return
+            if obs.failed:
+                self._penalty[obs.strategy] = self.deadline_s
+                return
+            self._penalty = dict.fromkeys(self._penalty, 0.0)  # one server answers for all its models
+            up, down = self._bytes[obs.strategy]
+            up.update(obs.bytes_up, face)
+            down.update(obs.bytes_down, face)
+            if obs.server_ms is not None:
+                self._server[obs.strategy].update(obs.server_ms / 1000, face)
+            if obs.network_ms is not None:
+                self.link.add_transfer(obs.network_ms / 1000, obs.bytes_up, obs.bytes_down, face)
+
+    # -- prediction and choice ---------------------------------------------------------
+
+    def _stage_s(self, *stages: str) -> float:
+        return sum(self._stage[s].get() for s in stages)
+
+    def _predict(self, strategy: str) -> float:
+        """Predicted seconds for one face by ``strategy``."""
+        return self._predict_parts(strategy) + self._overhead[strategy].get()
+
+    def _predict_parts(self, strategy: str) -> float:
+        if strategy == EDGE:
+            return self._stage_s("head", "attention", "tail")
+        prior_up, prior_down = PRIOR_BYTES[strategy]
+        up, down = self._bytes[strategy]
+        wire = self.link.transfer_s(up.get(prior_up), down.get(prior_down)) + self._server[strategy].get() + self._penalty[strategy]
+        if strategy == CLOUD:
+            return self._stage_s("encode_image") + wire
+        if strategy == SPLIT:
+            return self._stage_s("head", "encode_features", "tail") + wire
+        return self._stage_s("head", "encode_features") + wire
+
+    def predictions_ms(self) -> dict[str, float]:
+        with self._lock:
+            return {s: self._predict(s) * 1000 for s in self.candidates}
+
+    def choose(self, allowed: Callable[[str], bool] | None = None) -> Decision:
+        """The strategy for the next face. ``allowed`` can rule out strategies for now (an open circuit)."""
+        with self._lock:
+            self._faces += 1
+            usable = [s for s in self.candidates if allowed is None or s == EDGE or allowed(s)]
+            predicted = {s: self._predict(s) * 1000 for s in usable}
+            if len(usable) == 1:
+                return self._decide(usable[0], ONLY, predicted)
+            unmeasured = [s for s in usable if s not in self._last_seen]
+            if unmeasured:
+                return self._decide(unmeasured[0], CALIBRATING, predicted)
+            best = min(usable, key=lambda s: predicted[s])
+            current = self.current if self.current in usable else None
+            if current is not None and predicted[best] > predicted[current] * (1 - self.hysteresis):
+                best = current
+            self._since_exploration += 1
+            stale = [s for s in usable if s != best and self._faces - self._last_seen[s] >= self.explore_every]
+            if self._since_exploration >= self.explore_every and stale:
+                self._since_exploration = 0
+                stalest = min(stale, key=lambda s: self._last_seen[s])
+                return self._decide(stalest, EXPLORING, predicted, keep_current=best)
+            return self._decide(best, FASTEST, predicted)
+
+    def _decide(self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None) -> Decision:
+        self.current = keep_current or strategy
+        return Decision(strategy, reason, predicted)
+
+    def state(self) -> dict[str, Any]:
+        """The estimates behind the predictions (for logs and benchmarks)."""
+        with self._lock:
+            throughput = self.link.throughput_bytes_per_s()
+            return {
+                "current": self.current,
+                "candidates": list(self.candidates),
+                "rtt_ms": round(self.link.rtt_s * 1000, 3),
+                "throughput_kbps": None if throughput is None else round(throughput / 1000, 1),
+                "stage_ms": {k: round(v.get() * 1000, 3) for k, v in self._stage.items()},
+                "server_ms": {k: round(v.get() * 1000, 3) for k, v in self._server.items()},
+            }
+
+
+class RttProbe:
+    """Measures the round trip with tiny calls (``ServerLive``) every ``interval_s`` in a daemon thread."""
+
+    def __init__(self, ping: Callable[[], float | None], on_sample: Callable[[float], None], interval_s: float = 2.0) -> None:
+        self._ping = ping
+        self._on_sample = on_sample
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rtt-probe", daemon=True)
+
+    def start(self) -> "RttProbe":
+        self._thread.start()
+        return self
+
+    def sample_now(self) -> None:
+        seconds = self._ping()
+        if seconds is not None:
+            self._on_sample(seconds)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample_now()
+
+    def stop(self) -> None:
+        self._stop.set()

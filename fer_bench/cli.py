@@ -1,0 +1,326 @@
+"""``fer-bench``: benchmarks that write CSV, PNG and JSON under a results folder and print a table."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXAMPLES = """examples:
+  fer-bench model                                    # the paper's Table 4 on this machine
+  fer-bench network                                  # Figure 8: every strategy, 200..1000 KB/s, both shapers, three profiles (root)
+  fer-bench network --shapers proxy --profiles laptop --bandwidths 200,500,1000 --requests 5   # no root needed
+  fer-bench network --shapers proxy --rtt-ms 40 --strategies edge,split,split-rest,auto
+  fer-bench trace --profile phone                    # the paper's experiment: bandwidth steps up and down over time
+  fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for 20 s and restarted
+  fer-bench offload-accuracy --data ../shared/data/fer2013/public_test
+  fer-bench server --concurrency 1,4,16,64 --seconds 3
+"""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .network import DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
+
+    parser = argparse.ArgumentParser(prog="fer-bench", description="Benchmarks of the split FER system; each writes CSV, JSON and PNG to --out and prints a table.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    model = commands.add_parser("model", help="parameters, MACs (ptflops) and CPU latency per configuration and stage", formatter_class=defaults)
+    model.add_argument("--runs", type=int, default=100, help="timed runs per configuration (after warm-up)")
+    model.add_argument("--warmup", type=int, default=10)
+    model.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's default, all cores)")
+    model.add_argument("--out", type=Path, default=Path("results/model"))
+    model.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+
+    network = commands.add_parser("network", help="end-to-end latency of each strategy under throttled bandwidth (the paper's Figure 8)", formatter_class=defaults)
+    network.add_argument("--bandwidths", type=_floats, default=",".join(str(v) for v in range(200, 1001, 100)), help="KB/s per direction (KB = 1000 bytes), comma-separated")
+    network.add_argument("--strategies", type=_names, default=",".join(DEFAULT_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    network.add_argument("--shapers", type=_names, default=",".join(SHAPERS), help="netns (tc in a network namespace; root) and/or proxy (userspace token bucket)")
+    network.add_argument("--profiles", type=_names, default=",".join(PROFILES), help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()) + " (the quotas need root)")
+    network.add_argument("--requests", type=int, default=20, help="timed faces per strategy and bandwidth; the strategies take turns face by face")
+    network.add_argument("--warmup", type=int, default=2, help="untimed rounds of every strategy at each bandwidth")
+    network.add_argument("--adapt", type=int, default=25, help="then untimed faces of auto alone, so that each static point measures its steady state (the trace measures adaptation)")
+    network.add_argument("--runtime", choices=("onnx", "torch"), default="onnx", help="what runs the edge's partitions (ONNX Runtime measured faster on this CPU)")
+    network.add_argument("--rtt-ms", type=float, default=0.0, help="added round-trip time")
+    network.add_argument("--loss", type=float, default=0.0, help="packet loss in percent, each direction (netns shaper only)")
+    network.add_argument("--cloud-threads", type=int, default=1, help="CPU threads of the cloud process")
+    network.add_argument("--weights", help="checkpoint for edge and cloud; the shipped weights when omitted")
+    network.add_argument("--out", type=Path, default=Path("results/network"))
+    network.add_argument("--json", action="store_true")
+
+    accuracy = commands.add_parser("offload-accuracy", help="accuracy of each way of offloading (split variants, cloud image sizes) on a labelled face dataset", formatter_class=defaults)
+    accuracy.add_argument("--data", type=Path, required=True, help="image-folder dataset (e.g. ../shared/data/fer2013/public_test) or a FER2013 CSV")
+    accuracy.add_argument("--split", default="PublicTest", help="with a FER2013 CSV: which Usage to read")
+    accuracy.add_argument("--sizes", type=_ints, default="24,32,40,48", help="largest sides of the face crop the cloud strategy would send (FER2013's crops are 48x48)")
+    accuracy.add_argument("--format", choices=("jpeg", "png"), default="jpeg", help="image format of the cloud variants")
+    accuracy.add_argument("--quality", type=int, default=95, help="JPEG quality")
+    accuracy.add_argument("--limit", type=int, help="use only the first N faces (quick look)")
+    accuracy.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    accuracy.add_argument("--weights", help="checkpoint (default: the shipped weights)")
+    accuracy.add_argument("--out", type=Path, default=Path("results/offload_accuracy"))
+    accuracy.add_argument("--json", action="store_true")
+
+    runtimes = commands.add_parser("edge-runtimes", help="the edge's compute per device profile under PyTorch and ONNX Runtime, side by side", formatter_class=defaults)
+    runtimes.add_argument("--profiles", type=_names, default=",".join(PROFILES))
+    runtimes.add_argument("--rounds", type=int, default=10, help="turns of the two runtimes (each turn: --runs timed passes per stage)")
+    runtimes.add_argument("--runs", type=int, default=5)
+    runtimes.add_argument("--out", type=Path, default=Path("results/edge_runtimes"))
+    runtimes.add_argument("--json", action="store_true")
+
+    trace = commands.add_parser("trace", help="the paper's experiment: latency over time while the bandwidth steps up and back down", formatter_class=defaults)
+    trace.add_argument("--profile", choices=list(PROFILES), default="phone")
+    trace.add_argument("--shapers", type=_names, default=",".join(SHAPERS), help="netns (root) and/or proxy")
+    trace.add_argument("--strategies", type=_names, default=",".join(TRACE_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    trace.add_argument("--steps", type=_floats, default=",".join(str(v) for v in (*range(200, 1001, 100), *range(900, 199, -100))), help="KB/s of each step, in order")
+    trace.add_argument("--dwell-s", type=float, default=8.0, help="seconds per step (the paper: 120)")
+    trace.add_argument("--kill-at", type=float, default=None, help="kill the cloud (SIGKILL) this many seconds into the trace ...")
+    trace.add_argument("--restart-after", type=float, default=20.0, help="... and restart it on the same port this much later")
+    trace.add_argument("--timeout-ms", type=float, default=1000.0, help="the edge's remote deadline")
+    trace.add_argument("--runtime", choices=("onnx", "torch"), default="onnx")
+    trace.add_argument("--weights")
+    trace.add_argument("--out", type=Path, default=Path("results/trace"))
+    trace.add_argument("--json", action="store_true")
+
+    server = commands.add_parser("server", help="throughput and latency of fer_attention across concurrency, batching on and off", formatter_class=defaults)
+    server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients, comma-separated")
+    server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point")
+    server.add_argument("--max-batch-size", type=int, default=32)
+    server.add_argument("--max-queue-delay-ms", type=float, default=2.0)
+    server.add_argument("--server-threads", type=int, default=1, help="CPU threads of the server process")
+    server.add_argument("--weights")
+    server.add_argument("--out", type=Path, default=Path("results/server"))
+    server.add_argument("--json", action="store_true")
+
+    faces = commands.add_parser("faces", help="clips made from a photo with a known face box: false boxes, faces found, frames per second per detector setting", formatter_class=defaults)
+    faces.add_argument("--image", type=Path, help="photo with one face (default: the bundled sample)")
+    faces.add_argument("--box", type=_ints, help="its face box X,Y,W,H (default: the Haar box of the photo)")
+    faces.add_argument("--detectors", type=_names, default=None, help="comma-separated detector settings (default: all; see --list; blazeface needs the blazeface extra)")
+    faces.add_argument("--confirm", type=_ints, default="1,2,3,4,5", help="video: consecutive frames before a face is reported, comma-separated")
+    faces.add_argument("--keep", type=int, default=5, help="video: frames a confirmed face may go undetected and keep its track id")
+    faces.add_argument("--frames", type=int, default=None, help="frames per clip (default: each clip's own, 90 or 120)")
+    faces.add_argument("--list", action="store_true", help="list the detector settings and exit")
+    faces.add_argument("--out", type=Path, default=Path("results/faces"))
+    faces.add_argument("--json", action="store_true")
+    return parser
+
+
+def _write(out: Path, stem: str, rows: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=2))
+    with (out / f"{stem}.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows)
+
+
+def _model(args: argparse.Namespace) -> int:
+    from .model import format_table, model_table, plot_table
+
+    records = model_table(args.runs, args.warmup, args.threads)
+    rows = [r.to_dict() for r in records]
+    _write(args.out, "model", rows)
+    plot_table(records, args.out / "model_latency.png")
+    print(json.dumps(rows, indent=2) if args.json else format_table(records))
+    print(f"wrote {args.out}/model.csv, model.json, model_latency.png", file=sys.stderr)
+    return 0
+
+
+def _network(args: argparse.Namespace) -> int:
+    from .network import (
+        PROFILES,
+        SHAPERS,
+        STRATEGIES,
+        NetworkSettings,
+        auto_against_best,
+        format_auto_table,
+        format_table,
+        plot,
+        record_dicts,
+        run_network_benchmark,
+    )
+    from .shaping import ShaperError
+
+    _check_names("strategy", args.strategies, STRATEGIES)
+    _check_names("shaper", args.shapers, SHAPERS)
+    _check_names("profile", args.profiles, PROFILES)
+    if args.loss and "proxy" in args.shapers:
+        raise ShaperError("--loss needs the netns shaper: the userspace proxy sits above TCP and cannot drop packets")
+    _check_root(args.shapers, args.profiles)
+    settings = NetworkSettings(
+        args.bandwidths, args.strategies, args.shapers, args.profiles, args.requests, args.warmup, args.adapt, args.rtt_ms, args.loss,
+        args.cloud_threads, weights=args.weights, runtime=args.runtime,
+    )
+    records, compute = run_network_benchmark(settings)
+    rows = record_dicts(records)
+    _write(args.out, "network", rows)
+    if any(r.strategy == "auto" for r in records):
+        _write(args.out, "network_auto", auto_against_best(records))
+    (args.out / "network_compute.json").write_text(json.dumps(compute, indent=2))
+    plot(records, args.out / "network.png")
+    if args.json:
+        print(json.dumps({"points": rows, "auto_against_best": auto_against_best(records), "compute_ms": compute}, indent=2))
+    else:
+        print(format_table(records))
+        print()
+        print(format_auto_table(auto_against_best(records)))
+        for profile, times in compute.items():
+            print(f"{profile} compute ({times.get('runtime', 'torch')}): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items() if k != "runtime"))
+    print(f"wrote {args.out}/network.csv, network.json, network_compute.json, network.png", file=sys.stderr)
+    return 0
+
+
+def _offload_accuracy(args: argparse.Namespace) -> int:
+    import torch
+
+    from shared_model.checkpoint import load_model
+    from shared_model.training.datasets import load_dataset
+
+    from .offload_accuracy import format_table, plot, record_dicts, run_offload_accuracy, smallest_size_within
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, checkpoint = load_model(args.weights)
+    data = load_dataset(args.data, args.split if args.data.is_file() else None, class_names=model.config.class_names)
+    gray, labels = data.images.numpy(), data.labels.numpy()
+    if args.limit:
+        gray, labels = gray[: args.limit], labels[: args.limit]
+    records = run_offload_accuracy(model, gray, labels, args.sizes, args.format, args.quality)
+    rows = record_dicts(records)
+    _write(args.out, "offload_accuracy", rows)
+    plot(records, args.out / "offload_accuracy.png")
+    chosen = smallest_size_within(records)
+    if args.json:
+        print(json.dumps({"model": checkpoint.fingerprint, "variants": rows, "smallest_size_within_0.3_points_of_lossless_224": chosen}, indent=2))
+    else:
+        print(format_table(records))
+        print(f"model {checkpoint.fingerprint}; smallest crop side within 0.3 points of sending the 224x224 face losslessly: {chosen}")
+    print(f"wrote {args.out}/offload_accuracy.csv, offload_accuracy.json, offload_accuracy.png", file=sys.stderr)
+    return 0
+
+
+def _check_names(what: str, names: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; expected some of {', '.join(known)}")
+
+
+def _check_root(shapers: Sequence[str], profiles: Sequence[str]) -> None:
+    """Say up front, before minutes of work, that what was asked for needs root."""
+    from .network import PROFILES
+    from .shaping import ShaperError, cpu_quota_unavailable_reason, netns_unavailable_reason
+
+    if "netns" in shapers and (reason := netns_unavailable_reason()):
+        raise ShaperError(f"the netns shaper {reason}; use --shapers proxy")
+    quota_profiles = [p for p in profiles if PROFILES[p].cpu_quota is not None]
+    if quota_profiles and (reason := cpu_quota_unavailable_reason()):
+        raise ShaperError(f"profiles {', '.join(quota_profiles)} need a CPU quota, which {reason}; use --profiles laptop")
+
+
+def _edge_runtimes(args: argparse.Namespace) -> int:
+    from .network import PROFILES, compare_runtimes
+
+    _check_names("profile", args.profiles, PROFILES)
+    _check_root((), args.profiles)
+    rows = compare_runtimes(args.profiles, args.rounds, args.runs)
+    _write(args.out, "edge_runtimes", rows)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(f"{'profile':<8}{'runtime':<8}{'whole ms':>9}{'head':>8}{'cloud':>8}{'tail':>8}")
+        for r in rows:
+            print(f"{r['profile']:<8}{r['runtime']:<8}{r['whole_ms']:>9.2f}{r['head_ms']:>8.2f}{r['cloud_ms']:>8.2f}{r['tail_ms']:>8.2f}")
+    print(f"wrote {args.out}/edge_runtimes.csv, edge_runtimes.json", file=sys.stderr)
+    return 0
+
+
+def _trace(args: argparse.Namespace) -> int:
+    from .network import SHAPERS, STRATEGIES, TraceSettings, plot_trace, run_trace, trace_summary
+
+    _check_names("strategy", args.strategies, STRATEGIES)
+    _check_names("shaper", args.shapers, SHAPERS)
+    _check_root(args.shapers, (args.profile,))
+    settings = TraceSettings(
+        args.profile, args.shapers, args.strategies, args.steps, args.dwell_s, args.kill_at, args.restart_after,
+        timeout_ms=args.timeout_ms, weights=args.weights, runtime=args.runtime,
+    )
+    records, events = run_trace(settings)
+    summary = trace_summary(records, settings)
+    _write(args.out, "trace", records)
+    _write(args.out, "trace_summary", summary)
+    (args.out / "trace_events.json").write_text(json.dumps(events, indent=2))
+    plot_trace(records, events, settings, args.out / "trace.png")
+    if args.json:
+        print(json.dumps({"summary": summary, "events": events}, indent=2))
+    else:
+        print(f"{'shaper':<8}{'strategy':<14}{'faces':>6}{'mean ms':>9}{'p50 ms':>8}{'p90 ms':>8}{'fallbk':>7}  auto's choices")
+        for row in summary:
+            print(f"{row['shaper']:<8}{row['strategy']:<14}{row['faces']:>6}{row['mean_ms']:>9.1f}{row['p50_ms']:>8.1f}{row['p90_ms']:>8.1f}{row['fallbacks']:>7}  {row['auto_choices'] or ''}")
+    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_events.json, trace.png", file=sys.stderr)
+    return 0
+
+
+def _server(args: argparse.Namespace) -> int:
+    from .server_load import format_table, plot, record_dicts, server_sweep
+
+    records = server_sweep(args.concurrency, args.seconds, args.max_batch_size, args.max_queue_delay_ms, args.server_threads, args.weights)
+    rows = record_dicts(records)
+    _write(args.out, "server", rows)
+    plot(records, args.out / "server.png")
+    print(json.dumps(rows, indent=2) if args.json else format_table(records))
+    print(f"wrote {args.out}/server.csv, server.json, server.png", file=sys.stderr)
+    return 0
+
+
+def _faces(args: argparse.Namespace) -> int:
+    from .faces import DEFAULT_MOTIONS, DETECTORS, evaluate, format_table, load_photo, make_clip, plot, summarize
+
+    if args.list:
+        print("\n".join(DETECTORS))
+        return 0
+    detectors = args.detectors or DETECTORS
+    unknown = [d for d in detectors if d not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector settings {unknown}; fer-bench faces --list shows them")
+    image, box = load_photo(args.image, args.box)
+    motions = [dataclasses.replace(m, frames=args.frames) if args.frames else m for m in DEFAULT_MOTIONS]
+    clips = [make_clip(image, box, motion) for motion in motions]
+    scores = evaluate(clips, detectors, args.confirm, args.keep)
+    totals = summarize(scores)
+    rows = [s.to_dict() for s in scores + totals]
+    _write(args.out, "faces", rows)
+    plot(totals, args.out / "faces.png")
+    print(json.dumps(rows, indent=2) if args.json else format_table(totals))
+    print(f"face {box.to_list()}; clips: " + ", ".join(f"{c.name} ({len(c.frames)} frames)" for c in clips), file=sys.stderr)
+    print(f"wrote {args.out}/faces.csv, faces.json, faces.png", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .shaping import ShaperError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "faces": _faces, "edge-runtimes": _edge_runtimes}[args.command](args)
+    except (ShaperError, RuntimeError, ValueError) as error:
+        print(f"fer-bench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

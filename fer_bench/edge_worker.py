@@ -1,0 +1,143 @@
+"""An edge device for benchmarks: a separate process (so a CPU quota can hold it) driven over stdin/stdout.
+
+Started as ``python -m fer_bench.edge_worker THREADS WEIGHTS RUNTIME``. Each stdin
+line is a JSON command; each answer is one JSON line on stdout.
+
+- ``{"op": "compute", "runs": N}``: median head / cloud / tail / whole milliseconds
+  on this device, the stages measured in turn (round robin).
+- ``{"op": "run", "target": "host:port", "strategies": [spec, ...], "rounds": N,
+  "warmup": W, "adapt": A, "timeout_ms": T}``: W untimed rounds of every
+  strategy and A more of ``auto`` alone (its steady state at this link), then N rounds in which every strategy classifies
+  the sample face once, in a rotating order, so that all strategies meet the
+  same link and the same CPU at the same time; one record per classification,
+  keyed by strategy name. A spec is ``{"name", "strategy", "encoding",
+  "image_format", "image_size", "split_returns"}``.
+- ``{"op": "trace", ...same..., "seconds": S}``: the same round robin for S
+  seconds (while the parent changes the link), each record with its time.
+
+Runners (and so auto's estimates) live as long as the worker, per target and spec.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import cv2
+
+from edge_client.samples import sample_image
+from edge_client.backends import load_backend
+from edge_client.breaker import CircuitBreaker
+from edge_client.faces import FaceDetector
+from edge_client.runner import FaceResult, EdgeRunner
+from edge_client.transport import CloudClient
+from shared_model.preprocessing import pixels_to_array, prepare_face
+
+
+class EdgeWorker:
+    def __init__(self, threads: int, weights: str | None = None, runtime: str = "onnx") -> None:
+        self.runtime = runtime
+        self.backend = load_backend(runtime, weights if runtime == "torch" else None, None, threads)
+        self.fingerprint = self.backend.fingerprint
+        image = cv2.imread(str(sample_image()))
+        box = FaceDetector().detect(image)[0]
+        self.crop = FaceDetector.crop(image, box)
+        self.pixels = prepare_face(self.crop, self.backend.config.input_size)
+        self._runners: dict[tuple[str, str], EdgeRunner] = {}
+
+    def compute(self, runs: int) -> dict[str, float]:
+        """Median milliseconds per stage on this device, the stages taking turns."""
+        x = pixels_to_array(self.pixels)
+        z = self.backend.head(x)
+        stages = {
+            "head": lambda: self.backend.head(x),
+            "cloud": lambda: self.backend.cloud(z),
+            "tail": lambda: self.backend.tail(z),
+            "whole": lambda: self.backend.tail(self.backend.cloud(self.backend.head(x))),
+        }
+        times: dict[str, list[float]] = {name: [] for name in stages}
+        for index in range(runs + 3):
+            for name, stage in stages.items():
+                started = time.perf_counter()
+                stage()
+                if index >= 3:
+                    times[name].append((time.perf_counter() - started) * 1000)
+        return {f"{name}_ms": statistics.median(values) for name, values in times.items()}
+
+    def _runner(self, target: str, spec: dict[str, Any], timeout_s: float) -> EdgeRunner:
+        key = (target, json.dumps(spec, sort_keys=True))
+        if key not in self._runners:
+            remote = spec["strategy"] != "edge"
+            client = CloudClient(target, self.fingerprint, timeout_s=timeout_s) if remote else None
+            breaker = CircuitBreaker(probe=(lambda: client.healthy(min(0.25, timeout_s)))) if client else None
+            self._runners[key] = EdgeRunner(
+                self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
+                image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
+                split_returns=spec.get("split_returns", "attention"),
+            )
+        return self._runners[key]
+
+    def _round_robin(self, command: dict, rounds: int | None, seconds: float | None) -> dict[str, list[dict]]:
+        timeout = command.get("timeout_ms", 10_000) / 1000
+        specs = command["strategies"]
+        runners = [(spec["name"], self._runner(command["target"], spec, timeout)) for spec in specs]
+        for _ in range(command.get("warmup", 2)):
+            for _, runner in runners:
+                runner.classify(self.pixels, self.crop)
+        for _ in range(command.get("adapt", 0)):  # auto alone: time to notice the link it is on now
+            for _, runner in runners:
+                if runner.strategy == "auto":
+                    runner.classify(self.pixels, self.crop)
+        records: dict[str, list[dict]] = {name: [] for name, _ in runners}
+        started = time.perf_counter()
+        turn = 0
+        while (rounds is not None and turn < rounds) or (seconds is not None and time.perf_counter() - started < seconds):
+            for offset in range(len(runners)):
+                name, runner = runners[(turn + offset) % len(runners)]
+                at = time.perf_counter() - started
+                records[name].append({"t": round(at, 4), **_record(runner.classify(self.pixels, self.crop))})
+            turn += 1
+        return records
+
+    def run(self, command: dict) -> dict[str, list[dict]]:
+        return self._round_robin(command, command["rounds"], None)
+
+    def trace(self, command: dict) -> dict[str, list[dict]]:
+        return self._round_robin(command, None, command["seconds"])
+
+    def close(self) -> None:
+        for runner in self._runners.values():
+            runner.close()
+
+
+def _record(result: FaceResult) -> dict:
+    auto = result.auto or {}
+    return {
+        **asdict(result.latency), "bytes_up": result.bytes_up, "bytes_down": result.bytes_down, "fallback": result.fallback,
+        "fallback_reason": result.fallback_reason, "strategy": result.strategy, "auto_choice": auto.get("choice"), "auto_reason": auto.get("reason"),
+        "auto_predicted_ms": auto.get("predicted_ms"),
+    }
+
+
+def main() -> int:
+    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    weights = sys.argv[2] if len(sys.argv) > 2 and sys.argv[2] else None
+    runtime = sys.argv[3] if len(sys.argv) > 3 else "onnx"
+    worker = EdgeWorker(threads, weights, runtime)
+    print(json.dumps({"ready": True, "runtime": runtime, "threads": threads}), flush=True)
+    operations = {"compute": lambda c: worker.compute(c.get("runs", 30)), "run": worker.run, "trace": worker.trace}
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            print(json.dumps(operations[command["op"]](command)), flush=True)
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Measure the edge under faults (the figures of docs/server_faults.md); not a test.
+
+Scenarios, each produced for real on loopback: a slow server (answers after 10x
+the deadline), a blackholed link mid-stream (and back), an overloaded server
+(queue full). Prints one JSON line per scenario.
+
+    .venv/bin/python tests/measure_faults.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from faults import SLOW, BlackholeLink, Fault, FaultyServer  # noqa: E402
+from servers import start_server  # noqa: E402
+
+from cloud_server.engine import BatchingSettings  # noqa: E402
+from edge_client.breaker import CircuitBreaker  # noqa: E402
+from edge_client.runner import EdgeRunner  # noqa: E402
+from edge_client.transport import CloudClient  # noqa: E402
+from shared_model.checkpoint import load_model, model_fingerprint  # noqa: E402
+
+TIMEOUT_S = 0.2
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values)
+    return {"p50": round(float(np.median(array)), 1), "max": round(float(array.max()), 1), "n": len(values)}
+
+
+def _waited(latency: dict) -> float:
+    return latency["total"] - latency["head"] - latency["encode"] - latency["attention"] - latency["tail"]
+
+
+def slow_server(model, face: np.ndarray, use_stream: bool) -> dict:
+    server = FaultyServer(model, Fault(SLOW, delay_s=10 * TIMEOUT_S))
+    client = CloudClient(server.address, model_fingerprint(model), timeout_s=TIMEOUT_S)
+    runner = EdgeRunner(model, "split", client, CircuitBreaker(failure_threshold=10**6), timeout_s=TIMEOUT_S, use_stream=use_stream)
+    try:
+        results = [runner.classify(face) for _ in range(20)]
+    finally:
+        runner.close()
+        server.stop()
+    latencies = [asdict(r.latency) for r in results]
+    return {
+        "scenario": f"slow server ({'stream' if use_stream else 'unary'}), timeout {TIMEOUT_S * 1000:.0f} ms, answer after {10 * TIMEOUT_S * 1000:.0f} ms",
+        "reasons": sorted({r.fallback_reason for r in results}),
+        "total_ms": _summary([r["total"] for r in latencies]),
+        "waited_ms": _summary([_waited(r) for r in latencies]),
+    }
+
+
+def blackhole(model, face: np.ndarray, silent_s: float = 2.0) -> dict:
+    server = start_server(model)
+    link = BlackholeLink(server.port)
+    client = CloudClient(link.address, model_fingerprint(model), timeout_s=TIMEOUT_S)
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=0.2, probe=lambda: client.healthy(TIMEOUT_S))
+    runner = EdgeRunner(model, "split", client, breaker, timeout_s=TIMEOUT_S, use_stream=True)
+    records: list[tuple[str, float, object]] = []
+    try:
+        for phase, seconds in (("before", 1.0), ("silent", silent_s), ("after", 4.0)):
+            if phase == "silent":
+                link.blackhole()
+            if phase == "after":
+                link.restore()
+            phase_start = time.monotonic()
+            while time.monotonic() - phase_start < seconds:
+                records.append((phase, time.monotonic() - phase_start, runner.classify(face)))
+                time.sleep(0.03)
+    finally:
+        runner.close()
+        link.close()
+        server.stop_now()
+    silent = [r for phase, _, r in records if phase == "silent"]
+    back = [t for phase, t, r in records if phase == "after" and not r.fallback]
+    return {
+        "scenario": f"blackholed link mid-stream for {silent_s:.0f} s, timeout {TIMEOUT_S * 1000:.0f} ms",
+        "frames": len(records),
+        "silent_reasons": sorted({r.fallback_reason for r in silent}),
+        "silent_total_ms": _summary([r.latency.total for r in silent]),
+        "silent_waited_ms": _summary([_waited(asdict(r.latency)) for r in silent]),
+        "back_on_cloud_after_s": round(back[0], 3) if back else None,
+    }
+
+
+def overload(model, face: np.ndarray) -> dict:
+    server = start_server(model, batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
+    batcher = server.engine.batchers["fer_attention"]
+    fast = batcher.forward
+    batcher.forward = lambda x: time.sleep(0.05) or fast(x)  # a busy accelerator: 20 requests/s
+    results: list = []
+    lock = threading.Lock()
+
+    def edge() -> None:
+        client = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(model), timeout_s=2.0)
+        runner = EdgeRunner(model, "split", client, CircuitBreaker(failure_threshold=10**6), timeout_s=2.0)
+        for _ in range(10):
+            result = runner.classify(face)
+            with lock:
+                results.append(result)
+        runner.close()
+
+    threads = [threading.Thread(target=edge) for _ in range(12)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop_now()
+    refused = [r for r in results if r.fallback_reason == "overloaded"]
+    admitted = [r for r in results if not r.fallback]
+    return {
+        "scenario": "overload: 12 edges against a queue of 2 and a 50 ms model",
+        "answers": len(results),
+        "reasons": sorted({str(r.fallback_reason) for r in results}),
+        "refused": len(refused),
+        "refused_waited_ms": _summary([_waited(asdict(r.latency)) for r in refused]) if refused else None,
+        "admitted_total_ms": _summary([r.latency.total for r in admitted]) if admitted else None,
+    }
+
+
+def main() -> None:
+    import cv2
+
+    from shared_model.preprocessing import prepare_face
+
+    model, _ = load_model()
+    face = prepare_face(cv2.imread(str(Path(__file__).parent / "data" / "faces" / "astronaut.png"), cv2.IMREAD_GRAYSCALE), model.config.input_size)
+    for measure in (lambda: slow_server(model, face, False), lambda: slow_server(model, face, True), lambda: blackhole(model, face), lambda: overload(model, face)):
+        print(json.dumps(measure()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The auto planner's decisions against a simulated edge and link whose costs the test sets.
+
+The simulated world gives each strategy's measurements from known stage times,
+RTT and bandwidth; the planner must find the strategy the world makes fastest,
+follow the world when it changes, and keep its exploration within its bound.
+(Real links and real CPU limits: tests/test_auto_system.py and fer-bench network.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from edge_client.auto import CALIBRATING, EDGE, EXPLORING, SPLIT, SPLIT_REST, CLOUD, AutoPlanner, Observation
+
+BYTES = {SPLIT: (6_420, 960), SPLIT_REST: (6_420, 170), CLOUD: (1_600, 170)}
+
+
+@dataclass(frozen=True)
+class World:
+    head_ms: float = 10.0
+    attention_ms: float = 1.0
+    tail_ms: float = 15.0
+    encode_ms: float = 0.2
+    rtt_ms: float = 2.0
+    bandwidth_bytes_per_ms: float = 200.0  # 200 KB/s
+    server_ms: float = 3.0
+    cloud_up: bool = True
+
+    def cost_ms(self, strategy: str) -> float:
+        """The true latency of one face: what the planner should minimise."""
+        if strategy == EDGE:
+            return self.head_ms + self.attention_ms + self.tail_ms
+        up, down = BYTES[strategy]
+        wire = self.rtt_ms + (up + down) / self.bandwidth_bytes_per_ms + self.server_ms
+        local = {CLOUD: 0.0, SPLIT: self.head_ms + self.tail_ms, SPLIT_REST: self.head_ms}[strategy]
+        return local + self.encode_ms + wire
+
+    def observe(self, strategy: str) -> Observation:
+        if strategy == EDGE:
+            return Observation(EDGE, head_ms=self.head_ms, attention_ms=self.attention_ms, tail_ms=self.tail_ms)
+        head = None if strategy == CLOUD else self.head_ms
+        if not self.cloud_up:
+            return Observation(strategy, head_ms=head or self.head_ms, attention_ms=self.attention_ms, tail_ms=self.tail_ms, encode_ms=self.encode_ms, failed=True)
+        up, down = BYTES[strategy]
+        return Observation(
+            strategy, head_ms=head, tail_ms=self.tail_ms if strategy == SPLIT else None, encode_ms=self.encode_ms,
+            network_ms=self.rtt_ms + (up + down) / self.bandwidth_bytes_per_ms, server_ms=self.server_ms, bytes_up=up, bytes_down=down,
+        )
+
+    def best(self, candidates) -> str:
+        return min(candidates, key=self.cost_ms)
+
+
+def _run(planner: AutoPlanner, world: World, faces: int) -> list[tuple[str, str]]:
+    planner.observe_rtt(world.rtt_ms / 1000)
+    choices = []
+    for _ in range(faces):
+        decision = planner.choose()
+        planner.observe(world.observe(decision.strategy))
+        choices.append((decision.strategy, decision.reason))
+    return choices
+
+
+ALL = (EDGE, CLOUD, SPLIT, SPLIT_REST)
+
+
+def test_each_candidate_is_measured_once_before_predictions_are_trusted() -> None:
+    choices = _run(AutoPlanner(ALL), World(), 4)
+    assert sorted(s for s, _ in choices) == sorted(ALL)
+    assert {r for _, r in choices} == {CALIBRATING}
+
+
+def test_slow_link_keeps_the_edge_and_a_fast_one_offloads() -> None:
+    slow = World(bandwidth_bytes_per_ms=50.0)  # 50 KB/s: every remote strategy costs > 35 ms
+    assert slow.best(ALL) == EDGE
+    choices = _run(AutoPlanner(ALL, explore_every=20), slow, 100)
+    settled = [s for s, r in choices[4:] if r != EXPLORING]
+    assert settled and all(s == EDGE for s in settled)
+
+    fast_edge_slow_cpu = World(head_ms=40, tail_ms=60, bandwidth_bytes_per_ms=5_000.0)
+    assert fast_edge_slow_cpu.best(ALL) == CLOUD
+    choices = _run(AutoPlanner(ALL, explore_every=20), fast_edge_slow_cpu, 100)
+    assert all(s == CLOUD for s, r in choices[4:] if r != EXPLORING)
+
+
+def test_exploration_stays_within_its_bound() -> None:
+    planner = AutoPlanner(ALL, explore_every=20)
+    choices = _run(planner, World(bandwidth_bytes_per_ms=50.0), 404)
+    explorations = sum(r == EXPLORING for _, r in choices)
+    assert 0 < explorations <= 400 // 20
+
+
+def test_a_better_link_is_noticed_by_exploring() -> None:
+    planner = AutoPlanner((EDGE, SPLIT_REST), explore_every=10)
+    slow, fast = World(bandwidth_bytes_per_ms=50.0), World(bandwidth_bytes_per_ms=2_000.0, head_ms=8, tail_ms=25)
+    assert slow.best((EDGE, SPLIT_REST)) == EDGE and fast.best((EDGE, SPLIT_REST)) == SPLIT_REST
+    _run(planner, slow, 40)
+    assert planner.current == EDGE
+    after = _run(planner, fast, 25)
+    first_fast = next(i for i, (s, r) in enumerate(after) if s == SPLIT_REST and r != EXPLORING)
+    assert first_fast <= 12  # within one exploration period (10) and a face or two
+
+
+def test_a_worse_link_is_left_within_a_few_faces() -> None:
+    planner = AutoPlanner((EDGE, SPLIT_REST), explore_every=50)
+    fast, slow = World(bandwidth_bytes_per_ms=2_000.0, tail_ms=25), World(bandwidth_bytes_per_ms=50.0, tail_ms=25)
+    _run(planner, fast, 20)
+    assert planner.current == SPLIT_REST
+    after = _run(planner, slow, 10)
+    assert after.index((EDGE, "fastest")) <= 3
+
+
+def test_a_dead_cloud_is_abandoned_at_once_and_resumed_when_it_returns() -> None:
+    planner = AutoPlanner((EDGE, SPLIT_REST), deadline_s=1.0, explore_every=10)
+    fast = World(bandwidth_bytes_per_ms=2_000.0, tail_ms=25)
+    _run(planner, fast, 20)
+    assert planner.current == SPLIT_REST
+    down = _run(planner, replace(fast, cloud_up=False), 30)
+    first_failure = next(i for i, (s, _) in enumerate(down) if s == SPLIT_REST)
+    assert down[first_failure + 1] == (EDGE, "fastest")  # one failure moves the next face to the edge
+    assert sum(s == SPLIT_REST for s, _ in down) <= 1 + 30 // 10  # then only explorations try the cloud
+    back = _run(planner, fast, 15)
+    assert back[-1] == (SPLIT_REST, "fastest")
+
+
+def test_nearly_equal_strategies_do_not_flap() -> None:
+    world = World(head_ms=10, attention_ms=1, tail_ms=15, bandwidth_bytes_per_ms=400.0, server_ms=3.0, rtt_ms=2.0)
+    # split-rest: 10 + 0.2 + 2 + 6590/400 + 3 = 31.7 ms; edge: 26 ms ... make them within 2 %
+    world = replace(world, tail_ms=world.cost_ms(SPLIT_REST) - 11.3)
+    assert abs(world.cost_ms(EDGE) - world.cost_ms(SPLIT_REST)) / world.cost_ms(EDGE) < 0.02
+    planner = AutoPlanner((EDGE, SPLIT_REST), explore_every=1000)
+    choices = [s for s, _ in _run(planner, world, 200)][2:]
+    switches = sum(a != b for a, b in zip(choices, choices[1:]))
+    assert switches <= 1
+
+
+def test_removed_and_private_candidates_are_never_chosen() -> None:
+    planner = AutoPlanner((EDGE, SPLIT, SPLIT_REST))
+    planner.remove(SPLIT)
+    choices = _run(planner, World(bandwidth_bytes_per_ms=5_000.0), 60)
+    assert {s for s, _ in choices} <= {EDGE, SPLIT_REST}
+    assert AutoPlanner((SPLIT_REST,)).candidates == [EDGE, SPLIT_REST]  # the edge can always answer
