@@ -9,16 +9,19 @@ The planner keeps passive estimates from the edge's own work and calls:
   which :class:`RttProbe` makes every few seconds: about 100 bytes each) and the
   throughput, ``bytes up and down / (network time - RTT)`` of each remote call, EWMA.
 
-It predicts each candidate's latency (compute + server + RTT + bytes / throughput)
-and uses the lowest. A challenger must beat the current choice by ``hysteresis``
+It predicts each candidate's latency (compute + server + network) and uses the
+lowest; the network time is the strategy's own recent one, or, where it has not
+been measured for a while, RTT + bytes / throughput from the link model. A challenger must beat the current choice by ``hysteresis``
 (relative) to take over, so that two nearly equal strategies do not flap. Every
-``explore_every`` faces at most, it runs one other candidate instead, the one
-measured longest ago, so that a link that got better is noticed; a link that got
+``explore_every`` faces at most, it runs one other candidate instead: the
+runner-up (where a wrong estimate costs most), or one left unmeasured for three
+periods, so that a link that got better is noticed; a link that got
 worse shows in the current strategy's own measurements within a few faces. The
 cost of exploring is bounded: at most one face in ``explore_every``, and no
 exploration costs more than the remote deadline (a late answer is computed
-locally). A remote failure counts as a network time of the full deadline, so a
-dead or silent cloud is abandoned at once and re-tried only when exploring.
+locally). A remote failure charges every remote strategy the full deadline
+until a remote call succeeds again, so a dead or silent cloud is abandoned at
+once and re-tried only when exploring.
 
 Thread-safe: one planner may serve a runner used from several threads.
 """
@@ -62,6 +65,10 @@ class Ewma:
     than averaged with a stale one.
     """
 
+    # A stale estimate is mostly, not wholly, replaced: one unlucky sample (a scheduling
+    # stall on a CPU-limited device) must not decide alone until the next exploration.
+    MAX_WEIGHT = 0.7
+
     def __init__(self, alpha: float) -> None:
         self.alpha = alpha
         self.value: float | None = None
@@ -73,7 +80,7 @@ class Ewma:
         if self.value is None:
             self.value = sample
             return
-        weight = 1.0 - (1.0 - self.alpha) ** steps
+        weight = min(1.0 - (1.0 - self.alpha) ** steps, max(self.alpha, self.MAX_WEIGHT))
         self.value += weight * (sample - self.value)
 
     def get(self, default: float = 0.0) -> float:
@@ -178,6 +185,10 @@ class AutoPlanner:
         self._stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail", "encode_image", "encode_features")}
         self._server = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
         self._bytes = {strategy: (Ewma(alpha), Ewma(alpha)) for strategy in REMOTE_STRATEGIES}
+        # Each strategy's own network time: what the link did to its messages (a small one may pass
+        # in a shaper's burst that a large one overflows). The link model extrapolates only where a
+        # strategy has not been measured for a while.
+        self._network = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
         # What a strategy costs beyond its measured parts (preprocessing, decoding the answer, softmax):
         # small on a laptop, several milliseconds on a CPU-limited device.
         self._overhead = {strategy: Ewma(alpha) for strategy in CONCRETE_STRATEGIES}
@@ -219,8 +230,8 @@ class AutoPlanner:
             if obs.not_served:
                 self.candidates = [s for s in self.candidates if s != obs.strategy]
                 return
-            if obs.failed:
-                self._penalty[obs.strategy] = self.deadline_s
+            if obs.failed:  # one server answers for all its models: a failure counts against every remote strategy
+                self._penalty = dict.fromkeys(self._penalty, self.deadline_s)
                 return
             self._penalty = dict.fromkeys(self._penalty, 0.0)  # one server answers for all its models
             up, down = self._bytes[obs.strategy]
@@ -230,6 +241,7 @@ class AutoPlanner:
                 self._server[obs.strategy].update(obs.server_ms / 1000, face)
             if obs.network_ms is not None:
                 self.link.add_transfer(obs.network_ms / 1000, obs.bytes_up, obs.bytes_down, face)
+                self._network[obs.strategy].update(obs.network_ms / 1000, face)
 
     # -- prediction and choice ---------------------------------------------------------
 
@@ -243,14 +255,22 @@ class AutoPlanner:
     def _predict_parts(self, strategy: str) -> float:
         if strategy == EDGE:
             return self._stage_s("head", "attention", "tail")
-        prior_up, prior_down = PRIOR_BYTES[strategy]
-        up, down = self._bytes[strategy]
-        wire = self.link.transfer_s(up.get(prior_up), down.get(prior_down)) + self._server[strategy].get() + self._penalty[strategy]
+        wire = self._network_s(strategy) + self._server[strategy].get() + self._penalty[strategy]
         if strategy == CLOUD:
             return self._stage_s("encode_image") + wire
         if strategy == SPLIT:
             return self._stage_s("head", "encode_features", "tail") + wire
         return self._stage_s("head", "encode_features") + wire
+
+    def _network_s(self, strategy: str) -> float:
+        """Its own recent network time; the link model's extrapolation when that is stale or missing."""
+        own = self._network[strategy]
+        last = self._last_seen.get(strategy)
+        if own.value is not None and last is not None and self._faces - last < 3 * self.explore_every:
+            return own.value
+        prior_up, prior_down = PRIOR_BYTES[strategy]
+        up, down = self._bytes[strategy]
+        return self.link.transfer_s(up.get(prior_up), down.get(prior_down))
 
     def predictions_ms(self) -> dict[str, float]:
         with self._lock:
@@ -272,12 +292,22 @@ class AutoPlanner:
             if current is not None and predicted[best] > predicted[current] * (1 - self.hysteresis):
                 best = current
             self._since_exploration += 1
-            stale = [s for s in usable if s != best and self._faces - self._last_seen[s] >= self.explore_every]
-            if self._since_exploration >= self.explore_every and stale:
-                self._since_exploration = 0
-                stalest = min(stale, key=lambda s: self._last_seen[s])
-                return self._decide(stalest, EXPLORING, predicted, keep_current=best)
+            if self._since_exploration >= self.explore_every:
+                target = self._exploration_target(usable, best, predicted)
+                if target is not None:
+                    self._since_exploration = 0
+                    return self._decide(target, EXPLORING, predicted, keep_current=best)
             return self._decide(best, FASTEST, predicted)
+
+    def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float]) -> str | None:
+        """The runner-up (where a wrong estimate costs most), unless another has gone unmeasured for long."""
+        others = [s for s in usable if s != best and self._faces - self._last_seen[s] >= self.explore_every]
+        if not others:
+            return None
+        neglected = [s for s in others if self._faces - self._last_seen[s] >= 3 * self.explore_every]
+        if neglected:
+            return min(neglected, key=lambda s: self._last_seen[s])
+        return min(others, key=lambda s: predicted[s])
 
     def _decide(self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None) -> Decision:
         self.current = keep_current or strategy

@@ -182,7 +182,7 @@ class EdgeRunner:
         self.class_names = self.config.class_names
         self.strategy = strategy
         self.client = client
-        self.breaker = breaker or CircuitBreaker(probe=(lambda: client.healthy()) if client else None)
+        self.breaker = breaker or CircuitBreaker(probe=(lambda: client.healthy(min(0.25, timeout_s))) if client else None)
         self.encoding = encoding
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality

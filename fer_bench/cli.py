@@ -6,6 +6,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -315,11 +316,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .shaping import ShaperError
 
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still removes its namespaces, qdiscs and cgroups
     try:
         return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "faces": _faces, "edge-runtimes": _edge_runtimes}[args.command](args)
     except (ShaperError, RuntimeError, ValueError) as error:
         print(f"fer-bench: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fer-bench: interrupted; cleaned up", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ line is a JSON command; each answer is one JSON line on stdout.
 - ``{"op": "run", "target": "host:port", "strategies": [spec, ...], "rounds": N,
   "warmup": W, "adapt": A, "timeout_ms": T}``: W untimed rounds of every
   strategy and A more of ``auto`` alone (its steady state at this link), then N rounds in which every strategy classifies
-  the sample face once, in a rotating order, so that all strategies meet the
+  the sample face once, in a new random order each round, so that all strategies meet the
   same link and the same CPU at the same time; one record per classification,
   keyed by strategy name. A spec is ``{"name", "strategy", "encoding",
   "image_format", "image_size", "split_returns"}``.
@@ -21,6 +21,7 @@ Runners (and so auto's estimates) live as long as the worker, per target and spe
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import sys
 import time
@@ -93,11 +94,14 @@ class EdgeWorker:
                 if runner.strategy == "auto":
                     runner.classify(self.pixels, self.crop)
         records: dict[str, list[dict]] = {name: [] for name, _ in runners}
+        # A new random order every round (seeded: the same for every run), so that no strategy always
+        # follows the same one: what ran just before changes what is left of a CPU quota's period and
+        # of a token bucket's burst.
+        order = random.Random(command.get("seed", 0))
         started = time.perf_counter()
         turn = 0
         while (rounds is not None and turn < rounds) or (seconds is not None and time.perf_counter() - started < seconds):
-            for offset in range(len(runners)):
-                name, runner = runners[(turn + offset) % len(runners)]
+            for name, runner in order.sample(runners, len(runners)):
                 at = time.perf_counter() - started
                 records[name].append({"t": round(at, 4), **_record(runner.classify(self.pixels, self.crop))})
             turn += 1

@@ -185,7 +185,7 @@ class EdgeProcess:
         if self.process.poll() is None:
             self.process.stdin.close()  # type: ignore[union-attr]
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=5)  # an idle worker exits at once on EOF; a busy one is killed
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

@@ -21,6 +21,13 @@ class Clock:
         return self.now
 
 
+def _probe_now(breaker: CircuitBreaker) -> bool:
+    """One call that starts a probe (answered locally at once), then that probe's end."""
+    started = breaker.allow()
+    breaker.wait_for_probe(5)
+    return started
+
+
 def test_breaker_opens_after_threshold_and_probes_before_closing() -> None:
     clock, healthy = Clock(), {"value": False}
     breaker = CircuitBreaker(failure_threshold=2, reset_timeout_s=5, probe=lambda: healthy["value"], clock=clock)
@@ -29,15 +36,17 @@ def test_breaker_opens_after_threshold_and_probes_before_closing() -> None:
     breaker.record_failure()
     assert breaker.state == OPEN and not breaker.allow()
     clock.now = 6
-    assert not breaker.allow()  # probe says unhealthy: stays open, timer restarts
+    assert not _probe_now(breaker) and breaker.state == OPEN  # probe says unhealthy: stays open, timer restarts
     clock.now = 10
     assert not breaker.allow()
     healthy["value"] = True
     clock.now = 12
-    assert breaker.allow() and breaker.state == HALF_OPEN
+    assert not _probe_now(breaker)  # the call that starts the probe never waits for it ...
+    assert breaker.state == HALF_OPEN and breaker.allow()  # ... the next one is the trial
     breaker.record_failure()  # the trial failed: open again at once
     assert breaker.state == OPEN
     clock.now = 20
+    _probe_now(breaker)
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state == CLOSED and breaker.failures == 0
@@ -271,9 +280,11 @@ def test_close_answers_everything_queued() -> None:
 
 
 def _opened(clock: Clock, **kwargs) -> CircuitBreaker:
+    """An open breaker whose reset time has passed and whose probe (healthy by default) has run: half-open."""
     breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=clock, **kwargs)
     breaker.record_failure()
     clock.now = 10
+    _probe_now(breaker)
     return breaker
 
 
@@ -306,24 +317,18 @@ def test_a_trial_that_never_reports_frees_its_slot_after_the_trial_timeout() -> 
     assert breaker.allow()
 
 
-def test_a_slow_probe_blocks_nobody_and_is_cut_at_its_deadline() -> None:
+def test_a_slow_probe_blocks_nobody() -> None:
     release, clock = threading.Event(), Clock()
-    breaker = _opened(clock, probe=lambda: release.wait(10), probe_timeout_s=0.3)
-    prober_result: list[bool] = []
-    prober = threading.Thread(target=lambda: prober_result.append(breaker.allow()))
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=5, clock=clock, probe=lambda: release.wait(10))
+    breaker.record_failure()
+    clock.now = 10
     started = time.perf_counter()
-    prober.start()
-    time.sleep(0.05)  # the probe is now running
-    others = time.perf_counter()
-    assert not breaker.allow()  # answered locally at once, not queued behind the probe's lock
-    assert time.perf_counter() - others < 0.1
-    prober.join(5)
-    assert prober_result == [False] and time.perf_counter() - started < 1.0  # 0.3 s deadline, margin for CI
-    clock.now = 20
-    assert not breaker.allow()  # the abandoned probe still runs: no second probe meanwhile
+    assert not breaker.allow()  # starts the probe, answered locally at once
+    assert not breaker.allow()  # a second caller: no second probe, no waiting
+    assert time.perf_counter() - started < 0.1 and breaker.state == OPEN
     release.set()
-    time.sleep(0.1)
-    assert breaker.allow() and breaker.state == HALF_OPEN  # a fresh probe (healthy now) admits a trial
+    breaker.wait_for_probe(5)
+    assert breaker.state == HALF_OPEN and breaker.allow()  # the probe found it healthy: one trial goes through
 
 
 def test_a_probe_that_raises_counts_as_unhealthy() -> None:
