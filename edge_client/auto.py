@@ -276,11 +276,16 @@ class AutoPlanner:
         with self._lock:
             return {s: self._predict(s) * 1000 for s in self.candidates}
 
-    def choose(self, allowed: Callable[[str], bool] | None = None) -> Decision:
-        """The strategy for the next face. ``allowed`` can rule out strategies for now (an open circuit)."""
+    def choose(self, cloud_on_trial: bool = False) -> Decision:
+        """The strategy for the next face.
+
+        ``cloud_on_trial``: the circuit breaker has just found the cloud healthy
+        again and admits a trial; if the edge is the current choice, the most
+        promising remote strategy is tried now rather than at the next exploration.
+        """
         with self._lock:
             self._faces += 1
-            usable = [s for s in self.candidates if allowed is None or s == EDGE or allowed(s)]
+            usable = list(self.candidates)
             predicted = {s: self._predict(s) * 1000 for s in usable}
             if len(usable) == 1:
                 return self._decide(usable[0], ONLY, predicted)
@@ -288,6 +293,9 @@ class AutoPlanner:
             if unmeasured:
                 return self._decide(unmeasured[0], CALIBRATING, predicted)
             best = min(usable, key=lambda s: predicted[s])
+            if cloud_on_trial and best == EDGE:
+                remote = min((s for s in usable if s != EDGE), key=lambda s: self._predict_parts(s))
+                return self._decide(remote, EXPLORING, predicted, keep_current=best)
             current = self.current if self.current in usable else None
             if current is not None and predicted[best] > predicted[current] * (1 - self.hysteresis):
                 best = current

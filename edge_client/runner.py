@@ -57,7 +57,7 @@ from .auto import (
     RttProbe,
 )
 from .backends import Backend, as_backend
-from .breaker import CircuitBreaker
+from .breaker import HALF_OPEN, OPEN, CircuitBreaker
 from .transport import CloudClient, RemoteCall, RemoteError
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,9 @@ class EdgeRunner:
         decision: Decision | None = None
         strategy = self.strategy
         if strategy == AUTO:
-            decision = self.planner.choose()  # type: ignore[union-attr]
+            if self.breaker.state == OPEN:
+                self.breaker.allow()  # starts the health probe when it is due; never blocks
+            decision = self.planner.choose(cloud_on_trial=self.breaker.state == HALF_OPEN)  # type: ignore[union-attr]
             strategy = decision.strategy
         try:
             if self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it

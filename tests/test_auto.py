@@ -140,3 +140,15 @@ def test_removed_and_private_candidates_are_never_chosen() -> None:
     choices = _run(planner, World(bandwidth_bytes_per_ms=5_000.0), 60)
     assert {s for s, _ in choices} <= {EDGE, SPLIT_REST}
     assert AutoPlanner((SPLIT_REST,)).candidates == [EDGE, SPLIT_REST]  # the edge can always answer
+
+
+def test_a_cloud_back_on_trial_is_tried_at_once() -> None:
+    planner = AutoPlanner((EDGE, CLOUD, SPLIT_REST), deadline_s=1.0, explore_every=50)
+    fast = World(bandwidth_bytes_per_ms=2_000.0, tail_ms=25)
+    _run(planner, fast, 10)
+    _run(planner, replace(fast, cloud_up=False), 5)
+    assert planner.current == EDGE
+    decision = planner.choose(cloud_on_trial=True)  # the breaker's probe found the cloud healthy
+    assert decision.strategy in (CLOUD, SPLIT_REST) and decision.reason == EXPLORING
+    planner.observe(fast.observe(decision.strategy))
+    assert planner.choose().strategy == fast.best((EDGE, CLOUD, SPLIT_REST))
