@@ -8,9 +8,9 @@ Each model is one batch function, tensor in, tensor out, run by its batcher:
 - ``fer_rest``: split tensor -> probabilities (attention and tail);
 - ``fer_classifier``: image -> probabilities (the whole network).
 
-On a CPU, ONNX Runtime runs this network several times faster than PyTorch at
-small batches (measured: 4.5 ms against 25 ms for one face on one core), so
-``auto`` picks it there when it is installed; on CUDA, PyTorch. The ONNX
+On a CPU, ONNX Runtime runs this network 1.8-4x faster than PyTorch at batch 1
+(`fer-bench edge-runtimes`, docs/network.md), so ``auto`` picks it there when
+it is installed; on CUDA, PyTorch. The ONNX
 partitions come from ``fer-train export`` (the package ships the export of the
 default weights); their fingerprint must be the checkpoint's.
 """
@@ -40,13 +40,9 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
         raise ValueError(f"--runtime onnx runs on the CPU; the device is {device}")
     if runtime != "auto":
         return runtime
-    if device.type != "cpu":
-        return "torch"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return "torch"
-    return "onnx"
+    from edge_client.backends import onnxruntime_available
+
+    return "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
 
 
 def attention_function(model: FERNet, device: torch.device) -> BatchFunction:

@@ -7,7 +7,7 @@ The planner keeps passive estimates from the edge's own work and calls:
 - bytes each strategy puts on the wire each way (from its own requests and responses);
 - the link: round-trip time (the minimum of recent tiny ``ServerLive`` calls,
   which :class:`RttProbe` makes every few seconds: about 100 bytes each) and the
-  throughput, ``bytes up and down / (network time - RTT)`` of each remote call, EWMA.
+  cost per byte, ``(network time - RTT) / bytes up and down`` of each remote call, EWMA.
 
 It predicts each candidate's latency (compute + server + network) and uses the
 lowest; the network time is the strategy's own recent one, or, where it has not
@@ -118,12 +118,16 @@ class Observation:
 
 
 class LinkEstimate:
-    """Round-trip time and per-direction throughput of the link to the cloud."""
+    """Round-trip time and cost per byte of the link to the cloud.
+
+    One cost per byte for both directions: a remote call gives one network time
+    for its bytes up and down together, and every strategy sends far more up
+    than it receives, so the two directions cannot be told apart from its calls.
+    """
 
     def __init__(self, alpha: float = 0.5, rtt_window: int = 5) -> None:
         self._rtts: deque[float] = deque(maxlen=rtt_window)
-        self.up_s_per_byte = Ewma(alpha)
-        self.down_s_per_byte = Ewma(alpha)
+        self.s_per_byte = Ewma(alpha)
 
     @property
     def rtt_s(self) -> float:
@@ -134,25 +138,16 @@ class LinkEstimate:
         self._rtts.append(seconds)
 
     def add_transfer(self, network_s: float, bytes_up: int, bytes_down: int, face: int | None = None) -> None:
-        """One exchange: its time beyond the RTT is shared between the directions in proportion to their bytes."""
+        """One exchange: its time beyond the RTT, per byte sent either way."""
         total = bytes_up + bytes_down
-        if total <= 0:
-            return
-        per_byte = max(network_s - self.rtt_s, 0.0) / total
-        # Throughput per direction, bytes / time: with one observation per exchange the two
-        # directions are told apart only through exchanges of different up/down mix.
-        self.up_s_per_byte.update(per_byte, face)
-        self.down_s_per_byte.update(per_byte, face)
+        if total > 0:
+            self.s_per_byte.update(max(network_s - self.rtt_s, 0.0) / total, face)
 
     def transfer_s(self, bytes_up: float, bytes_down: float) -> float:
-        return self.rtt_s + bytes_up * self.up_s_per_byte.get() + bytes_down * self.down_s_per_byte.get()
-
-    @property
-    def known(self) -> bool:
-        return self.up_s_per_byte.value is not None
+        return self.rtt_s + (bytes_up + bytes_down) * self.s_per_byte.get()
 
     def throughput_bytes_per_s(self) -> float | None:
-        spb = self.up_s_per_byte.value
+        spb = self.s_per_byte.value
         return None if spb is None or spb <= 0 else 1.0 / spb
 
 

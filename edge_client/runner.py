@@ -195,7 +195,7 @@ class EdgeRunner:
         self._probe: RttProbe | None = None
         self._warm = False
         self._refusal: tuple[str, str] | None = None  # why a fixed remote strategy must not call this cloud
-        self._discovered = False
+        self._discovered = threading.Event()
         self._closed = False
         self._next_discovery = 0.0
         self._discovery_lock = threading.Lock()
@@ -283,7 +283,7 @@ class EdgeRunner:
         """
         if self.strategy == AUTO and not self._warm:
             self._warm_up()
-        if self._discovered or self.client is None or time.monotonic() < self._next_discovery:
+        if self._discovered.is_set() or self.client is None or time.monotonic() < self._next_discovery:
             return
         if self._discovery_lock.acquire(blocking=False):  # in the background: a silent link must not hold a face
             self._next_discovery = time.monotonic() + 5.0
@@ -306,7 +306,7 @@ class EdgeRunner:
                     self.planner.remove(strategy)  # type: ignore[union-attr]
                 else:
                     self._refusal = refusal
-            self._discovered = True
+            self._discovered.set()
             if self._probe is not None and not self._closed:
                 self._probe.sample_now()
                 self._probe.start()
@@ -315,10 +315,7 @@ class EdgeRunner:
 
     def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
         """Block until the cloud's models and weights are known (for tests and tools); True if they are."""
-        deadline = time.monotonic() + timeout_s
-        while not self._discovered and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self._discovered
+        return self._discovered.wait(timeout_s)
 
     def _refusal_of(self, model: str) -> tuple[str, str] | None:
         """None when the cloud serves ``model`` with this edge's weights, else (fallback reason, why)."""

@@ -251,7 +251,7 @@ def _edge_runtimes(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from .network import SHAPERS, STRATEGIES, TraceSettings, plot_trace, run_trace, trace_summary
+    from .network import SHAPERS, STRATEGIES, TraceSettings, outage_report, plot_trace, run_trace, trace_summary
 
     _check_names("strategy", args.strategies, STRATEGIES)
     _check_names("shaper", args.shapers, SHAPERS)
@@ -265,6 +265,9 @@ def _trace(args: argparse.Namespace) -> int:
     _write(args.out, "trace", records)
     _write(args.out, "trace_summary", summary)
     (args.out / "trace_events.json").write_text(json.dumps(events, indent=2))
+    outage = outage_report(records, events)
+    if outage:
+        _write(args.out, "trace_outage", outage)
     plot_trace(records, events, settings, args.out / "trace.png")
     if args.json:
         print(json.dumps({"summary": summary, "events": events}, indent=2))
@@ -272,7 +275,9 @@ def _trace(args: argparse.Namespace) -> int:
         print(f"{'shaper':<8}{'strategy':<14}{'faces':>6}{'mean ms':>9}{'p50 ms':>8}{'p90 ms':>8}{'fallbk':>7}  auto's choices")
         for row in summary:
             print(f"{row['shaper']:<8}{row['strategy']:<14}{row['faces']:>6}{row['mean_ms']:>9.1f}{row['p50_ms']:>8.1f}{row['p90_ms']:>8.1f}{row['fallbacks']:>7}  {row['auto_choices'] or ''}")
-    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_events.json, trace.png", file=sys.stderr)
+        for row in outage:
+            print(f"{row['shaper']:<8}{row['strategy']:<14}back on the cloud {row['back_on_cloud_after_restart_s']} s after the restart; slowest face during the outage {row['slowest_during_outage_ms']} ms; answered locally {row['answered_locally']}")
+    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_events.json, trace.png" + (", trace_outage.csv" if outage else ""), file=sys.stderr)
     return 0
 
 

@@ -351,8 +351,8 @@ def run_trace(settings: TraceSettings, progress: bool = True) -> tuple[list[dict
         for shaper in tqdm(settings.shapers, desc=f"trace ({seconds:.0f} s each)", unit="shaper", disable=not progress, file=sys.stderr):
             with SHAPERS[shaper](settings.cloud_threads, settings.weights) as cloud:
                 cloud.shape(LinkSpec(settings.steps_kbps[0] * KB))
-                command = {"op": "warm", "target": cloud.target, "strategies": _specs(settings.strategies), "rounds": 0, "warmup": 4, "timeout_ms": settings.timeout_ms}
-                edge.ask({**command, "op": "run"})
+                command = {"target": cloud.target, "strategies": _specs(settings.strategies), "timeout_ms": settings.timeout_ms}
+                edge.ask({**command, "op": "run", "rounds": 0, "warmup": 4})  # connections and caches, untimed
                 shaper_events: list[TraceEvent] = []
                 stop = threading.Event()
                 started = time.monotonic()
@@ -387,6 +387,27 @@ def trace_summary(records: list[dict], settings: TraceSettings) -> list[dict]:
             rows.append({
                 "shaper": shaper, "strategy": name, "faces": len(mine), "mean_ms": statistics.fmean(totals), "p50_ms": statistics.median(totals),
                 "p90_ms": percentile(totals, 0.9), "fallbacks": sum(bool(r["fallback"]) for r in mine), "auto_choices": choices,
+            })
+    return rows
+
+
+def outage_report(records: list[dict], events: list[dict]) -> list[dict]:
+    """For a trace with the cloud killed: per shaper and strategy, faces answered locally and why, the slowest
+    face from the kill to 5 s after the restart, and how long after the restart the first remote answer came."""
+    rows = []
+    for shaper in sorted({e["shaper"] for e in events}):
+        times = {e["what"]: e["t"] for e in events if e["shaper"] == shaper}
+        if "cloud killed" not in times or "cloud restarted" not in times:
+            continue
+        killed, restarted = times["cloud killed"], times["cloud restarted"]
+        for name in sorted({r["name"] for r in records if r["shaper"] == shaper}):
+            mine = [r for r in records if r["shaper"] == shaper and r["name"] == name]
+            back = [r["t"] for r in mine if r["t"] >= restarted and r["strategy"] != "edge"]
+            reasons = Counter(r["fallback_reason"] for r in mine if r["fallback"])
+            rows.append({
+                "shaper": shaper, "strategy": name, "faces": len(mine), "answered_locally": dict(reasons),
+                "slowest_during_outage_ms": max((r["total"] for r in mine if killed <= r["t"] <= restarted + 5), default=None),
+                "back_on_cloud_after_restart_s": round(min(back) - restarted, 2) if back else None,
             })
     return rows
 

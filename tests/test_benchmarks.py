@@ -69,6 +69,10 @@ def test_trace_with_the_cloud_killed_loses_no_face(tmp_path: Path, capsys) -> No
     assert all(r["fallback_reason"] for r in records if r["fallback"] == "True")
     assert sum(r["faces"] for r in rows.values()) == len(records)
     assert (tmp_path / "trace.png").stat().st_size > 0
+    with (tmp_path / "trace_outage.csv").open() as handle:
+        outage = {row["strategy"]: row for row in csv.DictReader(handle)}
+    assert set(outage) == {"edge", "split", "auto"} and outage["edge"]["answered_locally"] == "{}"
+    assert "unavailable" in outage["split"]["answered_locally"] or "circuit_open" in outage["split"]["answered_locally"]
 
 
 def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:

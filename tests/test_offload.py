@@ -111,7 +111,7 @@ def test_attention_outputs_reproduce_the_attended_map(server, trained_model, sam
     assert spatial.shape == (1, 1, 28, 28) and channel.shape == (1, 8)
     assert 0 <= spatial.min() and spatial.max() <= 1 and 0 <= channel.min() and channel.max() <= 1
     rebuilt = x * spatial * channel[:, :, None, None]
-    # each factor is off by at most half a step: |x| * (S + c + 1/255) / 510 bounds the product's error
+    # S and c are each off by at most half a step (1/510) and at most 1: the product is off by at most |x| / 255
     bound = np.abs(x) * (1.0 / 255 + 1e-6) + 1e-6
     assert np.all(np.abs(rebuilt - call.outputs[FEATURES]) <= bound)
     client.close()
