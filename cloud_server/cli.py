@@ -12,17 +12,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-try:
-    import torch
-except ModuleNotFoundError as missing:  # the base install is the torch-free edge
-    raise SystemExit("fer-cloud needs PyTorch: pip install 'fer-split[full]'") from missing
+# gRPC's core reads GRPC_EXPERIMENTS once, when the grpc module loads (just below): its legacy TCP
+# listener and endpoints cost about half the thread hand-offs per call of the EventEngine ones
+# (docs/server_faults.md: some 40 us of CPU less per call on one core). The environment's own value wins
+# (GRPC_EXPERIMENTS= for gRPC's defaults).
+GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
+os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 
-from shared_model.checkpoint import CheckpointError, load_model, select_device
+# No PyTorch here: served by ONNX Runtime (the default on a CPU), fer-cloud never imports it.
+from .engine import BatchingSettings, InferenceEngine  # noqa: E402 (after GRPC_EXPERIMENTS)
+from .inference import Limits  # noqa: E402
+from .runtimes import RUNTIMES, load_runtime  # noqa: E402
+from .server import CloudServer, ServerOptions, check_tls_options  # noqa: E402
 
-from .runtimes import RUNTIMES
-from .engine import BatchingSettings, InferenceEngine
-from .inference import Limits
-from .server import CloudServer, ServerOptions, check_tls_options
+__all__ = ["GRPC_EXPERIMENTS", "TOKEN_ENV", "build_parser", "read_token", "main"]
 
 TOKEN_ENV = "FER_CLOUD_TOKEN"
 EXAMPLES = """examples:
@@ -45,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]")
     serve.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the runtime")
-    serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what computes fer_rest and fer_classifier: onnx (ONNX Runtime, CPU only; several times faster than PyTorch there), torch, or auto (torch on CUDA, else onnx where installed)")
-    serve.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: the export of --weights from `fer-train export` (default: the shipped export of the shipped weights)")
+    serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what computes the models: onnx (ONNX Runtime, CPU only; several times faster than PyTorch there, and the process never loads PyTorch), torch, or auto (torch on CUDA or for --weights without --onnx-dir, else onnx where installed)")
+    serve.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: the export of --weights from `fer-train export` (which writes attention.npz too) (default: the shipped export of the shipped weights)")
+    serve.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="the gRPC server's event loop: uvloop (less CPU per request) where installed, else asyncio's")
     serve.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: items per batch (1 disables batching)")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: longest wait for requests already on their way into the queue (0 disables batching)")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="dynamic batching: longest wait for more requests to join a batch, and only while others are waiting (on a model's worker thread) or once batches of several have formed (fer_attention on the event loop, the CPU default); a lone request never waits (0 disables batching)")
     serve.add_argument("--max-queue-size", type=int, default=512, help="per model: requests waiting for the model beyond this are refused at once with RESOURCE_EXHAUSTED (the edge answers them locally)")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=4096, help="open calls (a stream counts as one, health checks too) beyond this are refused with RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on this port")
@@ -102,10 +106,10 @@ def _health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from shared_model.protocol import SERVICE_NAME
+    from shared_model.protocol import SERVICE_NAME, bearer_metadata
 
     token = read_token(args)
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata = bearer_metadata(token)
     try:
         channel = _health_channel(args)
     except (OSError, ValueError) as error:
@@ -129,19 +133,14 @@ def _serve(args: argparse.Namespace) -> int:
         max_connection_age_s=args.max_connection_age_s, metrics_port=args.metrics_port,
     )
     check_tls_options(options)  # before the model loads: a TLS mistake is a quick, clear error
-    torch.set_num_threads(args.threads)
-    model, checkpoint = load_model(args.weights)
+    # a checkpoint of its own has no shipped export: auto means PyTorch then, unless its export is given
+    served = load_runtime(None, args.device, args.runtime, args.onnx_dir, args.threads, args.weights)
     engine = InferenceEngine(
-        model,
-        select_device(args.device),
-        BatchingSettings(args.max_batch_size, args.max_queue_delay_ms, args.max_queue_size),
-        Limits(args.max_request_batch, args.max_image_bytes, args.max_decoded_pixels, args.max_message_bytes),
-        # a checkpoint of its own has no shipped export: auto means PyTorch then, unless its export is given
-        runtime="torch" if args.runtime == "auto" and args.weights and not args.onnx_dir else args.runtime,
-        onnx_dir=args.onnx_dir,
-        threads=args.threads,
+        served,
+        batching=BatchingSettings(args.max_batch_size, args.max_queue_delay_ms, args.max_queue_size),
+        limits=Limits(args.max_request_batch, args.max_image_bytes, args.max_decoded_pixels, args.max_message_bytes),
     )
-    server = CloudServer(engine, options)
+    server = CloudServer(engine, options, event_loop=args.event_loop)
     port = server.start()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -168,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _health(args)
     try:
         return _serve(args)
-    except (CheckpointError, ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # CheckpointError is a ValueError
         print(f"fer-cloud: error: {error}", file=sys.stderr)
         return 2
 

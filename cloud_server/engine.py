@@ -1,9 +1,16 @@
-"""The inference engine behind the gRPC service: model, batchers, limits, metrics.
+"""The inference engine behind the gRPC service: runtime, batchers, limits, metrics.
 
 Three models, one batcher each: ``fer_attention`` (the attention stage; its batch
 output packs the attended map with the attention itself, see
 :class:`~cloud_server.inference.AttentionOutputs`), ``fer_rest`` (attention and
 tail: split tensor to probabilities) and ``fer_classifier`` (the whole network).
+
+The request path is kept short, because at a few hundred microseconds per
+request the per-request overhead, not the model, sets the throughput: one
+coroutine validates, queues and answers; a light model (the attention stage
+under ONNX Runtime) computes in an inline batch on the event loop, with no
+thread hand-off; metric children are looked up once; FP32 tensors are not copied
+on the way in.
 """
 
 from __future__ import annotations
@@ -13,18 +20,14 @@ import concurrent.futures
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from functools import partial
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Any, Callable
 
 import grpc
-import torch
-from torch import Tensor
+import numpy as np
 
-from shared_model.checkpoint import model_fingerprint
-from shared_model.network import FERNet
 from shared_model.protocol import (
     ATTENTION_MODEL,
     BATCH_SIZE,
@@ -33,7 +36,6 @@ from shared_model.protocol import (
     QUEUE_US,
     SERVER_US,
     pb,
-    set_parameters,
 )
 
 from .batching import BatcherClosed, BatchResult, DeadlineExpired, DynamicBatcher, QueueFull
@@ -49,7 +51,11 @@ from .inference import (
     requested_outputs,
 )
 from .metrics import ServerMetrics
-from .runtimes import batch_functions
+from .runtimes import Runtime, load_runtime
+
+__all__ = ["BatchingSettings", "InferenceEngine"]
+
+OK, CANCELLED, DEADLINE_EXCEEDED, INTERNAL = "OK", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL"
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,19 @@ class BatchingSettings:
 class InferenceEngine:
     """Runs ``fer_attention``, ``fer_rest`` and ``fer_classifier`` requests; thread-safe.
 
-    Each model computes on its batcher's one worker thread, so whatever the number
-    of callers (threads or coroutines) the compute threads are bounded.
+    ``model``: a :class:`~shared_model.network.FERNet` (served by ``runtime``:
+    ``torch``, ``onnx`` with the export in ``onnx_dir`` checked against it, or
+    ``auto``), a ready :class:`~cloud_server.runtimes.Runtime`, or None: the
+    shipped weights (under ONNX Runtime without importing PyTorch, where it
+    serves). Each model computes on its batcher's one worker thread, or, when
+    light, in inline batches on the event loop, so whatever the number of
+    callers (threads or coroutines) the compute threads are bounded.
     """
 
     def __init__(
         self,
-        model: FERNet,
-        device: torch.device | str = "cpu",
+        model: Any = None,
+        device: str = "cpu",
         batching: BatchingSettings | None = None,
         limits: Limits | None = None,
         metrics: ServerMetrics | None = None,
@@ -80,25 +91,34 @@ class InferenceEngine:
         onnx_dir: Path | None = None,
         threads: int | None = None,
     ) -> None:
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.config = model.config
-        self.fingerprint = model_fingerprint(model)
+        served = model if isinstance(model, Runtime) else load_runtime(model, str(device), runtime, onnx_dir, threads)
+        self.served = served
+        self.runtime = served.name
+        self.device = served.device
+        self.model = served.model  # the FERNet when PyTorch holds one, else None
+        self.config = served.config
+        self.fingerprint = served.fingerprint
         self.limits = limits or Limits()
         self.metrics = metrics or ServerMetrics()
         batching = batching or BatchingSettings()
         delay = batching.max_queue_delay_ms / 1000
-        self.runtime, forwards = batch_functions(self.model, self.device, runtime, self.fingerprint, onnx_dir, threads)
         self.batchers = {
-            name: DynamicBatcher(forward, batching.max_batch_size, delay, batching.max_queue_size, f"{name}-batcher")
-            for name, forward in forwards.items()
+            name: DynamicBatcher(
+                forward, batching.max_batch_size, delay, batching.max_queue_size, f"{name}-batcher",
+                inline=name in served.inline, on_batch=partial(self._batched, name),
+            )
+            for name, forward in served.functions.items()
         }
         # Image decoding (fer_classifier) runs on a few threads of its own, with a bounded backlog.
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="fer-decode")
         self._decode_slots = threading.BoundedSemaphore(batching.max_queue_size)
 
-    def _prepare(self, request: pb.ModelInferRequest) -> tuple[str, Tensor, str | None, tuple[str, ...]]:
-        """Validate a request: its model, its input as a float tensor, the input's encoding and the outputs it wants."""
+    def _batched(self, model: str, size: int, compute_seconds: float) -> None:
+        self.metrics.compute_seconds.observe(model, compute_seconds)
+        self.metrics.batch_size.observe(model, size)
+
+    def _prepare(self, request: pb.ModelInferRequest) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
+        """Validate a request: its model, its input as a float array, the input's encoding and the outputs it wants."""
         model = check_model(request, self.fingerprint)
         outputs = requested_outputs(request)
         if model == CLASSIFIER_MODEL:
@@ -106,7 +126,7 @@ class InferenceEngine:
         inputs, encoding = parse_features(request, self.config, self.limits)
         return model, inputs, encoding, outputs
 
-    def _submit(self, model: str, inputs: Tensor, deadline: float | None, finish: Callable[[BatchResult], pb.ModelInferResponse]) -> Future:
+    def _submit(self, model: str, inputs: np.ndarray, deadline: float | None, finish: Callable[[BatchResult], pb.ModelInferResponse] | None) -> Future:
         if deadline is not None and time.perf_counter() >= deadline:
             raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was queued")
         try:
@@ -116,67 +136,88 @@ class InferenceEngine:
         except BatcherClosed as error:
             raise InferenceError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
 
+    def _submit_inline(self, batcher: DynamicBatcher, inputs: np.ndarray, deadline: float | None) -> asyncio.Future:
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was queued")
+        try:
+            return batcher.submit_inline(inputs, deadline)
+        except QueueFull as error:
+            raise InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {error}; retry later") from None
+        except BatcherClosed as error:
+            raise InferenceError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
+
+    def _counted(self, request: pb.ModelInferRequest) -> str:
+        return request.model_name if request.model_name in self.batchers else "unknown"
+
     def infer(self, request: pb.ModelInferRequest, timeout: float | None = None) -> pb.ModelInferResponse:
-        """Blocking: validate, run (batched) and answer one request; raises :class:`InferenceError`."""
-        deadline = None if timeout is None else time.perf_counter() + timeout
-        with self._accounted(request, deadline) as started:
+        """Blocking: validate, run (batched, on the worker thread) and answer one request; raises :class:`InferenceError`."""
+        started = time.perf_counter()
+        deadline = None if timeout is None else started + timeout
+        status = INTERNAL
+        self.metrics.in_flight_count += 1
+        try:
             model, inputs, encoding, outputs = self._prepare(request)
             respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
-            return _batch_result(self._submit(model, inputs, deadline, respond).result)
+            response = _batch_result(self._submit(model, inputs, deadline, respond).result)
+            status = OK
+            return response
+        except InferenceError as error:
+            status = error.code.name
+            raise
+        finally:
+            self.metrics.in_flight_count -= 1
+            self.metrics.request_done(self._counted(request), status, time.perf_counter() - started if status == OK else None)
 
     async def infer_async(self, request: pb.ModelInferRequest, deadline: float | None = None) -> pb.ModelInferResponse:
         """On the event loop: as :meth:`infer`, without blocking the loop.
 
         ``deadline`` is a ``time.perf_counter()`` value; a request still queued
         then is dropped before compute. Cancelling the call (the client went
-        away) drops it too.
+        away) drops it too. A call cancelled after its deadline (gRPC cancels
+        the handler then) counts as DEADLINE_EXCEEDED; every DEADLINE_EXCEEDED
+        counts as expired.
         """
-        with self._accounted(request, deadline) as started:
+        started = time.perf_counter()
+        status = INTERNAL
+        self.metrics.in_flight_count += 1
+        try:
             if request.model_name == CLASSIFIER_MODEL:  # decoding images is real work: not on the loop
-                prepared = await self._decode(request)
+                model, inputs, encoding, outputs = await self._decode(request)
             else:
-                prepared = self._prepare(request)
-            model, inputs, encoding, outputs = prepared
-            # The response is built on the batcher's thread, so the event loop only validates, queues and sends.
-            respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
-            return await _batch_result_async(asyncio.wrap_future(self._submit(model, inputs, deadline, respond)))
+                model, inputs, encoding, outputs = self._prepare(request)
+            batcher = self.batchers[model]
+            if batcher.inline:  # computed on this loop in its next turn, with whatever else arrived meanwhile
+                try:
+                    result = await self._submit_inline(batcher, inputs, deadline)
+                except (InferenceError, asyncio.CancelledError):
+                    raise
+                except Exception as error:
+                    raise _batch_error(error) from error
+                response = self._respond(request, model, result, encoding=encoding, outputs=outputs, started=started)
+            else:
+                # The response is built on the batcher's thread, so the event loop only validates, queues and sends.
+                respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
+                response = await _batch_result_async(asyncio.wrap_future(self._submit(model, inputs, deadline, respond)))
+            status = OK
+            return response
+        except InferenceError as error:
+            status = error.code.name
+            raise
+        except asyncio.CancelledError:
+            late = deadline is not None and time.perf_counter() >= deadline - 0.001
+            status = DEADLINE_EXCEEDED if late else CANCELLED
+            raise
+        finally:
+            self.metrics.in_flight_count -= 1
+            self.metrics.request_done(self._counted(request), status, time.perf_counter() - started if status == OK else None)
 
-    async def _decode(self, request: pb.ModelInferRequest) -> tuple[str, Tensor, str | None, tuple[str, ...]]:
+    async def _decode(self, request: pb.ModelInferRequest) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         if not self._decode_slots.acquire(blocking=False):
             raise InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: too many images waiting to be decoded; retry later")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, request)
         finally:
             self._decode_slots.release()
-
-    @contextmanager
-    def _accounted(self, request: pb.ModelInferRequest, deadline: float | None) -> Iterator[float]:
-        """Count the request in the metrics by model and final status; yields its start time.
-
-        A call cancelled after its deadline (gRPC cancels the handler then) counts
-        as DEADLINE_EXCEEDED; every DEADLINE_EXCEEDED counts as expired.
-        """
-        started = time.perf_counter()
-        model = request.model_name if request.model_name in self.batchers else "unknown"
-        status = grpc.StatusCode.INTERNAL
-        self.metrics.in_flight.inc()
-        try:
-            yield started
-            status = grpc.StatusCode.OK
-        except InferenceError as error:
-            status = error.code
-            raise
-        except asyncio.CancelledError:
-            late = deadline is not None and time.perf_counter() >= deadline - 0.001
-            status = grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self.metrics.in_flight.dec()
-            if status == grpc.StatusCode.DEADLINE_EXCEEDED:
-                self.metrics.expired.labels(model).inc()
-            self.metrics.requests.labels(model, status.name).inc()
-            if status == grpc.StatusCode.OK:
-                self.metrics.request_seconds.labels(model).observe(time.perf_counter() - started)
 
     def _respond(
         self, request: pb.ModelInferRequest, model: str, result: BatchResult, *, encoding: str | None, outputs: tuple[str, ...], started: float
@@ -186,18 +227,12 @@ class InferenceEngine:
             response = attention_response(request, attention, encoding or "", self.fingerprint, outputs)
         else:
             response = probabilities_response(request, result.output, self.fingerprint)
-        self.metrics.queue_seconds.labels(model).observe(result.queue_seconds)
-        self.metrics.compute_seconds.labels(model).observe(result.compute_seconds)
-        self.metrics.batch_size.labels(model).observe(result.batch_size)
-        set_parameters(
-            response.parameters,
-            {
-                QUEUE_US: int(result.queue_seconds * 1e6),
-                COMPUTE_US: int(result.compute_seconds * 1e6),
-                BATCH_SIZE: int(result.batch_size),
-                SERVER_US: int((time.perf_counter() - started) * 1e6),
-            },
-        )
+        self.metrics.queue_seconds.observe(model, result.queue_seconds)
+        parameters = response.parameters
+        parameters[QUEUE_US].int64_param = int(result.queue_seconds * 1e6)
+        parameters[COMPUTE_US].int64_param = int(result.compute_seconds * 1e6)
+        parameters[BATCH_SIZE].int64_param = int(result.batch_size)
+        parameters[SERVER_US].int64_param = int((time.perf_counter() - started) * 1e6)
         return response
 
     def close(self, timeout: float = 30.0) -> None:

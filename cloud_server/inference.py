@@ -22,13 +22,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from torch import Tensor
 
 from shared_model import codec
 from shared_model.config import ModelConfig
-from shared_model.preprocessing import pixels_to_tensor, prepare_face
 from shared_model.protocol import (
     ATTENTION_MODEL,
     ATTENTION_SCALE,
@@ -36,6 +32,9 @@ from shared_model.protocol import (
     CLASS_NAMES,
     CLASSIFIER_MODEL,
     CONFIG,
+    DATATYPE_BYTES,
+    DATATYPE_FP32,
+    DATATYPE_UINT8,
     DEFAULT_OUTPUTS,
     FEATURES,
     FINGERPRINT,
@@ -51,6 +50,12 @@ from shared_model.protocol import (
     set_parameters,
     unpack_bytes_elements,
 )
+
+__all__ = [
+    "MODELS", "InferenceError", "invalid", "Limits", "check_model", "requested_outputs", "parse_features",
+    "AttentionOutputs", "attention_response", "decode_image", "parse_images", "probabilities_response",
+    "model_metadata",
+]
 
 MODELS = (ATTENTION_MODEL, REST_MODEL, CLASSIFIER_MODEL)
 
@@ -108,13 +113,13 @@ def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
 
 
 def _single_input(request: pb.ModelInferRequest, name: str) -> tuple[Any, bytes | None]:
-    if len(request.inputs) != 1 or request.inputs[0].name != name:
-        got = [i.name for i in request.inputs]
+    inputs, raws = request.inputs, request.raw_input_contents
+    if len(inputs) != 1 or inputs[0].name != name:
+        got = [i.name for i in inputs]
         raise invalid(f"model {request.model_name} takes exactly one input named {name!r}, got {got}")
-    if len(request.raw_input_contents) > 1:
-        raise invalid(f"raw_input_contents holds {len(request.raw_input_contents)} buffers for 1 input")
-    raw = request.raw_input_contents[0] if request.raw_input_contents else None
-    return request.inputs[0], raw
+    if len(raws) > 1:
+        raise invalid(f"raw_input_contents holds {len(raws)} buffers for 1 input")
+    return inputs[0], (raws[0] if raws else None)
 
 
 def _check_batch(shape: list[int], rank: int, limits: Limits, what: str) -> int:
@@ -156,8 +161,11 @@ def _typed_contents(tensor: Any, encoding: str, count: int) -> bytes:
     return values.tobytes()
 
 
-def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> tuple[Tensor, str]:
-    """The split tensor of an ``fer_attention`` request as float32, and its wire encoding."""
+def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> tuple[np.ndarray, str]:
+    """The split tensor of an ``fer_attention`` request as float32, and its wire encoding.
+
+    FP32 in ``raw_input_contents`` is not copied: the array is a read-only view of the request's bytes.
+    """
     tensor, raw = _single_input(request, FEATURES)
     encoding = codec.ENCODING_OF_DATATYPE.get(tensor.datatype)
     if encoding is None:
@@ -167,51 +175,57 @@ def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: L
     if tuple(shape[1:]) != config.split_shape:
         raise invalid(f"input {FEATURES!r} must be [N, {', '.join(map(str, config.split_shape))}], got {shape}")
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
-    scale, zero_point = _quantization(tensor, request) if encoding == codec.UINT8 else (None, None)
-    try:
+    if encoding == codec.FP32 and len(data) == 4 * math.prod(shape):  # the common case, without a copy
+        array = np.frombuffer(data, dtype="<f4").reshape(shape)
+        finite = bool(np.isfinite(array).all())  # isfinite never warns
+    else:
+        scale, zero_point = _quantization(tensor, request) if encoding == codec.UINT8 else (None, None)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scale is refused just below, not warned about
-            array = codec.decode_bytes(data, shape, encoding, scale, zero_point)
-    except codec.CodecError as error:
-        raise invalid(f"input {FEATURES!r}: {error}") from None
-    with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(array).all())
+            try:
+                array = codec.decode_bytes(data, shape, encoding, scale, zero_point)
+            except codec.CodecError as error:
+                raise invalid(f"input {FEATURES!r}: {error}") from None
+            finite = bool(np.isfinite(array).all())
     if not finite:
         raise invalid(f"input {FEATURES!r} holds NaN or infinite values (check 'scale')")
-    return torch.from_numpy(array), encoding
+    return array, encoding
 
 
 @dataclass(frozen=True)
 class AttentionOutputs:
     """What ``fer_attention`` computes for a batch: the attended map and the attention that makes it."""
 
-    features: Tensor  # (N, C, H, W) = input * spatial * channel
-    spatial: Tensor  # (N, 1, H, W), values in (0, 1)
-    channel: Tensor  # (N, C), values in (0, 1)
+    features: np.ndarray  # (N, C, H, W) = input * spatial * channel
+    spatial: np.ndarray  # (N, 1, H, W), values in (0, 1)
+    channel: np.ndarray  # (N, C), values in (0, 1)
 
-    def pack(self) -> Tensor:
-        """One (N, C*H*W + H*W + C) tensor, so a batch can be split per request along dim 0."""
-        return torch.cat([self.features.flatten(1), self.spatial.flatten(1), self.channel], dim=1)
+    def pack(self) -> np.ndarray:
+        """One (N, C*H*W + H*W + C) array, so a batch can be split per request along dim 0."""
+        batch = self.features.shape[0]
+        return np.concatenate([self.features.reshape(batch, -1), self.spatial.reshape(batch, -1), self.channel], axis=1)
 
     @classmethod
-    def unpack(cls, packed: Tensor, split_shape: tuple[int, int, int]) -> "AttentionOutputs":
+    def unpack(cls, packed: np.ndarray, split_shape: tuple[int, int, int]) -> "AttentionOutputs":
         channels, height, width = split_shape
         batch, pixels = packed.shape[0], height * width
-        features, spatial, channel = packed.split([channels * pixels, pixels, channels], dim=1)
+        mapped = channels * pixels
+        features, spatial, channel = packed[:, :mapped], packed[:, mapped : mapped + pixels], packed[:, mapped + pixels :]
         return cls(features.reshape(batch, channels, height, width), spatial.reshape(batch, 1, height, width), channel)
 
 
-def _encode_output(tensor: Tensor, encoding: str, name: str) -> codec.EncodedTensor:
+def _encode_output(tensor: np.ndarray, encoding: str, name: str) -> codec.EncodedTensor:
     try:
         return codec.encode(tensor, encoding)
     except codec.CodecError as error:  # e.g. an input scale so large that the output overflows
         raise invalid(f"output {name!r} cannot be encoded as {encoding}: {error}; check the input's scale") from None
 
 
-def _add_attention(response: pb.ModelInferResponse, name: str, values: Tensor) -> None:
+def _add_attention(response: pb.ModelInferResponse, name: str, values: np.ndarray) -> None:
     """An attention output as UINT8 with the fixed scale 1/255 and zero point 0."""
-    quantized = codec.quantize(values.detach().cpu().numpy().astype(np.float32), ATTENTION_SCALE, 0)
-    out = response.outputs.add(name=name, datatype="UINT8", shape=list(quantized.shape))
-    set_parameters(out.parameters, {SCALE: ATTENTION_SCALE, ZERO_POINT: 0})
+    quantized = codec.quantize(np.asarray(values, dtype=np.float32), ATTENTION_SCALE, 0)
+    out = response.outputs.add(name=name, datatype=DATATYPE_UINT8, shape=quantized.shape)
+    out.parameters[SCALE].double_param = ATTENTION_SCALE
+    out.parameters[ZERO_POINT].int64_param = 0
     response.raw_output_contents.append(quantized.tobytes())
 
 
@@ -222,18 +236,36 @@ def attention_response(
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
     for name in names:
         if name == FEATURES:
+            if encoding == codec.FP32:  # the common case, in one step
+                data = _fp32_bytes(outputs.features)
+                out = response.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=outputs.features.shape)
+                response.raw_output_contents.append(data)
+                continue
             encoded = _encode_output(outputs.features, encoding, FEATURES)
-            out = response.outputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))
+            out = response.outputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=encoded.shape)
             if encoding == codec.UINT8:
-                set_parameters(out.parameters, {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)})
+                out.parameters[SCALE].double_param = float(encoded.scale)
+                out.parameters[ZERO_POINT].int64_param = int(encoded.zero_point)
             response.raw_output_contents.append(encoded.data)
         else:
             _add_attention(response, name, outputs.spatial if name == SPATIAL_ATTENTION else outputs.channel)
     return response
 
 
+def _fp32_bytes(values: np.ndarray) -> bytes:
+    """Float32 little-endian bytes of an output; NaN or infinity (an input scale so large that it overflows) is INVALID_ARGUMENT."""
+    array = np.asarray(values, dtype="<f4")
+    if not np.isfinite(array).all():
+        raise invalid(f"output {FEATURES!r} holds NaN or infinite values; check the input's scale")
+    return array.tobytes()
+
+
 def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
     """An encoded face crop -> uint8 (size, size, 3); size and pixel limits checked before decoding."""
+    from PIL import Image, UnidentifiedImageError  # only fer_classifier decodes images: not loaded before
+
+    from shared_model.preprocessing import prepare_face
+
     if len(data) > limits.max_image_bytes:
         raise invalid(f"image of {len(data)} bytes exceeds the limit of {limits.max_image_bytes}")
     try:
@@ -249,12 +281,12 @@ def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
     return prepare_face(gray, size)
 
 
-def parse_images(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> Tensor:
+def parse_images(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> np.ndarray:
     """The face crops of an ``fer_classifier`` request as network input (N, 3, S, S)."""
     tensor, raw = _single_input(request, IMAGE)
     shape = list(tensor.shape)
     size = config.input_size
-    if tensor.datatype == "BYTES":
+    if tensor.datatype == DATATYPE_BYTES:
         batch = _check_batch(shape, 1, limits, f"BYTES input {IMAGE!r}")
         try:
             images = unpack_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
@@ -262,22 +294,28 @@ def parse_images(request: pb.ModelInferRequest, config: ModelConfig, limits: Lim
             raise invalid(f"input {IMAGE!r}: {error}") from None
         if len(images) != batch:
             raise invalid(f"input {IMAGE!r} declares {batch} images but holds {len(images)}")
-        return pixels_to_tensor(np.stack([decode_image(data, size, limits) for data in images]))
-    if tensor.datatype == "UINT8":
+        return _pixels_to_array(np.stack([decode_image(data, size, limits) for data in images]))
+    if tensor.datatype == DATATYPE_UINT8:
         _check_batch(shape, 4, limits, f"UINT8 input {IMAGE!r}")
         if shape[1:] != [size, size, 3]:
             raise invalid(f"UINT8 input {IMAGE!r} must be [N, {size}, {size}, 3], got {shape}")
         data = raw if raw is not None else _typed_contents(tensor, codec.UINT8, math.prod(shape))
         if len(data) != math.prod(shape):
             raise invalid(f"UINT8 input {IMAGE!r} of shape {shape} needs {math.prod(shape)} bytes, got {len(data)}")
-        return pixels_to_tensor(np.frombuffer(data, dtype=np.uint8).reshape(shape))
+        return _pixels_to_array(np.frombuffer(data, dtype=np.uint8).reshape(shape))
     raise invalid(f"input {IMAGE!r} datatype must be BYTES (encoded images) or UINT8 (pixels), got {tensor.datatype!r}")
 
 
-def probabilities_response(request: pb.ModelInferRequest, probabilities: Tensor, version: str) -> pb.ModelInferResponse:
+def _pixels_to_array(pixels: np.ndarray) -> np.ndarray:
+    from shared_model.preprocessing import pixels_to_array  # OpenCV: loaded when the first image comes
+
+    return pixels_to_array(pixels)
+
+
+def probabilities_response(request: pb.ModelInferRequest, probabilities: np.ndarray, version: str) -> pb.ModelInferResponse:
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
-    response.outputs.add(name=PROBABILITIES, datatype="FP32", shape=list(probabilities.shape))
-    response.raw_output_contents.append(probabilities.detach().cpu().numpy().astype("<f4").tobytes())
+    response.outputs.add(name=PROBABILITIES, datatype=DATATYPE_FP32, shape=probabilities.shape)
+    response.raw_output_contents.append(np.asarray(probabilities, dtype="<f4").tobytes())
     return response
 
 
@@ -285,16 +323,16 @@ def model_metadata(name: str, config: ModelConfig, version: str) -> pb.ModelMeta
     """Tensors, class names and config of a served model (-1 marks the batch dimension)."""
     meta = pb.ModelMetadataResponse(name=name, versions=[version], platform="pytorch")
     if name == CLASSIFIER_MODEL:
-        meta.inputs.add(name=IMAGE, datatype="BYTES", shape=[-1])
+        meta.inputs.add(name=IMAGE, datatype=DATATYPE_BYTES, shape=[-1])
     else:
-        meta.inputs.add(name=FEATURES, datatype="UINT8", shape=[-1, *config.split_shape])
+        meta.inputs.add(name=FEATURES, datatype=DATATYPE_UINT8, shape=[-1, *config.split_shape])
     if name == ATTENTION_MODEL:
         channels, height, width = config.split_shape
-        meta.outputs.add(name=FEATURES, datatype="UINT8", shape=[-1, *config.split_shape])
-        meta.outputs.add(name=SPATIAL_ATTENTION, datatype="UINT8", shape=[-1, 1, height, width])
-        meta.outputs.add(name=CHANNEL_ATTENTION, datatype="UINT8", shape=[-1, channels])
+        meta.outputs.add(name=FEATURES, datatype=DATATYPE_UINT8, shape=[-1, *config.split_shape])
+        meta.outputs.add(name=SPATIAL_ATTENTION, datatype=DATATYPE_UINT8, shape=[-1, 1, height, width])
+        meta.outputs.add(name=CHANNEL_ATTENTION, datatype=DATATYPE_UINT8, shape=[-1, channels])
     else:
-        meta.outputs.add(name=PROBABILITIES, datatype="FP32", shape=[-1, config.num_classes])
+        meta.outputs.add(name=PROBABILITIES, datatype=DATATYPE_FP32, shape=[-1, config.num_classes])
     set_parameters(meta.parameters, {CLASS_NAMES: ",".join(config.class_names), CONFIG: config.to_json(), FINGERPRINT: version})
     return meta
 

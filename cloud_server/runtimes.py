@@ -1,97 +1,214 @@
-"""What computes each served model: PyTorch (any device), or ONNX Runtime on the CPU.
+"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device).
 
-Each model is one batch function, tensor in, tensor out, run by its batcher:
+Each model is one batch function, NumPy array in, NumPy array out, run by its batcher:
 
 - ``fer_attention``: split tensor -> the attended map packed with the attention
-  itself (:class:`~cloud_server.inference.AttentionOutputs`); always PyTorch: it
-  costs well under a millisecond and its attention maps are not an ONNX output;
+  itself (:class:`~cloud_server.inference.AttentionOutputs`);
 - ``fer_rest``: split tensor -> probabilities (attention and tail);
 - ``fer_classifier``: image -> probabilities (the whole network).
 
 On a CPU, ONNX Runtime runs this network 1.8-4x faster than PyTorch at batch 1
 (`fer-bench edge-runtimes`, docs/network.md), so ``auto`` picks it there when
-it is installed; on CUDA, PyTorch. The ONNX
-partitions come from ``fer-train export`` (the package ships the export of the
-default weights); their fingerprint must be the checkpoint's.
+it is installed; on CUDA, PyTorch. The ONNX partitions come from an export
+folder (``fer-train export``, plus ``attention.npz`` from
+:mod:`shared_model.attention_matrices`: the attention stage as a few matrices,
+run with NumPy; the package ships the export of the default weights), whose
+``model.json`` gives the config and the fingerprint: served this way, the
+process never imports PyTorch (hundreds of MiB resident). An export without
+``attention.npz`` still works: ``fer_attention`` then runs under PyTorch from
+the checkpoint, as before.
+
+A :class:`Runtime` also says which models are light enough to compute on the
+event loop itself (inline batches, see :mod:`cloud_server.batching`): the
+attention stage in NumPy, tens of microseconds per request.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from shared_model.network import FERNet
+from shared_model.config import ModelConfig
 from shared_model.protocol import ATTENTION_MODEL, CLASSIFIER_MODEL, REST_MODEL
 
-from .inference import AttentionOutputs
+from shared_model.attention_matrices import ATTENTION_FILE, NumpyAttention
 
+__all__ = [
+    "RUNTIMES", "BatchFunction", "Runtime", "resolve_device", "resolve_runtime", "softmax", "attention_function",
+    "torch_runtime", "onnx_runtime", "load_runtime",
+]
+
+log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnx")
-BatchFunction = Callable[[Tensor], Tensor]
+BatchFunction = Callable[[np.ndarray], np.ndarray]
 
 
-def resolve_runtime(runtime: str, device: torch.device) -> str:
+@dataclass(frozen=True)
+class Runtime:
+    """The served models' batch functions and what they were made from."""
+
+    name: str  # "onnx" or "torch"
+    device: str
+    config: ModelConfig
+    fingerprint: str
+    functions: dict[str, BatchFunction]
+    inline: frozenset[str] = frozenset()  # models computed on the event loop
+    model: Any = field(default=None, repr=False)  # the FERNet, when PyTorch holds one
+
+
+def _cuda_present() -> bool:
+    """Is there a CUDA device? Asked of PyTorch only where a driver exists, so a CPU host never imports it."""
+    if not (Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(name: str) -> str:
+    """``auto``: CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return "cuda" if _cuda_present() else "cpu"
+    if name.startswith("cuda") and not _cuda_present():
+        raise ValueError("--device cuda was requested but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda[:N]")
+    return name
+
+
+def resolve_runtime(runtime: str, device: str) -> str:
     """``auto``: ONNX Runtime on a CPU where it is installed, else PyTorch."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
-    if runtime == "onnx" and device.type != "cpu":
+    device = str(device)
+    if runtime == "onnx" and device != "cpu":
         raise ValueError(f"--runtime onnx runs on the CPU; the device is {device}")
     if runtime != "auto":
         return runtime
     from edge_client.backends import onnxruntime_available
 
-    return "onnx" if device.type == "cpu" and onnxruntime_available() else "torch"
+    return "onnx" if device == "cpu" and onnxruntime_available() else "torch"
 
 
-def attention_function(model: FERNet, device: torch.device) -> BatchFunction:
-    def attention(x: Tensor) -> Tensor:
-        x = x.to(device)
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
+
+
+def _torch_function(function: Callable[[Any], Any], device: Any) -> BatchFunction:
+    """A torch function of a tensor as a batch function of NumPy arrays (on ``device``, without autograd)."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            tensor = torch.from_numpy(np.require(x, np.float32, ("C", "W"))).to(device)
+            return function(tensor).float().cpu().numpy()
+
+    return run
+
+
+def attention_function(model: Any, device: Any = "cpu") -> BatchFunction:
+    """``fer_attention`` under PyTorch: the packed attended map and attention."""
+    import torch
+
+    def attention(x: Any) -> Any:
         spatial, channel = model.cloud.attention_maps(x)
-        return AttentionOutputs(x * spatial * channel[:, :, None, None], spatial, channel).pack().float().cpu()
+        attended = x * spatial * channel[:, :, None, None]
+        return torch.cat([attended.flatten(1), spatial.flatten(1), channel], dim=1)
 
-    return attention
-
-
-def torch_functions(model: FERNet, device: torch.device) -> dict[str, BatchFunction]:
-    def rest(x: Tensor) -> Tensor:
-        return model.tail(model.cloud(x.to(device))).softmax(dim=1).float().cpu()
-
-    def classify(x: Tensor) -> Tensor:
-        return model(x.to(device)).softmax(dim=1).float().cpu()
-
-    return {ATTENTION_MODEL: attention_function(model, device), REST_MODEL: rest, CLASSIFIER_MODEL: classify}
+    return _torch_function(attention, device)
 
 
-def onnx_functions(model: FERNet, fingerprint: str, folder: Path | None, threads: int | None) -> dict[str, BatchFunction]:
-    """The partitions under ONNX Runtime; refuses an export of other weights."""
-    from edge_client.backends import OnnxBackend
+def torch_runtime(model: Any, device: str = "cpu", threads: int | None = None) -> Runtime:
+    """Every model under PyTorch on ``device``."""
+    import torch
 
+    from shared_model.checkpoint import model_fingerprint
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = model.eval().to(device)
+    functions = {
+        ATTENTION_MODEL: attention_function(model, device),
+        REST_MODEL: _torch_function(lambda x: model.tail(model.cloud(x)).softmax(dim=1), device),
+        CLASSIFIER_MODEL: _torch_function(lambda x: model(x).softmax(dim=1), device),
+    }
+    return Runtime("torch", str(device), model.config, model_fingerprint(model), functions, model=model)
+
+
+def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: Any = None) -> Runtime:
+    """The partitions of an export under ONNX Runtime; with ``model`` (a FERNet), refuses an export of other weights.
+
+    Without ``attention.npz`` in the export, ``fer_attention`` runs under
+    PyTorch: ``model``, or the shipped checkpoint when the export is of the
+    shipped weights.
+    """
+    from edge_client.backends import OnnxBackend, shipped_onnx_dir
+
+    folder = Path(folder) if folder else shipped_onnx_dir()
     partitions = OnnxBackend(folder, threads)
-    if partitions.fingerprint != fingerprint:
-        raise ValueError(
-            f"the ONNX export holds weights {partitions.fingerprint}, the checkpoint {fingerprint}; "
-            "export these weights (`fer-train export --out DIR --parts head,cloud,tail --formats onnx --no-triton`) and pass --onnx-dir DIR"
-        )
+    if model is not None:
+        from shared_model.checkpoint import model_fingerprint
 
-    def softmax(scores) -> Tensor:  # type: ignore[no-untyped-def]
-        return torch.from_numpy(scores).softmax(dim=1)
+        if (expected := model_fingerprint(model)) != partitions.fingerprint:
+            raise ValueError(
+                f"the ONNX export holds weights {partitions.fingerprint}, the checkpoint {expected}; "
+                "export these weights (`fer-train export --out DIR --parts head,cloud,tail --formats onnx --no-triton`, "
+                "then `python -m shared_model.attention_matrices --weights CKPT --out DIR`) and pass --onnx-dir DIR"
+            )
+    inline: frozenset[str] = frozenset()
+    attention: BatchFunction
+    if (folder / ATTENTION_FILE).is_file():
+        attention = NumpyAttention.load(folder / ATTENTION_FILE)
+        inline = frozenset({ATTENTION_MODEL})
+    else:
+        if model is None:
+            from shared_model.checkpoint import load_model
 
-    def rest(x: Tensor) -> Tensor:
-        return softmax(partitions.tail(partitions.cloud(x.numpy())))
+            model, checkpoint = load_model()
+            if checkpoint.fingerprint != partitions.fingerprint:
+                raise ValueError(f"{folder} has no {ATTENTION_FILE} and holds weights {partitions.fingerprint}, not the shipped {checkpoint.fingerprint}; write it with `python -m shared_model.attention_matrices --weights CKPT --out {folder}`")
+        log.warning("%s has no %s: fer_attention runs under PyTorch", folder, ATTENTION_FILE)
+        attention = attention_function(model.eval(), "cpu")
 
-    def classify(x: Tensor) -> Tensor:
-        return softmax(partitions.tail(partitions.cloud(partitions.head(x.numpy()))))
+    def rest(x: np.ndarray) -> np.ndarray:
+        return softmax(partitions.tail(partitions.cloud(x)))
 
-    return {ATTENTION_MODEL: attention_function(model, torch.device("cpu")), REST_MODEL: rest, CLASSIFIER_MODEL: classify}
+    def classify(x: np.ndarray) -> np.ndarray:
+        return softmax(partitions.tail(partitions.cloud(partitions.head(x))))
+
+    functions = {ATTENTION_MODEL: attention, REST_MODEL: rest, CLASSIFIER_MODEL: classify}
+    return Runtime("onnx", "cpu", partitions.config, partitions.fingerprint, functions, inline, model)
 
 
-def batch_functions(
-    model: FERNet, device: torch.device, runtime: str = "auto", fingerprint: str = "", onnx_dir: Path | None = None, threads: int | None = None
-) -> tuple[str, dict[str, BatchFunction]]:
-    """The runtime actually used and each served model's batch function."""
-    chosen = resolve_runtime(runtime, device)
-    if chosen == "onnx":
-        return chosen, onnx_functions(model, fingerprint, onnx_dir, threads)
-    return chosen, torch_functions(model, device)
+def load_runtime(
+    model: Any = None, device: str = "auto", runtime: str = "auto", onnx_dir: Path | None = None, threads: int | None = None, weights: Path | None = None
+) -> Runtime:
+    """The runtime serving ``model`` (a FERNet), or else the checkpoint ``weights`` or the shipped export.
+
+    ``auto`` on a CPU: ONNX Runtime where installed, unless a checkpoint of its
+    own is given without its export (then PyTorch). Nothing here imports
+    PyTorch when ONNX Runtime serves an export.
+    """
+    device = resolve_device(str(device))
+    if runtime == "auto" and weights is not None and onnx_dir is None and model is None:
+        runtime = "torch"  # a checkpoint of its own has no shipped export
+    if resolve_runtime(runtime, device) == "onnx":
+        if model is None and weights is not None:
+            from shared_model.checkpoint import load_model
+
+            model, _ = load_model(weights)
+        return onnx_runtime(onnx_dir, threads, model)
+    if model is None:
+        try:
+            from shared_model.checkpoint import load_model
+        except ModuleNotFoundError as missing:
+            raise ValueError("the torch runtime needs PyTorch: pip install 'fer-split[full]'") from missing
+        model, _ = load_model(weights)
+    return torch_runtime(model, device, threads)

@@ -14,10 +14,12 @@ from typing import AsyncIterator
 
 import grpc
 
-from shared_model.protocol import pb, pb_grpc
+from shared_model.protocol import pb, pb_grpc, stream_error_message
 
 from .engine import InferenceEngine
 from .inference import MODELS, InferenceError, model_metadata
+
+__all__ = ["SERVER_NAME", "SERVER_VERSION", "STREAM_WINDOW", "InferenceServicer"]
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "fer-cloud"
@@ -122,10 +124,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline)), False
         except InferenceError as error:
-            return _stream_error(request, f"{error.code.name}: {error.message}"), error.code == grpc.StatusCode.UNAVAILABLE
+            return _stream_error(request, stream_error_message(error.code.name, error.message)), error.code == grpc.StatusCode.UNAVAILABLE
         except Exception as error:
             log.exception("stream inference failed")
-            return _stream_error(request, f"INTERNAL: {type(error).__name__}: {error}"), False
+            return _stream_error(request, stream_error_message(grpc.StatusCode.INTERNAL.name, f"{type(error).__name__}: {error}")), False
 
 
 def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:

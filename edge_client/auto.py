@@ -34,6 +34,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+__all__ = [
+    "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
+    "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
+    "AutoPlanner", "RttProbe",
+]
+
 EDGE = "edge"
 CLOUD = "cloud"
 SPLIT = "split"

@@ -20,6 +20,11 @@ import numpy as np
 
 from shared_model.config import ModelConfig
 
+__all__ = [
+    "RUNTIMES", "Backend", "TorchBackend", "shipped_onnx_dir", "OnnxBackend", "as_backend", "onnxruntime_available",
+    "resolve_runtime", "load_backend",
+]
+
 RUNTIMES = ("auto", "torch", "onnx")
 
 

@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Callable
 
+__all__ = ["CLOSED", "OPEN", "HALF_OPEN", "CircuitBreaker"]
+
 CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"

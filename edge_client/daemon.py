@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -14,6 +16,14 @@ from shared_model.preprocessing import prepare_face
 from .faces import Box, ConfirmationWindow, FaceDetector, FaceTracker
 from .runner import EdgeRunner
 from .sources import Frame, Source
+
+__all__ = [
+    "DEFAULT_IN_FLIGHT", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
+    "AnnotatedWriter", "run_source", "FrameFaces", "Classified",
+]
+
+# Frames classified at once by default (fer-edge run --in-flight): see docs/network.md, "Frames in flight".
+DEFAULT_IN_FLIGHT = 2
 
 
 @dataclass
@@ -102,23 +112,64 @@ def _tracked_faces(frames: Iterator[Frame], detector: FaceDetector, tracker: Fac
     yield from window.flush()
 
 
-def run_source(source: Source, detector: FaceDetector, runner: EdgeRunner, writer: AnnotatedWriter | None = None, tracker: FaceTracker | None = None) -> Iterator[dict[str, Any]]:
+def run_source(
+    source: Source,
+    detector: FaceDetector,
+    runner: EdgeRunner,
+    writer: AnnotatedWriter | None = None,
+    tracker: FaceTracker | None = None,
+    in_flight: int = 1,
+) -> Iterator[dict[str, Any]]:
     """All records of a source, in order.
 
     Faces in a video are tracked (a new :class:`FaceTracker` unless one is
     given): each frame waits ``confirm_frames - 1`` frames, then its confirmed
     faces are classified. Stills and ``whole_image`` get one-shot detection.
+
+    ``in_flight`` frames are classified at once (``fer-edge run`` uses
+    :data:`DEFAULT_IN_FLIGHT`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
+    frame's head runs. Records still come out in frame order, exactly one per
+    face, and at most ``in_flight`` frames are held, so a camera is never
+    buffered without bound.
     """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, not {in_flight}")
     if source.is_video and not detector.whole_image:
         faces = _tracked_faces(source.frames, detector, tracker or FaceTracker())
     else:
         faces = ((frame, find_faces(frame.image, detector) if frame.image is not None else []) for frame in source.frames)
     try:
-        for frame, found in faces:
-            records, annotations = classify_faces(frame, found, runner)
+        for frame, (records, annotations) in _classified(faces, runner, in_flight):
             if writer is not None and frame.image is not None:
                 writer.write(annotate(frame.image, annotations))
             yield from records
     finally:
         if writer is not None:
             writer.close()
+
+
+FrameFaces = tuple[Frame, list[tuple[Box, int | None]]]
+Classified = tuple[list[dict[str, Any]], list[Annotation]]
+
+
+def _classified(faces: Iterable[FrameFaces], runner: EdgeRunner, in_flight: int) -> Iterator[tuple[Frame, Classified]]:
+    """Each frame with its records, in order; up to ``in_flight`` frames classified concurrently."""
+    if in_flight == 1:
+        for frame, found in faces:
+            yield frame, classify_faces(frame, found, runner)
+        return
+    pending: deque[tuple[Frame, Future[Classified]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="fer-frame")
+    try:
+        for frame, found in faces:
+            if len(pending) == in_flight:
+                done, future = pending.popleft()
+                yield done, future.result()
+            pending.append((frame, pool.submit(classify_faces, frame, found, runner)))
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        for _, future in pending:  # the consumer stopped early (Ctrl-C, a closed pipe): drop what has not started
+            future.cancel()
+        pool.shutdown(wait=True)

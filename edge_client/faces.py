@@ -282,4 +282,7 @@ class BlazeFaceDetector:
     crop = staticmethod(FaceDetector.crop)
 
 
-__all__ = ["Box", "FaceDetector", "BlazeFaceDetector", "FaceTracker", "ConfirmationWindow", "HaarSettings", "Track", "TrackerSettings", "DEFAULT_CASCADE"]
+__all__ = [
+    "Box", "FaceDetector", "BlazeFaceDetector", "FaceTracker", "ConfirmationWindow", "HaarSettings", "Track", "TrackerSettings",
+    "DEFAULT_CASCADE", "BLAZEFACE_MODELS", "BlazeFaceModel", "blazeface_anchors",
+]

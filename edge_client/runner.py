@@ -196,6 +196,7 @@ class EdgeRunner:
         self._warm = False
         self._refusal: tuple[str, str] | None = None  # why a fixed remote strategy must not call this cloud
         self._discovered = threading.Event()
+        self._first_discovery = threading.Event()  # the first attempt finished, whatever its outcome
         self._closed = False
         self._next_discovery = 0.0
         self._discovery_lock = threading.Lock()
@@ -230,9 +231,10 @@ class EdgeRunner:
         the frame (gray or BGR, any size), which the cloud strategy sends instead of
         the upscaled pixels when given.
         """
-        if self.strategy != EDGE:
-            self._discover()  # once per connection (warm-up, ModelMetadata): not part of any face's latency
+        if self.strategy == AUTO and not self._warm:
+            self._warm_up()  # once: a first inference is no measure of the next, so not part of any face's latency
         started = time.perf_counter()
+        known = self.strategy == EDGE or self._discover()  # the first face waits for ModelMetadata, within its deadline
         decision: Decision | None = None
         strategy = self.strategy
         if strategy == AUTO:
@@ -241,7 +243,9 @@ class EdgeRunner:
             decision = self.planner.choose(cloud_on_trial=self.breaker.state == HALF_OPEN)  # type: ignore[union-attr]
             strategy = decision.strategy
         try:
-            if self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
+            if not known and strategy != EDGE:  # the cloud did not say what it serves within the deadline
+                result = self._local(pixels_to_array(pixels), Latency(), "timeout")
+            elif self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
                 result = self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
             else:
                 result = self._run_strategy[strategy](pixels, crop)
@@ -274,20 +278,24 @@ class EdgeRunner:
         self.backend.tail(self.backend.cloud(z))
         self._warm = True
 
-    def _discover(self) -> None:
+    def _discover(self) -> bool:
         """Once per connection: does the cloud serve what we need, with our weights (ModelMetadata)?
 
         For ``auto``, the strategies it may choose from; for a fixed remote strategy,
         whether to call the cloud at all. A cloud that cannot be asked now is asked
-        again 5 s later; meanwhile calls go ahead and fail over as usual.
+        again 5 s later; meanwhile calls go ahead and fail over as usual. The first
+        face waits for the first answer, up to its own deadline: an engine whose
+        versions are its own (Triton) is only known to hold these weights, and
+        which version to name, once it has answered. False while that first
+        answer has not come (the face is then answered locally, reason ``timeout``).
         """
-        if self.strategy == AUTO and not self._warm:
-            self._warm_up()
-        if self._discovered.is_set() or self.client is None or time.monotonic() < self._next_discovery:
-            return
-        if self._discovery_lock.acquire(blocking=False):  # in the background: a silent link must not hold a face
+        if self._discovered.is_set() or self.client is None:
+            return True
+        if time.monotonic() >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
+            # in the background: a silent link must not hold a face longer than its deadline
             self._next_discovery = time.monotonic() + 5.0
             threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
+        return self._first_discovery.wait(self.timeout_s)  # at once after the first attempt, whatever its outcome
 
     def _discover_now(self) -> None:
         try:
@@ -311,6 +319,7 @@ class EdgeRunner:
                 self._probe.sample_now()
                 self._probe.start()
         finally:
+            self._first_discovery.set()
             self._discovery_lock.release()
 
     def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
@@ -327,6 +336,16 @@ class EdgeRunner:
             raise
         fingerprint = read_parameters(metadata.parameters).get(FINGERPRINT)
         versions = list(metadata.versions)
+        if fingerprint is None and self.backend.fingerprint not in versions:
+            # An engine with versions of its own (Triton: integers, no metadata parameters)
+            # keeps the fingerprint in the model's configuration; requests then name its version.
+            try:
+                fingerprint = self.client.model_config_parameters(model).get(FINGERPRINT)  # type: ignore[union-attr]
+            except RemoteError:
+                fingerprint = None
+            if fingerprint == self.backend.fingerprint and versions:
+                self.client.engine_versions[model] = max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v))  # type: ignore[union-attr]
+                return None
         if fingerprint is not None and fingerprint != self.backend.fingerprint:
             return "version_mismatch", f"{model} holds weights {fingerprint}, the edge {self.backend.fingerprint}"
         if fingerprint is None and versions and self.backend.fingerprint not in versions:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+__all__ = ["sample_image"]
+
 
 def sample_image() -> Path:
     """The bundled public-domain sample photo (astronaut Eileen Collins, NASA)."""

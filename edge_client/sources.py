@@ -13,6 +13,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "SourceError", "Frame", "Source", "read_image", "open_source"]
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 

@@ -29,8 +29,12 @@ from shared_model.protocol import (
     CHANNEL_ATTENTION,
     CLASSIFIER_MODEL,
     COMPUTE_US,
+    DATATYPE_BYTES,
+    DATATYPE_FP32,
+    DATATYPE_UINT8,
     DEFAULT_OUTPUTS,
     FEATURES,
+    FINGERPRINT,
     IMAGE,
     PROBABILITIES,
     QUEUE_US,
@@ -39,12 +43,19 @@ from shared_model.protocol import (
     SERVICE_NAME,
     SPATIAL_ATTENTION,
     ZERO_POINT,
+    bearer_metadata,
     pack_bytes_elements,
+    parse_stream_error,
     pb,
     pb_grpc,
     read_parameters,
     set_parameters,
 )
+
+__all__ = [
+    "RemoteError", "remote_error", "SERVICE_CONFIG", "channel_target", "RemoteCall", "ClientSecurity",
+    "CloudClient", "StreamSession",
+]
 
 _REASONS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "timeout",
@@ -170,10 +181,16 @@ class CloudClient:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._ids = itertools.count()
         self._stream: StreamSession | None = None
+        # Models served by an engine with versions of its own (Triton: integers), whose
+        # fingerprint the edge confirmed from the model's configuration: the version to
+        # name in requests. Such an engine hands only request-level parameters to its
+        # models, so scale and zero point travel at the request level too.
+        self.engine_versions: dict[str, str] = {}
+        self._stream_lock = threading.Lock()  # frames in flight share one stream
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.security.token}"),) if self.security.token else ()
+        return bearer_metadata(self.security.token)
 
     def healthy(self, timeout_s: float | None = None) -> bool:
         """The standard health check (used by the circuit breaker's probe)."""
@@ -200,10 +217,18 @@ class CloudClient:
         except grpc.RpcError as error:
             raise remote_error(error) from None
 
+    def model_config_parameters(self, model: str) -> dict[str, str]:
+        """The ``parameters`` of a model's configuration (Triton's ModelConfig extension); RemoteError where not served."""
+        try:
+            reply = self.stub.ModelConfig(pb.ModelConfigRequest(name=model), timeout=self.timeout_s, metadata=self.metadata)
+        except grpc.RpcError as error:
+            raise remote_error(error) from None
+        return {key: value.string_value for key, value in reply.config.parameters.items()}
+
     # -- requests -----------------------------------------------------------------
 
     def _request(self, model: str, outputs: tuple[str, ...] = ()) -> pb.ModelInferRequest:
-        request = pb.ModelInferRequest(model_name=model, model_version=self.version, id=str(next(self._ids)))
+        request = pb.ModelInferRequest(model_name=model, model_version=self.engine_versions.get(model, self.version), id=str(next(self._ids)))
         for name in outputs:
             request.outputs.add(name=name)
         return request
@@ -214,7 +239,10 @@ class CloudClient:
         request = self._request(model, outputs)
         tensor = request.inputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=list(encoded.shape))
         if encoding == codec.UINT8:
-            set_parameters(tensor.parameters, {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)})
+            quantization = {SCALE: float(encoded.scale), ZERO_POINT: int(encoded.zero_point)}
+            set_parameters(tensor.parameters, quantization)
+            if model in self.engine_versions:
+                set_parameters(request.parameters, quantization)
         request.raw_input_contents.append(encoded.data)
         return request
 
@@ -225,11 +253,11 @@ class CloudClient:
         """Encoded image bytes (BYTES [1]) or uint8 pixels (H, W, 3) (UINT8 [1, H, W, 3])."""
         request = self._request(CLASSIFIER_MODEL)
         if isinstance(image, (bytes, bytearray)):
-            request.inputs.add(name=IMAGE, datatype="BYTES", shape=[1])
+            request.inputs.add(name=IMAGE, datatype=DATATYPE_BYTES, shape=[1])
             request.raw_input_contents.append(pack_bytes_elements([bytes(image)]))
         else:
             pixels = np.ascontiguousarray(image, dtype=np.uint8)
-            request.inputs.add(name=IMAGE, datatype="UINT8", shape=[1, *pixels.shape])
+            request.inputs.add(name=IMAGE, datatype=DATATYPE_UINT8, shape=[1, *pixels.shape])
             request.raw_input_contents.append(pixels.tobytes())
         return request
 
@@ -250,11 +278,13 @@ class CloudClient:
         return _decode_response(request, response, self.version, round_trip)
 
     def stream(self) -> "StreamSession":
-        if self._stream is None or self._stream.broken:
-            if self._stream is not None:
-                self._stream.close()
-            self._stream = StreamSession(self.stub, self.metadata)
-        return self._stream
+        """The open ``ModelStreamInfer`` session, a new one if there is none or it broke."""
+        with self._stream_lock:
+            if self._stream is None or self._stream.broken:
+                if self._stream is not None:
+                    self._stream.close()
+                self._stream = StreamSession(self.stub, self.metadata)
+            return self._stream
 
     def close(self) -> None:
         if self._stream is not None:
@@ -272,20 +302,31 @@ def _expected_outputs(request: pb.ModelInferRequest) -> dict[str, tuple[str | No
         if name == FEATURES:
             expected[name] = (sent.datatype, list(sent.shape))
         elif name == SPATIAL_ATTENTION:
-            expected[name] = ("UINT8", [batch, 1, *sent.shape[2:]])
+            expected[name] = (DATATYPE_UINT8, [batch, 1, *sent.shape[2:]])
         elif name == CHANNEL_ATTENTION:
-            expected[name] = ("UINT8", [batch, int(sent.shape[1])])
+            expected[name] = (DATATYPE_UINT8, [batch, int(sent.shape[1])])
         else:
-            expected[name] = ("FP32", None)
+            expected[name] = (DATATYPE_FP32, None)
     return expected
 
 
-def _decode_output(out: pb.ModelInferResponse.InferOutputTensor, raw: bytes, datatype: str | None, shape: list[int] | None, batch: int) -> np.ndarray:
+def _output_quantization(out: pb.ModelInferResponse.InferOutputTensor, request: pb.ModelInferRequest) -> dict:
+    """An output's scale and zero point; an engine that cannot attach parameters to outputs (Triton)
+    leaves them out, and then the contract's defaults hold: 1/255 and 0 for the attention, the
+    request's own quantization for the attended map."""
+    params = read_parameters(out.parameters)
+    if SCALE in params or out.datatype != DATATYPE_UINT8:
+        return params
+    if out.name in (SPATIAL_ATTENTION, CHANNEL_ATTENTION):
+        return {SCALE: ATTENTION_SCALE, ZERO_POINT: 0}
+    return {**read_parameters(request.parameters), **read_parameters(request.inputs[0].parameters)}
+
+
+def _decode_output(out: pb.ModelInferResponse.InferOutputTensor, raw: bytes, datatype: str | None, shape: list[int] | None, batch: int, params: dict) -> np.ndarray:
     if out.datatype != datatype or (shape is not None and list(out.shape) != shape):
         raise RemoteError("invalid_response", f"output {out.name!r} is {out.datatype} {list(out.shape)}, expected {datatype} {shape}")
     if shape is None and (len(out.shape) != 2 or out.shape[0] != batch):
         raise RemoteError("invalid_response", f"output {out.name!r} has shape {list(out.shape)}, expected [{batch}, classes]")
-    params = read_parameters(out.parameters)
     encoding = codec.ENCODING_OF_DATATYPE.get(out.datatype, codec.FP32)
     if out.name in (SPATIAL_ATTENTION, CHANNEL_ATTENTION) and params.get(SCALE) != ATTENTION_SCALE:
         raise RemoteError("invalid_response", f"output {out.name!r} has scale {params.get(SCALE)}, expected 1/255")
@@ -293,8 +334,12 @@ def _decode_output(out: pb.ModelInferResponse.InferOutputTensor, raw: bytes, dat
 
 
 def _decode_response(request: pb.ModelInferRequest, response: pb.ModelInferResponse, version: str, round_trip: float) -> RemoteCall:
-    if response.model_version and response.model_version != version:
-        raise RemoteError("version_mismatch", f"server answered with version {response.model_version}, edge holds {version}")
+    asked = request.model_version or version  # the fingerprint, or the engine's own version number for it
+    if response.model_version and response.model_version != asked:
+        raise RemoteError("version_mismatch", f"server answered with version {response.model_version}, edge asked for {asked}")
+    fingerprint = read_parameters(response.parameters).get(FINGERPRINT)
+    if fingerprint is not None and fingerprint != version:
+        raise RemoteError("version_mismatch", f"server answered with weights {fingerprint}, edge holds {version}")
     expected = _expected_outputs(request)
     got = [o.name for o in response.outputs]
     if got != list(expected) or len(response.raw_output_contents) != len(got):
@@ -302,7 +347,7 @@ def _decode_response(request: pb.ModelInferRequest, response: pb.ModelInferRespo
     batch = int(request.inputs[0].shape[0])
     try:
         outputs = {
-            out.name: _decode_output(out, raw, *expected[out.name], batch)
+            out.name: _decode_output(out, raw, *expected[out.name], batch, _output_quantization(out, request))
             for out, raw in zip(response.outputs, response.raw_output_contents)
         }
     except codec.CodecError as error:
@@ -379,7 +424,7 @@ class StreamSession:
             self._call.cancel()
             raise failure from None
         if reply.error_message:
-            code = reply.error_message.split(":", 1)[0]
+            code, _ = parse_stream_error(reply.error_message)
             status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
             raise RemoteError(_reason(status, reply.error_message), reply.error_message)
         return reply.infer_response

@@ -6,10 +6,13 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Sequence
+
+__all__ = ["build_parser", "main"]
 
 EXAMPLES = """examples:
   fer-bench model                                    # the paper's Table 4 on this machine
@@ -19,7 +22,9 @@ EXAMPLES = """examples:
   fer-bench trace --profile phone                    # the paper's experiment: bandwidth steps up and down over time
   fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for 20 s and restarted
   fer-bench offload-accuracy --data ../shared/data/fer2013/public_test
-  fer-bench server --concurrency 1,4,16,64 --seconds 3
+  fer-bench server --concurrency 1,4,16,64 --seconds 3      # fer-cloud and Triton side by side
+  fer-bench server --targets triton --batching on --datatype UINT8
+  fer-bench video --shaper proxy --links unthrottled,300   # frames per second on a video, 1..3 frames in flight
 """
 
 
@@ -36,6 +41,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared_model.protocol import DATATYPE_FP32, DATATYPE_UINT8
+
     from .network import DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="fer-bench", description="Benchmarks of the split FER system; each writes CSV, JSON and PNG to --out and prints a table.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -98,15 +105,29 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", type=Path, default=Path("results/trace"))
     trace.add_argument("--json", action="store_true")
 
-    server = commands.add_parser("server", help="throughput and latency of fer_attention across concurrency, batching on and off", formatter_class=defaults)
-    server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients, comma-separated")
-    server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point")
-    server.add_argument("--max-batch-size", type=int, default=32)
-    server.add_argument("--max-queue-delay-ms", type=float, default=2.0)
-    server.add_argument("--server-threads", type=int, default=1, help="CPU threads of the server process")
-    server.add_argument("--weights")
-    server.add_argument("--out", type=Path, default=Path("results/server"))
-    server.add_argument("--json", action="store_true")
+    server = commands.add_parser(
+        "server", formatter_class=defaults,
+        help="fer-cloud and Triton Inference Server side by side: throughput and latency of fer_attention across concurrency, batching on and off",
+        description="The same closed-loop tritonclient load (a process of its own, one TCP connection per client) against each engine in turn, "
+        "each engine pinned to one core with one compute thread. Per point: requests/s, p50/p90/p99 latency, the server's CPU time per "
+        "request and its resident memory. Triton comes from the nvidia-pytriton wheel in .venv-triton (scripts/test.sh installs it).",
+    )
+    server.add_argument("--targets", "--target", dest="targets", type=_names, default=argparse.SUPPRESS, help="engines to load, comma-separated: fer-cloud, triton (default: both where Triton is installed, else fer-cloud)")
+    server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients per point, comma-separated")
+    server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point (after a warm-up)")
+    server.add_argument("--warmup-seconds", type=float, default=2.0, help="load each engine this long after its start before measuring, unrecorded (lazy initialisation)")
+    server.add_argument("--repeats", type=int, default=1, help="measure every point this many times (engines take turns) to show the spread")
+    server.add_argument("--batching", type=_names, default="on,off", help="dynamic batching on and/or off, comma-separated")
+    server.add_argument("--datatype", choices=(DATATYPE_FP32, DATATYPE_UINT8), default=DATATYPE_FP32, help="the split tensor [1, 8, 28, 28] sent: FP32, or UINT8 with request-level scale and zero_point")
+    server.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching, both engines: largest batch")
+    server.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
+    server.add_argument("--triton-queue-delay-us", type=int, default=0, help="Triton's max_queue_delay_microseconds (Triton holds even a lone request for the whole delay; 0 batches what is queued)")
+    server.add_argument("--server-threads", type=int, default=1, help="compute threads of each engine")
+    server.add_argument("--server-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the engines ('' for no pinning; default: the first CPU this process may use, where it may use two)")
+    server.add_argument("--client-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the load client ('' for no pinning; default: the second CPU this process may use)")
+    server.add_argument("--weights", default=argparse.SUPPRESS, help="checkpoint both engines serve (default: the shipped weights)")
+    server.add_argument("--out", type=Path, default=Path("results/server"), help="folder for server.csv, server.json, server_summary.csv, server.png")
+    server.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
 
     faces = commands.add_parser("faces", help="clips made from a photo with a known face box: false boxes, faces found, frames per second per detector setting", formatter_class=defaults)
     faces.add_argument("--image", type=Path, help="photo with one face (default: the bundled sample)")
@@ -118,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--list", action="store_true", help="list the detector settings and exit")
     faces.add_argument("--out", type=Path, default=Path("results/faces"))
     faces.add_argument("--json", action="store_true")
+
+    video = commands.add_parser("video", help="frames per second of the whole edge pipeline on a video, per strategy, with one frame or several in flight", formatter_class=defaults)
+    video.add_argument("--video", type=Path, help="video file with one face (default: a clip made from the bundled sample photo)")
+    video.add_argument("--frames", type=int, default=90, help="frames of the default clip")
+    video.add_argument("--links", type=_names, default="unthrottled,300", help="comma-separated: unthrottled, or KB/s per direction")
+    video.add_argument("--strategies", type=_names, default="edge,cloud-jpeg,split,split-rest,auto", help=f"comma-separated, from {', '.join(STRATEGIES)}")
+    video.add_argument("--in-flight", type=_ints, default="1,2,3", help="frames classified at once (fer-edge run --in-flight), comma-separated")
+    video.add_argument("--rounds", type=int, default=3, help="clip runs per combination; the combinations take turns in random order")
+    video.add_argument("--profile", choices=list(PROFILES), default="laptop")
+    video.add_argument("--shaper", choices=list(SHAPERS), default="netns", help="netns (root) or proxy")
+    video.add_argument("--timeout-ms", type=float, default=2000, help="the edge's deadline per remote call")
+    video.add_argument("--weights")
+    video.add_argument("--out", type=Path, default=Path("results/video"))
+    video.add_argument("--json", action="store_true")
     return parser
 
 
@@ -282,14 +317,61 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from .server_load import format_table, plot, record_dicts, server_sweep
+    from .server_load import TARGETS, LoadSettings, format_table, plot, record_dicts, server_sweep, summary
+    from .triton_server import TritonUnavailable, find_tritonserver
 
-    records = server_sweep(args.concurrency, args.seconds, args.max_batch_size, args.max_queue_delay_ms, args.server_threads, args.weights)
+    targets = getattr(args, "targets", None)
+    if targets is None:
+        try:
+            find_tritonserver()
+            targets = TARGETS
+        except TritonUnavailable as reason:
+            print(f"fer-bench: measuring fer-cloud only ({reason})", file=sys.stderr)
+            targets = ("fer-cloud",)
+    _check_names("target", targets, TARGETS)
+    _check_names("batching", args.batching, ("on", "off"))
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu = getattr(args, "server_cpu", str(cpus[0]) if len(cpus) >= 2 else "")
+    client_cpu = getattr(args, "client_cpu", str(cpus[1]) if len(cpus) >= 2 else "")
+    settings = LoadSettings(
+        targets=tuple(targets), concurrencies=args.concurrency, seconds=args.seconds, warmup_seconds=args.warmup_seconds, batching=tuple(b == "on" for b in args.batching),
+        repeats=args.repeats, datatype=args.datatype, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+        triton_queue_delay_us=args.triton_queue_delay_us, server_threads=args.server_threads, server_cpu=server_cpu,
+        client_cpu=client_cpu, weights=getattr(args, "weights", None),
+    )
+    records = server_sweep(settings)
     rows = record_dicts(records)
     _write(args.out, "server", rows)
+    _write(args.out, "server_summary", [{k: None if v != v else v for k, v in row.items()} for row in summary(records)])  # NaN -> null
     plot(records, args.out / "server.png")
     print(json.dumps(rows, indent=2) if args.json else format_table(records))
-    print(f"wrote {args.out}/server.csv, server.json, server.png", file=sys.stderr)
+    print(f"wrote {args.out}/server.csv, server.json, server_summary.csv, server.png", file=sys.stderr)
+    return 0
+
+
+def _video(args: argparse.Namespace) -> int:
+    from .network import PROFILES, SHAPERS, STRATEGIES
+    from .video import VideoSettings, format_video_table, plot_video, run_video_benchmark
+
+    _check_names("strategy", args.strategies, STRATEGIES)
+    _check_names("shaper", (args.shaper,), SHAPERS)
+    _check_names("profile", (args.profile,), PROFILES)
+    bad_links = [link for link in args.links if link != "unthrottled" and not link.replace(".", "", 1).isdigit()]
+    if bad_links or any(n < 1 for n in args.in_flight):
+        raise ValueError(f"--links takes 'unthrottled' or KB/s ({', '.join(bad_links)}?); --in-flight takes numbers of at least 1")
+    if args.video is not None and not args.video.is_file():
+        raise ValueError(f"no video file {args.video}")
+    _check_root((args.shaper,), (args.profile,))
+    settings = VideoSettings(
+        args.links, args.strategies, args.in_flight, args.rounds, args.profile, args.shaper, args.video, args.frames,
+        args.timeout_ms, weights=args.weights,
+    )
+    records = run_video_benchmark(settings)
+    rows = [dataclasses.asdict(r) for r in records]
+    _write(args.out, "video", rows)
+    plot_video(records, args.out / "video.png")
+    print(json.dumps(rows, indent=2) if args.json else format_video_table(records))
+    print(f"wrote {args.out}/video.csv, video.json, video.png", file=sys.stderr)
     return 0
 
 
@@ -323,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still removes its namespaces, qdiscs and cgroups
     try:
-        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "faces": _faces, "edge-runtimes": _edge_runtimes}[args.command](args)
+        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "faces": _faces, "edge-runtimes": _edge_runtimes, "video": _video}[args.command](args)
     except (ShaperError, RuntimeError, ValueError) as error:
         print(f"fer-bench: error: {error}", file=sys.stderr)
         return 2

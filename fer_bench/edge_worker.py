@@ -14,6 +14,10 @@ line is a JSON command; each answer is one JSON line on stdout.
   "image_format", "image_size", "split_returns"}``.
 - ``{"op": "trace", ...same..., "seconds": S}``: the same round robin for S
   seconds (while the parent changes the link), each record with its time.
+- ``{"op": "video", "target", "strategy": spec, "path": VIDEO, "in_flight": N,
+  "skip": K, "timeout_ms": T}``: the whole edge pipeline (read, detect, track,
+  classify with N frames in flight) over a video file; frames per second from the
+  K-th record to the last, and how the faces were answered.
 
 Runners (and so auto's estimates) live as long as the worker, per target and spec.
 """
@@ -25,6 +29,7 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
@@ -33,10 +38,14 @@ import cv2
 from edge_client.samples import sample_image
 from edge_client.backends import load_backend
 from edge_client.breaker import CircuitBreaker
+from edge_client.daemon import run_source
 from edge_client.faces import FaceDetector
+from edge_client.sources import open_source
 from edge_client.runner import FaceResult, EdgeRunner
 from edge_client.transport import CloudClient
 from shared_model.preprocessing import pixels_to_array, prepare_face
+
+__all__ = ["EdgeWorker", "main"]
 
 
 class EdgeWorker:
@@ -113,6 +122,28 @@ class EdgeWorker:
     def trace(self, command: dict) -> dict[str, list[dict]]:
         return self._round_robin(command, None, command["seconds"])
 
+    def video(self, command: dict) -> dict[str, Any]:
+        """Frames per second of the whole pipeline over a video file, one strategy, N frames in flight."""
+        runner = self._runner(command["target"], command["strategy"], command.get("timeout_ms", 10_000) / 1000)
+        runner.use_stream = True  # as fer-edge run does for video
+        source = open_source(command["path"])
+        times: list[float] = []
+        frames: set[int] = set()
+        strategies: Counter[str] = Counter()
+        fallbacks = 0
+        for record in run_source(source, FaceDetector(), runner, in_flight=command["in_flight"]):
+            times.append(time.perf_counter())
+            frames.add(record["frame"])
+            if record.get("error") is None:
+                strategies[record["strategy"]] += 1
+                fallbacks += bool(record["fallback"])
+        skip = min(command.get("skip", 10), max(len(times) - 2, 0))
+        seconds = times[-1] - times[skip] if len(times) > skip + 1 else float("nan")
+        return {
+            "frames": len(frames), "records": len(times), "faces": sum(strategies.values()), "fallbacks": fallbacks,
+            "strategies": dict(strategies), "seconds": seconds, "fps": (len(times) - 1 - skip) / seconds if seconds > 0 else float("nan"),
+        }
+
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
@@ -133,7 +164,7 @@ def main() -> int:
     runtime = sys.argv[3] if len(sys.argv) > 3 else "onnx"
     worker = EdgeWorker(threads, weights, runtime)
     print(json.dumps({"ready": True, "runtime": runtime, "threads": threads}), flush=True)
-    operations = {"compute": lambda c: worker.compute(c.get("runs", 30)), "run": worker.run, "trace": worker.trace}
+    operations = {"compute": lambda c: worker.compute(c.get("runs", 30)), "run": worker.run, "trace": worker.trace, "video": worker.video}
     try:
         for line in sys.stdin:
             command = json.loads(line)

@@ -21,6 +21,11 @@ from shared_model import codec
 from shared_model.config import STAGE2_CHANNELS, config_for
 from shared_model.network import FERNet
 
+__all__ = [
+    "CONFIGURATIONS", "STAGES", "ModelRecord", "count_macs", "measure_latencies", "model_table", "format_table",
+    "plot_table",
+]
+
 CONFIGURATIONS: tuple[tuple[str, int], ...] = (
     ("backbone", STAGE2_CHANNELS),  # torchvision ShuffleNetV2 1.0x as is: the paper's baseline
     ("backbone", 8),

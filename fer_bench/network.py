@@ -44,6 +44,14 @@ from .shaping import (
     cpu_quota_unavailable_reason,
 )
 
+__all__ = [
+    "KB", "StrategySpec", "STRATEGIES", "DEFAULT_STRATEGIES", "TRACE_STRATEGIES", "DeviceProfile", "PROFILES",
+    "PointRecord", "percentile", "transfer_floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
+    "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
+    "TraceEvent", "run_trace", "trace_summary", "outage_report", "plot_trace", "format_table", "auto_against_best",
+    "format_auto_table", "winners", "plot", "record_dicts",
+]
+
 KB = 1000
 
 

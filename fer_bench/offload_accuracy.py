@@ -41,6 +41,11 @@ from shared_model.network import FERNet
 from shared_model.preprocessing import pixels_to_tensor, prepare_face
 from shared_model.protocol import ATTENTION_SCALE
 
+__all__ = [
+    "SPLIT_VARIANTS", "VariantRecord", "OffloadAccuracy", "prepared_faces", "run_offload_accuracy", "format_table",
+    "smallest_size_within", "plot", "record_dicts",
+]
+
 SPLIT_VARIANTS = ("split-features", "split-attention", "split-rest")
 
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+__all__ = ["cloud_command", "wait_ready", "stop_process", "CloudProcess"]
+
 
 def cloud_command(host: str, ready: Path, threads: int, weights: str | None, port: int = 0) -> list[str]:
     """``fer-cloud serve`` on ``host`` and ``port`` (0: any free one), announcing itself in ``ready``."""

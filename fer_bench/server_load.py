@@ -1,40 +1,58 @@
-"""Server load: throughput and latency of ``fer_attention`` across concurrency, with and without batching.
+"""Server load: ``fer-cloud`` and Triton Inference Server side by side on the same closed-loop client.
 
-A ``fer-cloud`` process runs on loopback; closed-loop clients (one thread and
-one channel each) send uint8 split tensors back to back for a fixed time.
+Each engine serves ``fer_attention`` on loopback, pinned with ``taskset`` to
+its own core (``--server-cpu``) with one compute thread; the client runs as a
+separate process pinned to another core (``--client-cpu``): tritonclient, from
+its own virtual environment (``.venv-tritonclient``; ``FER_TRITON_PYTHON``
+names another), with one ``InferenceServerClient`` and so one TCP connection
+per closed-loop client, each sending the same request back to back (FP32
+``[1, 8, 28, 28]`` by default, or UINT8 with request-level ``scale`` and
+``zero_point``, which both engines accept). Per point: throughput, p50/p90/p99
+latency, the server's CPU time per request (user + system of all its
+processes over the window, from /proc: it hardly depends on what else runs on
+the machine) and its resident memory (all its processes: Triton's backend
+stubs included).
+
+Both engines run during the whole sweep (each first loaded for
+``--warmup-seconds``, unrecorded) and take turns point by point
+(``fer-cloud`` first at one level, Triton first at the next), so that a drift
+of the machine's speed hits both alike; ``--repeats`` measures every point
+several times to show the spread.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
-import time
+import warnings
+from contextlib import ExitStack
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
-import grpc
-import numpy as np
+from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, DATATYPE_FP32, DATATYPE_UINT8, FEATURES, SCALE, ZERO_POINT
 
-from shared_model.protocol import (
-    ATTENTION_MODEL,
-    FEATURES,
-    SCALE,
-    ZERO_POINT,
-    pb,
-    pb_grpc,
-    set_parameters,
-)
-
-from .network import percentile
 from .processes import cloud_command, stop_process, wait_ready
+
+__all__ = ["TARGETS", "DATATYPES", "LoadRecord", "LoadSettings", "CLIENT", "client_python", "group_pids", "rss_mib", "RunningServer", "STARTERS", "measure", "server_sweep", "summary", "format_table", "plot", "record_dicts"]
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ("fer-cloud", "triton")
+DATATYPES = (DATATYPE_FP32, DATATYPE_UINT8)
 
 
 @dataclass
 class LoadRecord:
+    target: str
     batching: bool
     concurrency: int
+    repeat: int
     requests: int
     errors: int
     seconds: float
@@ -42,100 +60,284 @@ class LoadRecord:
     p50_ms: float
     p90_ms: float
     p99_ms: float
-    mean_batch_size: float
+    mean_batch_size: float  # from the responses' batch_size parameter (fer-cloud); NaN where the engine does not say
+    server_cpu_us_per_request: float
+    server_rss_mib: float
+    datatype: str
 
 
-def attention_request(shape: tuple[int, ...] = (1, 8, 28, 28)) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=ATTENTION_MODEL)
-    tensor = request.inputs.add(name=FEATURES, datatype="UINT8", shape=list(shape))
-    set_parameters(tensor.parameters, {SCALE: 0.05, ZERO_POINT: 128})
-    request.raw_input_contents.append(np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8).tobytes())
-    return request
+@dataclass(frozen=True)
+class LoadSettings:
+    targets: tuple[str, ...] = TARGETS
+    concurrencies: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    seconds: float = 3.0
+    warmup_seconds: float = 2.0  # per engine after its start, not recorded
+    batching: tuple[bool, ...] = (True, False)
+    repeats: int = 1
+    datatype: str = DATATYPE_FP32
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0  # fer-cloud: waits only while other requests are queued
+    triton_queue_delay_us: int = 0  # Triton: holds even a lone request for the whole delay
+    server_threads: int = 1
+    server_cpu: str = "0"
+    client_cpu: str = "1"
+    weights: str | None = None
 
 
-def closed_loop(target: str, concurrency: int, seconds: float, batching: bool) -> LoadRecord:
-    request = attention_request()
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
-    batch_sizes: list[list[int]] = [[] for _ in range(concurrency)]
-    errors = [0] * concurrency
-    warmed = threading.Barrier(concurrency + 1)
-    go = threading.Event()
-    deadline = [0.0]
+# The closed-loop client: one process, one tritonclient (one channel, one TCP connection) per client thread.
+CLIENT = r'''
+import json, os, sys, threading, time
+import numpy as np
+import tritonclient.grpc as grpcclient
 
-    def client(i: int) -> None:
-        channel = grpc.insecure_channel(target)
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        stub.ModelInfer(request, timeout=30)  # connect and warm up outside the window
-        warmed.wait()
-        go.wait()
-        while time.perf_counter() < deadline[0]:
-            began = time.perf_counter()
+target, model, datatype, clients, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+pids = [int(p) for p in sys.argv[6].split(",")]
+input_name, scale_key, zero_key, batch_key = sys.argv[7:11]
+ticks = os.sysconf("SC_CLK_TCK")
+
+def server_cpu():
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / ticks
+
+rng = np.random.default_rng(0)
+if datatype == "UINT8":
+    features = rng.integers(0, 256, size=(1, 8, 28, 28), dtype=np.uint8)
+    parameters = {scale_key: 0.05, zero_key: 128}
+else:
+    features = rng.standard_normal((1, 8, 28, 28)).astype(np.float32)
+    parameters = None
+
+def caller():
+    client = grpcclient.InferenceServerClient(url=target, channel_args=[("grpc.use_local_subchannel_pool", 1)])
+    tensor = grpcclient.InferInput(input_name, list(features.shape), datatype)
+    tensor.set_data_from_numpy(features)
+    return lambda: client.infer(model, [tensor], parameters=parameters, client_timeout=30)
+
+latencies = [[] for _ in range(clients)]
+batches = [[] for _ in range(clients)]
+errors = [0] * clients
+state = {"measuring": False, "stop": False}
+ready = threading.Barrier(clients + 1)
+
+def run(i):
+    call = caller()
+    for _ in range(5):
+        call()  # connect and warm up outside the window
+    ready.wait()
+    while not state["stop"]:
+        began = time.perf_counter()
+        try:
+            result = call()
+        except Exception:
+            errors[i] += state["measuring"]
+            continue
+        if state["measuring"]:
+            latencies[i].append(time.perf_counter() - began)
+            size = result.get_response().parameters.get(batch_key)
+            if size is not None:
+                batches[i].append(size.int64_param)
+
+threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(clients)]
+for t in threads:
+    t.start()
+ready.wait()
+time.sleep(min(0.5, seconds / 4))  # steady state before the window opens
+cpu0, began = server_cpu(), time.perf_counter()
+state["measuring"] = True
+time.sleep(seconds)
+state["measuring"] = False
+cpu1, elapsed = server_cpu(), time.perf_counter() - began
+state["stop"] = True
+for t in threads:
+    t.join(30)
+flat = np.sort(np.concatenate([np.asarray(x, dtype=float) for x in latencies])) * 1000
+sizes = [s for per in batches for s in per]
+nan = float("nan")
+print(json.dumps({
+    "requests": int(flat.size), "errors": sum(errors), "seconds": elapsed,
+    "p50_ms": float(np.percentile(flat, 50)) if flat.size else nan,
+    "p90_ms": float(np.percentile(flat, 90)) if flat.size else nan,
+    "p99_ms": float(np.percentile(flat, 99)) if flat.size else nan,
+    "mean_batch_size": float(np.mean(sizes)) if sizes else nan,
+    "server_cpu_s": cpu1 - cpu0,
+}))
+'''
+
+
+def client_python() -> str:
+    """The Python with tritonclient: ``$FER_TRITON_PYTHON``, else ``.venv-tritonclient``."""
+    python = os.environ.get("FER_TRITON_PYTHON") or str(ROOT / ".venv-tritonclient" / "bin" / "python")
+    if not Path(python).exists():
+        raise RuntimeError(f"no tritonclient Python at {python}: scripts/test.sh makes .venv-tritonclient (or set FER_TRITON_PYTHON)")
+    return python
+
+
+def _pinned(cpus: str, command: list[str]) -> list[str]:
+    return (["taskset", "-c", cpus] if cpus else []) + command
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of the group led by ``leader`` (a server started in a session of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
             try:
-                response = stub.ModelInfer(request, timeout=30)
-            except grpc.RpcError:
-                errors[i] += 1
+                if os.getpgid(int(entry.name)) == leader:
+                    found.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
                 continue
-            latencies[i].append((time.perf_counter() - began) * 1000)
-            batch_sizes[i].append(response.parameters["batch_size"].int64_param)
-        channel.close()
+    return found
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    warmed.wait()
-    began = time.perf_counter()
-    deadline[0] = began + seconds
-    go.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    flat = [x for per in latencies for x in per]
-    sizes = [x for per in batch_sizes for x in per]
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+class RunningServer:
+    """One engine under load: its address and its processes."""
+
+    def __init__(self, name: str, target: str, leader: int) -> None:
+        self.name, self.target, self.leader = name, target, leader
+
+    def pids(self) -> list[int]:
+        return group_pids(self.leader)
+
+
+def _start_fer_cloud(stack: ExitStack, folder: Path, settings: LoadSettings, batching: bool) -> RunningServer:
+    ready = folder / f"ready-{int(batching)}.json"
+    command = cloud_command("127.0.0.1", ready, settings.server_threads, settings.weights)
+    command += ["--max-batch-size", str(settings.max_batch_size if batching else 1), "--max-queue-delay-ms", str(settings.max_queue_delay_ms if batching else 0)]
+    process = subprocess.Popen(_pinned(settings.server_cpu, command), stdout=subprocess.DEVNULL, start_new_session=True)
+    stack.callback(stop_process, process)
+    return RunningServer("fer-cloud", f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
+
+
+def _start_triton(stack: ExitStack, folder: Path, settings: LoadSettings, batching: bool) -> RunningServer:
+    from shared_model.checkpoint import default_weights_path, load_checkpoint
+    from shared_model.training.export import TritonSettings, triton_repository
+
+    from .triton_server import TritonServer
+
+    checkpoint = load_checkpoint(Path(settings.weights) if settings.weights else default_weights_path())
+    repository = folder / f"triton-{'batching' if batching else 'single'}"
+    triton_settings = TritonSettings(
+        features="fp32" if settings.datatype == DATATYPE_FP32 else "uint8", max_batch_size=settings.max_batch_size,
+        max_queue_delay_us=settings.triton_queue_delay_us, dynamic_batching=batching, threads=settings.server_threads,
+    )
+    with warnings.catch_warnings():  # the ONNX exporter's tracer warnings are no news here
+        warnings.simplefilter("ignore")
+        triton_repository(checkpoint.build_model(), repository, checkpoint.fingerprint, triton_settings, models=(ATTENTION_MODEL,))
+    server = TritonServer(repository, cpus=settings.server_cpu)
+    stack.callback(server.close)
+    server.start(models=(ATTENTION_MODEL,))
+    assert server.process is not None
+    return RunningServer("triton", server.target, server.process.pid)
+
+
+STARTERS = {"fer-cloud": _start_fer_cloud, "triton": _start_triton}
+
+
+def measure(server: RunningServer, settings: LoadSettings, concurrency: int, batching: bool, repeat: int, script: Path) -> LoadRecord:
+    """One point: ``concurrency`` closed-loop clients against ``server`` for ``settings.seconds``."""
+    pids = server.pids()
+    command = [
+        client_python(), str(script), server.target, ATTENTION_MODEL, settings.datatype, str(concurrency), str(settings.seconds),
+        ",".join(map(str, pids)), FEATURES, SCALE, ZERO_POINT, BATCH_SIZE,
+    ]
+    done = subprocess.run(_pinned(settings.client_cpu, command), capture_output=True, text=True, timeout=settings.seconds + 300)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load client failed against {server.name}:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    requests = result["requests"]
     return LoadRecord(
-        batching=batching, concurrency=concurrency, requests=len(flat), errors=sum(errors), seconds=elapsed,
-        throughput_rps=len(flat) / elapsed, p50_ms=statistics.median(flat) if flat else float("nan"),
-        p90_ms=percentile(flat, 0.9) if flat else float("nan"), p99_ms=percentile(flat, 0.99) if flat else float("nan"),
-        mean_batch_size=statistics.fmean(sizes) if sizes else float("nan"),
+        target=server.name, batching=batching, concurrency=concurrency, repeat=repeat, requests=requests, errors=result["errors"],
+        seconds=round(result["seconds"], 3), throughput_rps=requests / result["seconds"], p50_ms=result["p50_ms"], p90_ms=result["p90_ms"],
+        p99_ms=result["p99_ms"], mean_batch_size=result["mean_batch_size"],
+        server_cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6, server_rss_mib=rss_mib(server.pids()), datatype=settings.datatype,
     )
 
 
-def server_sweep(
-    concurrencies: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
-    seconds: float = 3.0,
-    max_batch_size: int = 32,
-    max_queue_delay_ms: float = 2.0,
-    server_threads: int = 1,
-    weights: str | None = None,
-    progress: bool = True,
-) -> list[LoadRecord]:
-    import subprocess
+def _turns(servers: list[RunningServer], level: int) -> Iterator[RunningServer]:
+    """The engines in turn, the first one alternating from level to level."""
+    shift = level % len(servers)
+    yield from servers[shift:] + servers[:shift]
 
+
+def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadRecord]:
     from tqdm import tqdm
 
-    records = []
-    bar = tqdm(total=2 * len(concurrencies), desc="server sweep", unit="point", disable=not progress, file=sys.stderr)
-    for batching in (True, False):
-        with tempfile.TemporaryDirectory() as tmp:
-            ready = Path(tmp) / "ready.json"
-            command = cloud_command("127.0.0.1", ready, server_threads, weights)
-            command += ["--max-batch-size", str(max_batch_size if batching else 1), "--max-queue-delay-ms", str(max_queue_delay_ms if batching else 0)]
-            process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-            try:
-                target = f"127.0.0.1:{wait_ready(process, ready)}"
-                for concurrency in concurrencies:
-                    records.append(closed_loop(target, concurrency, seconds, batching))
-                    bar.update(1)
-            finally:
-                stop_process(process)
+    unknown = [t for t in settings.targets if t not in STARTERS]
+    if unknown:
+        raise ValueError(f"unknown targets {unknown}; expected some of {', '.join(TARGETS)}")
+    if settings.datatype not in DATATYPES:
+        raise ValueError(f"datatype must be one of {DATATYPES}, got {settings.datatype!r}")
+    client_python()  # fail before starting anything
+    points = len(settings.batching) * len(settings.concurrencies) * settings.repeats * len(settings.targets)
+    bar = tqdm(total=points, desc="server load", unit="point", disable=not progress, file=sys.stderr)
+    records: list[LoadRecord] = []
+    with tempfile.TemporaryDirectory(prefix="fer-server-load-") as tmp:
+        folder = Path(tmp)
+        script = folder / "client.py"
+        script.write_text(CLIENT)
+        for batching in settings.batching:
+            with ExitStack() as stack:
+                servers = [STARTERS[name](stack, folder, settings, batching) for name in settings.targets]
+                if settings.warmup_seconds > 0:  # a fresh server's first seconds (lazy initialisation) are no measure of the next
+                    warmup = dataclasses.replace(settings, seconds=settings.warmup_seconds)
+                    for server in servers:
+                        measure(server, warmup, min(4, max(settings.concurrencies)), batching, -1, script)
+                for level, concurrency in enumerate(settings.concurrencies):
+                    for repeat in range(settings.repeats):
+                        for server in _turns(servers, level + repeat):
+                            records.append(measure(server, settings, concurrency, batching, repeat, script))
+                            bar.update(1)
     bar.close()
-    return records
+    return sorted(records, key=lambda r: (not r.batching, settings.targets.index(r.target), r.concurrency, r.repeat))
+
+
+def summary(records: list[LoadRecord]) -> list[dict]:
+    """One row per engine, batching and concurrency: medians over the repeats, and the throughput's range."""
+    groups: dict[tuple, list[LoadRecord]] = {}
+    for record in records:
+        groups.setdefault((record.target, record.batching, record.concurrency), []).append(record)
+    rows = []
+    for (target, batching, concurrency), group in groups.items():
+        throughput = [r.throughput_rps for r in group]
+        rows.append({
+            "target": target, "batching": batching, "concurrency": concurrency, "repeats": len(group),
+            "throughput_rps": statistics.median(throughput), "throughput_min": min(throughput), "throughput_max": max(throughput),
+            **{key: statistics.median(getattr(r, key) for r in group) for key in ("p50_ms", "p90_ms", "p99_ms", "server_cpu_us_per_request", "server_rss_mib", "mean_batch_size")},
+            "errors": sum(r.errors for r in group),
+        })
+    return rows
 
 
 def format_table(records: list[LoadRecord]) -> str:
-    lines = [f"{'batching':<9}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'batch':>7}{'errors':>8}"]
-    for r in records:
-        lines.append(f"{'on' if r.batching else 'off':<9}{r.concurrency:>8}{r.throughput_rps:>9.0f}{r.p50_ms:>9.2f}{r.p90_ms:>9.2f}{r.p99_ms:>9.2f}{r.mean_batch_size:>7.2f}{r.errors:>8}")
+    lines = [f"{'engine':<11}{'batching':<9}{'clients':>8}{'req/s':>9}{'(range)':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}{'RSS MiB':>9}{'batch':>7}{'errors':>7}"]
+    for row in summary(records):
+        spread = f"{row['throughput_min']:.0f}-{row['throughput_max']:.0f}" if row["repeats"] > 1 else ""
+        lines.append(
+            f"{row['target']:<11}{'on' if row['batching'] else 'off':<9}{row['concurrency']:>8}{row['throughput_rps']:>9.0f}{spread:>14}"
+            f"{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['server_cpu_us_per_request']:>11.0f}{row['server_rss_mib']:>9.0f}"
+            f"{_number(row['mean_batch_size'], 7, 2)}{row['errors']:>7}"
+        )
     return "\n".join(lines)
+
+
+def _number(value: float, width: int, decimals: int) -> str:
+    return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.{decimals}f}"
 
 
 def plot(records: list[LoadRecord], path: Path) -> None:
@@ -145,22 +347,30 @@ def plot(records: list[LoadRecord], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for batching, style in ((True, "-"), (False, "--")):
-        rows = sorted((r for r in records if r.batching == batching), key=lambda r: r.concurrency)
-        label = "batching on" if batching else "batching off"
-        xs = [r.concurrency for r in rows]
-        left.plot(xs, [r.throughput_rps for r in rows], style, marker="o", label=label)
-        right.plot(xs, [r.p50_ms for r in rows], style, marker="o", label=f"p50, {label}")
-        right.plot(xs, [r.p99_ms for r in rows], style, marker="x", label=f"p99, {label}")
-    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="fer_attention throughput")
+    rows = summary(records)
+    for index, target in enumerate(dict.fromkeys(r["target"] for r in rows)):
+        color = f"C{index}"
+        for batching, style in ((True, "-"), (False, "--")):
+            line = sorted((r for r in rows if r["target"] == target and r["batching"] == batching), key=lambda r: r["concurrency"])
+            if not line:
+                continue
+            label = f"{target}, batching {'on' if batching else 'off'}"
+            xs = [r["concurrency"] for r in line]
+            left.plot(xs, [r["throughput_rps"] for r in line], style, color=color, marker="o", label=label)
+            if any(r["repeats"] > 1 for r in line):
+                left.fill_between(xs, [r["throughput_min"] for r in line], [r["throughput_max"] for r in line], color=color, alpha=0.15)
+            right.plot(xs, [r["p50_ms"] for r in line], style, color=color, marker="o", label=f"p50, {label}")
+            right.plot(xs, [r["p99_ms"] for r in line], style, color=color, marker="x", alpha=0.6, label=f"p99, {label}")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="fer_attention throughput (one server core)")
     right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title="fer_attention latency")
     for axis in (left, right):
         axis.grid(alpha=0.3, which="both")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def record_dicts(records: list[LoadRecord]) -> list[dict]:
-    return [asdict(r) for r in records]
+    """The records for JSON and CSV: a figure the engine does not report is null, not NaN."""
+    return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(r).items()} for r in records]

@@ -19,6 +19,7 @@ the phone-like edge profile, not a sleep.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -28,6 +29,11 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+
+__all__ = [
+    "TBF_BURST_BYTES", "TBF_LIMIT_BYTES", "PROXY_CHUNK", "ShaperError", "LinkSpec", "netns_unavailable_reason",
+    "NetnsLink", "TokenBucket", "TokenBucketProxy", "CpuQuota", "cpu_quota_unavailable_reason",
+]
 
 TBF_BURST_BYTES = 3000  # two Ethernet frames: the bucket a link may send back to back
 TBF_LIMIT_BYTES = 4_000_000  # queue long enough for the largest request at the lowest rate
@@ -236,10 +242,11 @@ class TokenBucketProxy:
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def set_spec(self, spec: LinkSpec) -> None:
-        self.spec = spec
-        self.upstream.set_rate(spec.rate_bytes_per_s)
-        self.downstream.set_rate(spec.rate_bytes_per_s)
+    def set_spec(self, spec: LinkSpec | None) -> None:
+        """Shape both directions to ``spec``; None forwards at full speed (still through the proxy)."""
+        self.spec = spec or LinkSpec(math.inf)
+        self.upstream.set_rate(self.spec.rate_bytes_per_s)
+        self.downstream.set_rate(self.spec.rate_bytes_per_s)
 
     def _one_way_delay(self) -> float:
         return self.spec.rtt_ms / 2000

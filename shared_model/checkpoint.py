@@ -20,6 +20,12 @@ from torch import Tensor
 from .config import ConfigError, ModelConfig
 from .network import FERNet
 
+__all__ = [
+    "FORMAT_VERSION", "FINGERPRINT_CHARS", "DEFAULT_WEIGHTS_NAME", "CheckpointError", "fingerprint",
+    "model_fingerprint", "Checkpoint", "save_checkpoint", "load_checkpoint", "default_weights_path",
+    "select_device", "load_model",
+]
+
 FORMAT_VERSION = 1
 FINGERPRINT_CHARS = 16
 DEFAULT_WEIGHTS_NAME = "fer2013_default.pt"

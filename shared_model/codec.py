@@ -16,13 +16,19 @@ from typing import Sequence
 
 import numpy as np
 
+__all__ = [
+    "FP32", "FP16", "UINT8", "ENCODINGS", "PROTOCOL_DATATYPES", "ENCODING_OF_DATATYPE", "CodecError",
+    "EncodedTensor", "element_size", "expected_nbytes", "quantization_params", "quantize", "dequantize",
+    "as_float32_array", "encode", "decode", "decode_bytes",
+]
+
 FP32 = "fp32"
 FP16 = "fp16"
 UINT8 = "uint8"
 ENCODINGS = (FP32, FP16, UINT8)
 
 _NUMPY_DTYPES = {FP32: np.dtype("<f4"), FP16: np.dtype("<f2"), UINT8: np.dtype("u1")}
-# Names used by the Open Inference Protocol for the same element types.
+# Names used by the Open Inference Protocol for the same element types (shared_model.protocol.DATATYPE_*).
 PROTOCOL_DATATYPES = {FP32: "FP32", FP16: "FP16", UINT8: "UINT8"}
 ENCODING_OF_DATATYPE = {v: k for k, v in PROTOCOL_DATATYPES.items()}
 

@@ -22,6 +22,8 @@ from .asp import ArbitraryOrientedSpatialPooling
 from .config import ASP, STAGE2_CHANNELS, ModelConfig
 from .sfp import ScalableFrequencyPooling
 
+__all__ = ["SplitAdapterIn", "SplitAdapterOut", "EdgeHead", "CloudAttention", "EdgeTail", "FERNet"]
+
 
 class SplitAdapterIn(nn.Sequential):
     """1x1 conv + BN narrowing Stage 2's output to the wire width (ends the edge head)."""

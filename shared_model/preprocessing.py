@@ -13,6 +13,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+__all__ = [
+    "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "pixels_to_array", "pixels_to_tensor", "normalize",
+    "gray_batch_to_tensor",
+]
+
 if TYPE_CHECKING:
     from torch import Tensor
 

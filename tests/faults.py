@@ -84,6 +84,8 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.fault = fault
         self.requests = 0  # inference requests received (unary and stream)
         self.streams = 0  # ModelStreamInfer calls opened
+        self.in_progress = 0  # inference requests being answered now
+        self.most_in_progress = 0  # the most ever answered at once
         self.stopping = threading.Event()
         self._count_lock = threading.Lock()
 
@@ -112,6 +114,16 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def _answer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse | None:
         """The spoiled answer to ``request``; None for no answer."""
+        with self._count_lock:
+            self.in_progress += 1
+            self.most_in_progress = max(self.most_in_progress, self.in_progress)
+        try:
+            return self._spoiled(request)
+        finally:
+            with self._count_lock:
+                self.in_progress -= 1
+
+    def _spoiled(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | None:
         fault = self.fault
         if fault.kind == SILENT:
             return None
@@ -247,7 +259,7 @@ class BlackholeLink:
                     sink.shutdown(socket.SHUT_WR)
                     return
                 sink.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the socket was closed under select (link.close())
             return
 
 

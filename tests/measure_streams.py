@@ -118,12 +118,13 @@ def _health_checks(address: str, seconds: float, results: "multiprocessing.Queue
     latencies, errors = [], []
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        stop = time.monotonic() + seconds
+        began = time.monotonic()
+        stop = began + seconds
         while time.monotonic() < stop:
             started = time.perf_counter()
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5)
-                latencies.append(time.perf_counter() - started)
+                latencies.append((time.monotonic() - began, time.perf_counter() - started))
                 if reply.status != health_pb2.HealthCheckResponse.SERVING:
                     errors.append("health NOT_SERVING")
             except grpc.RpcError as error:
@@ -132,10 +133,12 @@ def _health_checks(address: str, seconds: float, results: "multiprocessing.Queue
     results.put((latencies, errors))
 
 
-def _start_server(threads: int) -> tuple[subprocess.Popen, int]:
+def _start_server(threads: int, cpus: str = "", cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
     ready = Path(tempfile.mkdtemp()) / "ready.json"
     command = [sys.executable, "-m", "cloud_server.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", str(threads), "--log-level", "WARNING"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+    cwd = cwd or Path(__file__).resolve().parents[1]
+    pinned = ["taskset", "-c", cpus] if cpus else []
+    process = subprocess.Popen(pinned + command, stdout=subprocess.DEVNULL, cwd=cwd, env={**os.environ, "PYTHONPATH": str(cwd)})
     deadline = time.monotonic() + 120
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -152,8 +155,13 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=5.0, help="frames per second each stream sends")
     parser.add_argument("--connections", type=int, default=16, help="TCP connections the clients share")
     parser.add_argument("--server-threads", type=int, default=1)
+    parser.add_argument("--server-cpu", default="", help="taskset CPU list of the server (e.g. 0)")
+    parser.add_argument("--client-cpu", default="", help="CPU list of the clients and the health checker (e.g. 1)")
+    parser.add_argument("--server-cwd", type=Path, help="another checkout whose fer-cloud to measure (its cloud_server on PYTHONPATH)")
     args = parser.parse_args()
-    process, port = _start_server(args.server_threads)
+    process, port = _start_server(args.server_threads, args.server_cpu, args.server_cwd)
+    if args.client_cpu:
+        os.sched_setaffinity(0, {int(c) for c in args.client_cpu.split(",")})
     try:
         load = Load(f"127.0.0.1:{port}", args.seconds, args.fps)
         rss_start = _rss_mib(process.pid)
@@ -163,7 +171,8 @@ def main() -> None:
         checker.start()
         asyncio.run(load.run(args.streams, args.unary, process.pid, args.connections))
         rss_end = _rss_mib(process.pid)
-        load.health, health_errors = results.get(timeout=60)
+        health_samples, health_errors = results.get(timeout=60)
+        load.health = [latency for _, latency in health_samples]
         load.errors += health_errors
         checker.join(10)
     finally:
@@ -174,6 +183,11 @@ def main() -> None:
         "requests": len(load.latencies), "throughput_rps": round(len(load.latencies) / args.seconds, 1),
         "errors": len(load.errors), "error_kinds": sorted(set(load.errors))[:10],
         "health_ms": _percentiles(load.health), "request_ms": _percentiles(load.latencies),
+        "health_p99_ms_per_10s": [
+            _percentiles([latency for at, latency in health_samples if start <= at < start + 10]).get("p99")
+            for start in range(0, int(args.seconds), 10)
+        ],
+        "server_rss_mib_per_10s": [round(x, 1) for x in load.rss[::20]],
         "server_rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1), "max": round(max(load.rss, default=rss_end), 1)},
         "cpus": os.cpu_count(),
     }))

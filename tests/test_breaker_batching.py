@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import Future
 
+import numpy as np
 import pytest
-import torch
 
 from cloud_server.batching import BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
 from edge_client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
@@ -55,7 +56,7 @@ def test_breaker_opens_after_threshold_and_probes_before_closing() -> None:
 def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
     seen_batches = []
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: np.ndarray) -> np.ndarray:
         seen_batches.append(x.shape[0])
         time.sleep(0.05)  # requests arriving meanwhile queue up for the next batch
         return x * 2
@@ -64,7 +65,7 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
     results = {}
 
     def call(i: int) -> None:
-        results[i] = batcher.infer(torch.full((1, 3), float(i)))
+        results[i] = batcher.infer(np.full((1, 3), float(i)))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for t in threads:
@@ -72,7 +73,7 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
     for t in threads:
         t.join()
     batcher.close()
-    assert all(torch.equal(results[i].output, torch.full((1, 3), 2.0 * i)) for i in range(6))
+    assert all(np.array_equal(results[i].output, np.full((1, 3), 2.0 * i)) for i in range(6))
     assert sum(seen_batches) == 6 and max(seen_batches) > 1
     assert all(r.queue_seconds >= 0 and r.batch_size in seen_batches for r in results.values())
 
@@ -80,7 +81,7 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
 def test_batcher_respects_max_batch_size() -> None:
     sizes = []
     batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or time.sleep(0.02) or x, max_batch_size=2, max_queue_delay=0.2)
-    threads = [threading.Thread(target=batcher.infer, args=(torch.zeros(1, 1),)) for _ in range(5)]
+    threads = [threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),)) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
@@ -90,28 +91,28 @@ def test_batcher_respects_max_batch_size() -> None:
 
 
 def test_batcher_errors_reach_every_waiting_request() -> None:
-    def broken(x: torch.Tensor) -> torch.Tensor:
+    def broken(x: np.ndarray) -> np.ndarray:
         raise RuntimeError("kernel failed")
 
     batcher = DynamicBatcher(broken, max_batch_size=4, max_queue_delay=0.01)
     with pytest.raises(RuntimeError, match="kernel failed"):
-        batcher.infer(torch.zeros(1, 1))
+        batcher.infer(np.zeros((1, 1)))
     batcher.close()
     with pytest.raises(BatcherClosed):
-        batcher.infer(torch.zeros(1, 1))
+        batcher.infer(np.zeros((1, 1)))
 
 
 def test_full_queue_is_refused_not_blocked() -> None:
     release = threading.Event()
     batcher = DynamicBatcher(lambda x: release.wait(5) and x, max_batch_size=1 + 1, max_queue_delay=0.001, max_queue_size=1)
-    first = threading.Thread(target=batcher.infer, args=(torch.zeros(2, 1),))
+    first = threading.Thread(target=batcher.infer, args=(np.zeros((2, 1)),))
     first.start()
     time.sleep(0.1)  # the worker now holds the first batch
-    second = threading.Thread(target=batcher.infer, args=(torch.zeros(1, 1),))
+    second = threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),))
     second.start()
     time.sleep(0.1)  # the second fills the queue
     with pytest.raises(QueueFull):
-        batcher.infer(torch.zeros(1, 1))
+        batcher.infer(np.zeros((1, 1)))
     release.set()
     first.join()
     second.join()
@@ -121,7 +122,7 @@ def test_full_queue_is_refused_not_blocked() -> None:
 def test_a_lone_request_is_not_held_for_the_full_delay() -> None:
     batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay=5.0)
     started = time.perf_counter()
-    result = batcher.infer(torch.zeros(1, 1))
+    result = batcher.infer(np.zeros((1, 1)))
     batcher.close()
     assert time.perf_counter() - started < 2.5 and result.batch_size == 1
 
@@ -129,14 +130,14 @@ def test_a_lone_request_is_not_held_for_the_full_delay() -> None:
 def test_without_batching_each_request_is_a_batch_of_its_own_on_the_worker() -> None:
     threads, sizes = [], []
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
+    def forward(x: np.ndarray) -> np.ndarray:
         threads.append(threading.current_thread())
         sizes.append(x.shape[0])
         time.sleep(0.02)
         return x
 
     batcher = DynamicBatcher(forward, max_batch_size=1)
-    callers = [threading.Thread(target=batcher.infer, args=(torch.zeros(1, 1),)) for _ in range(4)]
+    callers = [threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),)) for _ in range(4)]
     for t in callers:
         t.start()
     for t in callers:
@@ -154,7 +155,7 @@ class Gate:
         self.release = threading.Event()
         self.seen: list[float] = []
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         self.seen.extend(x[:, 0].tolist())
         self.entered.set()
         assert self.release.wait(10)
@@ -162,7 +163,7 @@ class Gate:
 
 
 def _hold_worker(batcher: DynamicBatcher, gate: Gate) -> Future:
-    busy = batcher.submit(torch.full((1, 1), -1.0))
+    busy = batcher.submit(np.full((1, 1), -1.0))
     assert gate.entered.wait(5)
     return busy
 
@@ -174,7 +175,7 @@ class FailingOn(Gate):
         super().__init__()
         self.bad, self.wrong_rows = bad, wrong_rows
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
         x = super().__call__(x)
         if bool((x == self.bad).any()):
             if self.wrong_rows:
@@ -188,17 +189,17 @@ def test_an_exception_in_a_batch_reaches_its_requests_and_the_worker_survives(wr
     forward = FailingOn(7.0, wrong_rows)
     batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.05)
     busy = _hold_worker(batcher, forward)
-    failing = [batcher.submit(torch.full((1, 1), 7.0)) for _ in range(3)]
+    failing = [batcher.submit(np.full((1, 1), 7.0)) for _ in range(3)]
     forward.release.set()
     assert busy.result(timeout=5).output.item() == -1.0
     errors = [f.exception(timeout=5) for f in failing]
     assert all(isinstance(e, RuntimeError) for e in errors), errors
     if not wrong_rows:
         assert all("kernel failed" in str(e) for e in errors)
-    assert batcher.infer(torch.ones(1, 1), timeout=5).output.item() == 1.0  # the worker lives
+    assert batcher.infer(np.ones((1, 1)), timeout=5).output.item() == 1.0  # the worker lives
     batcher.close()
     with pytest.raises(BatcherClosed):
-        batcher.infer(torch.zeros(1, 1))
+        batcher.infer(np.zeros((1, 1)))
 
 
 def test_close_racing_infers_never_leaves_a_request_waiting() -> None:
@@ -211,7 +212,7 @@ def test_close_racing_infers_never_leaves_a_request_waiting() -> None:
             start.wait()
             for _ in range(50):
                 try:
-                    future = batcher.submit(torch.zeros(1, 1))
+                    future = batcher.submit(np.zeros((1, 1)))
                 except BatcherClosed:
                     outcomes.append("refused")
                     continue
@@ -237,10 +238,10 @@ def test_full_queue_is_refused_within_milliseconds() -> None:
     gate = Gate()
     batcher = DynamicBatcher(gate, max_batch_size=4, max_queue_delay=0.001, max_queue_size=3)
     busy = _hold_worker(batcher, gate)
-    queued = [batcher.submit(torch.zeros(1, 1)) for _ in range(3)]
+    queued = [batcher.submit(np.zeros((1, 1))) for _ in range(3)]
     started = time.perf_counter()
     with pytest.raises(QueueFull):
-        batcher.submit(torch.zeros(1, 1))
+        batcher.submit(np.zeros((1, 1)))
     assert time.perf_counter() - started < 0.05
     gate.release.set()
     assert all(f.result(timeout=5) for f in [busy, *queued])
@@ -251,9 +252,9 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute() -> None:
     gate, expired = Gate(), []
     batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay=0.001, on_expired=expired.append)
     _hold_worker(batcher, gate)
-    late = batcher.submit(torch.full((1, 1), 1.0), deadline=time.perf_counter() + 0.05)
-    gone = batcher.submit(torch.full((1, 1), 2.0))
-    kept = batcher.submit(torch.full((1, 1), 3.0), deadline=time.perf_counter() + 30)
+    late = batcher.submit(np.full((1, 1), 1.0), deadline=time.perf_counter() + 0.05)
+    gone = batcher.submit(np.full((1, 1), 2.0))
+    kept = batcher.submit(np.full((1, 1), 3.0), deadline=time.perf_counter() + 30)
     assert gone.cancel()
     time.sleep(0.1)  # the first deadline passes while the worker is busy
     gate.release.set()
@@ -267,12 +268,12 @@ def test_close_answers_everything_queued() -> None:
     gate = Gate()
     batcher = DynamicBatcher(gate, max_batch_size=2, max_queue_delay=0.001)
     busy = _hold_worker(batcher, gate)
-    queued = [batcher.submit(torch.full((1, 1), float(i))) for i in range(5)]
+    queued = [batcher.submit(np.full((1, 1), float(i))) for i in range(5)]
     closer = threading.Thread(target=batcher.close)
     closer.start()
     time.sleep(0.05)
     with pytest.raises(BatcherClosed):
-        batcher.submit(torch.zeros(1, 1))  # draining: nothing new
+        batcher.submit(np.zeros((1, 1)))  # draining: nothing new
     gate.release.set()
     closer.join(10)
     assert busy.result(timeout=1).output.item() == -1.0
@@ -338,3 +339,120 @@ def test_a_probe_that_raises_counts_as_unhealthy() -> None:
     clock = Clock()
     breaker = _opened(clock, probe=broken)
     assert not breaker.allow() and breaker.state == OPEN
+
+
+# -- inline batches: computed on the event loop, in its next turn ------------------------------
+
+
+def _on_loop(coroutine_function):  # type: ignore[no-untyped-def]
+    return asyncio.run(coroutine_function())
+
+
+def test_inline_batch_holds_what_arrived_in_one_turn_and_runs_on_the_loop_thread() -> None:
+    seen: list[tuple[int, threading.Thread]] = []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        seen.append((x.shape[0], threading.current_thread()))
+        return x * 2
+
+    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.002, inline=True)
+
+    async def run() -> list:
+        lone = await batcher.submit_inline(np.full((1, 2), 5.0))  # nothing else queued: a batch of its own, at once
+        futures = [batcher.submit_inline(np.full((1, 2), float(i))) for i in range(5)]
+        return [lone, *await asyncio.gather(*futures)]
+
+    results = _on_loop(run)
+    batcher.close()
+    assert [size for size, _ in seen] == [1, 5]
+    assert all(thread is threading.main_thread() for _, thread in seen)  # no hand-off to the worker
+    assert np.array_equal(results[0].output, np.full((1, 2), 10.0))
+    assert [r.output[0, 0] for r in results[1:]] == [0.0, 2.0, 4.0, 6.0, 8.0]
+    assert all(r.batch_size == 5 for r in results[1:])
+
+
+def test_inline_batches_respect_max_batch_size_and_take_turns() -> None:
+    sizes: list[int] = []
+    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=2, max_queue_delay=0.002, inline=True)
+
+    async def run() -> list:
+        return await asyncio.gather(*[batcher.submit_inline(np.full((1, 1), float(i))) for i in range(5)])
+
+    results = _on_loop(run)
+    batcher.close()
+    assert sizes == [2, 2, 1] and [r.output.item() for r in results] == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_inline_errors_expired_cancelled_full_and_closed() -> None:
+    expired: list[int] = []
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        if (x == 7.0).any():
+            raise RuntimeError("kernel failed")
+        return x
+
+    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.002, max_queue_size=3, inline=True, on_expired=expired.append)
+
+    async def run() -> None:
+        failing = [batcher.submit_inline(np.full((1, 1), 7.0)) for _ in range(2)]
+        for future in failing:
+            with pytest.raises(RuntimeError, match="kernel failed"):
+                await future
+        late = batcher.submit_inline(np.full((1, 1), 1.0), deadline=time.perf_counter() - 0.001)
+        gone = batcher.submit_inline(np.full((1, 1), 2.0))
+        kept = batcher.submit_inline(np.full((1, 1), 3.0))
+        with pytest.raises(QueueFull):
+            batcher.submit_inline(np.zeros((1, 1)))
+        gone.cancel()
+        with pytest.raises(DeadlineExpired):
+            await late
+        assert (await kept).output.item() == 3.0 and (await kept).batch_size == 1  # the cancelled one was not computed
+        assert (await batcher.submit_inline(np.ones((1, 1)))).output.item() == 1.0  # the loop's batches carry on
+        batcher.close()
+        with pytest.raises(BatcherClosed):
+            batcher.submit_inline(np.zeros((1, 1)))
+
+    _on_loop(run)
+    assert expired == [1]
+
+
+def test_inline_waits_for_company_only_after_a_batch_of_several() -> None:
+    """A lone caller never waits; once a batch held several requests, the next waits (at most the delay) until as many have come."""
+    sizes: list[int] = []
+    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=0.5, inline=True)
+
+    async def timed(*futures) -> float:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        await asyncio.gather(*futures)
+        return time.perf_counter() - started
+
+    async def run() -> list[float]:
+        lone = await timed(batcher.submit_inline(np.zeros((1, 1))))  # no concurrency seen: the next turn
+        pair = await timed(*[batcher.submit_inline(np.zeros((1, 1))) for _ in range(2)])  # a batch of 2, at once
+        waited = await timed(batcher.submit_inline(np.zeros((1, 1))))  # after a pair: waits the delay for a second one
+        company = asyncio.ensure_future(timed(batcher.submit_inline(np.zeros((1, 1)))))  # after a lone batch again: no wait ...
+        await asyncio.sleep(0)
+        return [lone, pair, waited, await company]
+
+    lone, pair, waited, company = _on_loop(run)
+    batcher.close()
+    assert sizes == [1, 2, 1, 1]
+    assert lone < 0.25 and pair < 0.25 and company < 0.25  # generous bounds: far below the 0.5 s delay
+    assert waited >= 0.45
+
+
+def test_inline_batch_that_reaches_the_last_size_runs_without_waiting() -> None:
+    sizes: list[int] = []
+    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=5.0, inline=True)
+
+    async def run() -> float:
+        await asyncio.gather(*[batcher.submit_inline(np.zeros((1, 1))) for _ in range(3)])  # concurrency of 3 seen
+        started = time.perf_counter()
+        first = batcher.submit_inline(np.zeros((1, 1)))  # waits for company ...
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, *[batcher.submit_inline(np.zeros((1, 1))) for _ in range(2)])  # ... and 3 came: no 5 s wait
+        return time.perf_counter() - started
+
+    elapsed = _on_loop(run)
+    batcher.close()
+    assert sizes == [3, 3] and elapsed < 2.5

@@ -23,11 +23,26 @@ def test_export_cli_writes_checked_files_and_triton_repository(tmp_path: Path, c
         assert (out / f"{part}.onnx").stat().st_size > 0 and (out / f"{part}.pt").stat().st_size > 0
     manifest = json.loads((out / "model.json").read_text())
     assert manifest["fingerprint"] == load_checkpoint(weights).fingerprint
-    assert len(manifest["files"]) == 8 and all(f["max_abs_error"] < 1e-4 for f in manifest["files"])
-    config = (out / "triton" / "fer_attention" / "config.pbtxt").read_text()
-    assert "dynamic_batching" in config and "dims: [ 8, 28, 28 ]" in config
-    assert (out / "triton" / "fer_attention" / "1" / "model.onnx").read_bytes() == (out / "cloud.onnx").read_bytes()
+    assert len(manifest["files"]) == 9 and all(f["max_abs_error"] < 1e-4 for f in manifest["files"])
+    assert {"part": "attention", "format": "npz", "file": "attention.npz"}.items() <= next(f for f in manifest["files"] if f["part"] == "attention").items()
+    assert (out / "attention.npz").stat().st_size > 0  # fer-cloud's torch-free fer_attention
+    for name in ("fer_attention", "fer_rest", "fer_classifier"):  # the Python backend, ONNX Runtime inside (tests/test_triton_engine.py runs it)
+        config = (out / "triton" / name / "config.pbtxt").read_text()
+        assert ("dynamic_batching" in config) == (name != "fer_classifier") and f'string_value: "{manifest["fingerprint"]}"' in config
+        assert (out / "triton" / name / "1" / "model.py").is_file() and (out / "triton" / name / "1" / "model.onnx").stat().st_size > 0
+    assert "dims: [ 8, 28, 28 ]" in (out / "triton" / "fer_attention" / "config.pbtxt").read_text()
     assert "max |difference| from PyTorch" in printed
+
+
+def test_the_onnxruntime_backend_variant_takes_fp32_and_refuses_uint8(tmp_path: Path, capsys) -> None:
+    weights = save_checkpoint(FERNet(), tmp_path / "w.pt")
+    common = ["export", "--weights", str(weights), "--out", str(tmp_path / "ort"), "--parts", "cloud", "--formats", "onnx", "--triton-backend", "onnxruntime"]
+    assert train_main(common) == 2 and "FP32 features only" in capsys.readouterr().err
+    assert train_main([*common, "--triton-features", "fp32"]) == 0
+    config = (tmp_path / "ort" / "triton" / "fer_rest" / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and "TYPE_FP32" in config
+    assert not (tmp_path / "ort" / "triton" / "fer_rest" / "1" / "model.py").exists()
+    assert "TYPE_UINT8" in (tmp_path / "ort" / "triton" / "fer_classifier" / "config.pbtxt").read_text()  # raw pixels
 
 
 def test_unknown_part_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -143,3 +143,26 @@ def test_a_blackholed_link_mid_stream(trained_model, sample_face) -> None:
     back_after_s = events[f"frame{back[0]['frame']}"] - events["restore"]
     assert back_after_s < 5.0  # goal 2 s; generous for CI
     assert all(r["strategy"] == "split" for r in records[-5:])
+
+
+@pytest.mark.parametrize("strategy", ["split", "auto"])
+def test_a_link_silent_before_the_first_face_holds_no_face_past_its_deadline(trained_model, sample_face, strategy: str) -> None:
+    """The first face waits for ModelMetadata only within its own deadline, and is then answered locally."""
+    server = start_server(trained_model)
+    link = BlackholeLink(server.port)
+    timeout_s = 1.0  # long enough that waiting it twice (for metadata, then for the call) would break the bound below
+    client = CloudClient(link.address, model_fingerprint(trained_model), timeout_s=timeout_s)
+    assert client.healthy(5.0)  # connected; then the link goes silent, with no reset
+    link.blackhole()
+    runner = EdgeRunner(trained_model, strategy, client, CircuitBreaker(**NEVER_OPENS), timeout_s=timeout_s)
+    try:
+        results = [runner.classify(sample_face) for _ in range(3)]
+    finally:
+        runner.close()
+        link.close()
+        server.stop_now()
+    assert all(r.strategy == "edge" for r in results)
+    assert {r.fallback_reason for r in results} <= {None, "timeout", "unavailable", "circuit_open"}  # gRPC may call a connection that never completes either
+    assert strategy == "auto" or results[0].fallback_reason in ("timeout", "unavailable")
+    worst = max(_waited_ms(asdict(r.latency)) for r in results)
+    assert worst < timeout_s * 1000 + MARGIN_MS, f"a face waited {worst:.0f} ms"

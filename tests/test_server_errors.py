@@ -21,6 +21,26 @@ def stub(server):
     channel.close()
 
 
+@pytest.fixture(scope="module")
+def inline_server(trained_model):
+    """The CPU default: fer_attention in NumPy, computed in inline batches on the event loop (no PyTorch on that path)."""
+    from servers import start_server
+
+    running = start_server(trained_model, runtime="onnx")
+    assert running.engine.batchers["fer_attention"].inline
+    yield running
+    running.stop_now()
+
+
+@pytest.fixture(params=["worker thread", "inline"])
+def hostile_stub(request):
+    """A stub on each request path: the batcher's worker thread (PyTorch) and inline batches on the loop."""
+    running = request.getfixturevalue("server" if request.param == "worker thread" else "inline_server")
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
 def features_request(shape=(1, 8, 28, 28), datatype="UINT8", data: bytes | None = None, params=None, model="fer_attention") -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name=model)
     tensor = request.inputs.add(name="features", datatype=datatype, shape=list(shape))
@@ -61,6 +81,8 @@ CASES = {
     "overflowing scale": (lambda: features_request(data=bytes([255]) * 6272, params={"scale": 1e308, "zero_point": 0}), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     "scale beyond float32": (lambda: features_request(data=bytes([255]) * 6272, params={"scale": 1e39, "zero_point": 0}), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
     "nan in fp32": (lambda: features_request(datatype="FP32", data=np.full(8 * 28 * 28, np.nan, "<f4").tobytes(), params={}), grpc.StatusCode.INVALID_ARGUMENT, "NaN"),
+    "infinity in fp32": (lambda: features_request(datatype="FP32", data=np.r_[np.inf, np.zeros(8 * 28 * 28 - 1)].astype("<f4").tobytes(), params={}), grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
+    "fp32 of the wrong size": (lambda: features_request(datatype="FP32", data=bytes(4 * 8 * 28 * 28 - 4), params={}), grpc.StatusCode.INVALID_ARGUMENT, "needs 25088 bytes"),
     "wrong input name": (lambda: _renamed(features_request(), "pixels"), grpc.StatusCode.INVALID_ARGUMENT, "exactly one input named 'features'"),
     "unknown model": (lambda: features_request(model="resnet50"), grpc.StatusCode.NOT_FOUND, "unknown model 'resnet50'"),
     "corrupt image": (lambda: image_request(b"\xff\xd8\xff\xe0 this is not a jpeg"), grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded"),
@@ -83,12 +105,12 @@ def _raw_bytes_request(raw: bytes) -> pb.ModelInferRequest:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_request_is_refused_and_server_keeps_serving(stub, case: str) -> None:
+def test_bad_request_is_refused_and_server_keeps_serving(hostile_stub, case: str) -> None:
     build, code, message = CASES[case]
-    error = _refusal(stub, build())
+    error = _refusal(hostile_stub, build())
     assert error.code() == code
     assert message in error.details()
-    assert stub.ModelInfer(features_request(), timeout=10).outputs[0].name == "features"
+    assert hostile_stub.ModelInfer(features_request(), timeout=10).outputs[0].name == "features"
 
 
 def test_unknown_version_is_not_found_with_both_versions(stub, server) -> None:
@@ -124,7 +146,7 @@ def test_stream_reports_errors_in_band_and_continues(stub) -> None:
     assert replies[1].error_message.startswith("INVALID_ARGUMENT") and "needs 6272 bytes" in replies[1].error_message
 
 
-def test_stream_survives_garbage_mid_stream(stub) -> None:
+def test_stream_survives_garbage_mid_stream(hostile_stub) -> None:
     garbage = [
         pb.ModelInferRequest(),  # empty
         features_request(model="nope"),
@@ -135,7 +157,7 @@ def test_stream_survives_garbage_mid_stream(stub) -> None:
     requests = [features_request(), *garbage, features_request()]
     for i, r in enumerate(requests):
         r.id = str(i)
-    replies = list(stub.ModelStreamInfer(iter(requests), timeout=20))
+    replies = list(hostile_stub.ModelStreamInfer(iter(requests), timeout=20))
     assert [r.infer_response.id for r in replies] == [str(i) for i in range(len(requests))]
     assert [bool(r.error_message) for r in replies] == [False] + [True] * len(garbage) + [False]
     codes = [r.error_message.split(":", 1)[0] for r in replies[1:-1]]

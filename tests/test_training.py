@@ -217,3 +217,107 @@ def test_info_shows_every_generation_of_training(small_folder: Path, tmp_path: P
     assert train_main(["info", "--weights", str(tmp_path / "second" / "best.pt"), "--json"]) == 0
     provenance = json.loads(capsys.readouterr().out)["provenance"]
     assert provenance["parent"]["recipe"]["schedule"] == "48:2"
+
+
+FACES = Path(__file__).parent / "data" / "faces"
+
+
+def _class_folders(root: Path, layout: dict[str, list[str]]) -> Path:
+    """Real face images (tests/data/faces) copied into root/<folder>/."""
+    for folder, stems in layout.items():
+        (root / folder).mkdir(parents=True)
+        for stem in stems:
+            shutil.copy(FACES / f"{stem}.png", root / folder / f"{stem}.png")
+    return root
+
+
+def test_classes_match_by_name_synonym_and_class_map() -> None:
+    from shared_model.training.datasets import NO_DATASET_CLASS, NOT_A_MODEL_CLASS, match_classes
+
+    match = match_classes(["Anger", "disgusted", "fearful", "Happiness", "sadness", "surprised", "contempt", "calm"], FER2013_CLASSES)
+    assert match.mapping == {"Anger": "angry", "disgusted": "disgust", "fearful": "fear", "Happiness": "happy", "sadness": "sad", "surprised": "surprise"}
+    assert match.left_out_dataset_classes == {"contempt": NOT_A_MODEL_CLASS, "calm": NOT_A_MODEL_CLASS}
+    assert match.left_out_model_classes == {"neutral": NO_DATASET_CLASS}
+    assert match.present_classes == FER2013_CLASSES[:6]
+    mapped = match_classes(["calm", "sadness"], FER2013_CLASSES, {"calm": "neutral", "sadness": ""})
+    assert mapped.mapping == {"calm": "neutral"} and "sadness" in mapped.left_out_dataset_classes
+    # A model fine-tuned on a dataset with other names matches FER2013 folders the other way round.
+    assert match_classes(["angry", "contemptuous"], ("anger", "contempt", "joy")).mapping == {"angry": "anger", "contemptuous": "contempt"}
+
+
+def test_class_maps_are_parsed_and_checked(tmp_path: Path) -> None:
+    from shared_model.training.datasets import match_classes, parse_class_map
+
+    assert parse_class_map(" joy=happy , calm=neutral,x= ") == {"joy": "happy", "calm": "neutral", "x": ""}
+    (tmp_path / "map.json").write_text('{"joy": "happy", "calm": null}')
+    assert parse_class_map(str(tmp_path / "map.json")) == {"joy": "happy", "calm": ""}
+    for bad, message in (("joy", "not FOLDER=CLASS"), ("joy=happy,joy=sad", "twice"), ("=happy", "not FOLDER=CLASS"), (",", "empty")):
+        with pytest.raises(DatasetError, match=message):
+            parse_class_map(bad)
+    (tmp_path / "list.json").write_text('["joy", "happy"]')
+    with pytest.raises(DatasetError, match="one JSON object"):
+        parse_class_map(str(tmp_path / "list.json"))
+    with pytest.raises(DatasetError, match="'joyful', not a class of the data"):
+        match_classes(["joy"], FER2013_CLASSES, {"joyful": "happy"})
+    with pytest.raises(DatasetError, match="'happiness', not a class of the model"):
+        match_classes(["joy"], FER2013_CLASSES, {"joy": "happiness"})
+
+
+def test_eval_on_other_folder_names_reports_what_was_left_out(tmp_path: Path, capsys) -> None:
+    data = _class_folders(tmp_path / "ck", {
+        "anger": ["astronaut", "astronaut_flipped"],
+        "sadness": ["astronaut_darker"],
+        "Happy": ["astronaut_brighter"],
+        "contempt": ["astronaut_rotated_cw"],
+        "joy": ["astronaut_rotated_ccw"],
+    })
+    weights = save_checkpoint(FERNet(), tmp_path / "w.pt")
+    common = ["eval", "--data", str(data), "--weights", str(weights), "--size", "64", "--threads", "1"]
+    assert train_main([*common, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 4  # anger 2, sadness 1, Happy 1; contempt and joy left out
+    assert report["class_mapping"] == {"anger": "angry", "sadness": "sad", "Happy": "happy"}
+    assert report["present_classes"] == ["angry", "happy", "sad"]
+    assert set(report["left_out"]["dataset_classes"]) == {"contempt", "joy"}
+    assert list(report["left_out"]["model_classes"]) == ["disgust", "fear", "surprise", "neutral"]
+    rows = report["confusion_matrix"]
+    assert [sum(r) for r in rows] == [2, 0, 0, 1, 1, 0, 0]
+    restricted = report["restricted_to_present_classes"]
+    present_columns = [FER2013_CLASSES.index(c) for c in report["present_classes"]]
+    assert sum(map(sum, restricted["confusion_matrix"])) == 4
+    assert all(v == 0 for row in restricted["confusion_matrix"] for j, v in enumerate(row) if j not in present_columns)
+    assert restricted["accuracy"] >= report["accuracy"]  # restricting can only turn wrong answers right
+
+    assert train_main([*common, "--class-map", "joy=happy,anger=", "--json"]) == 0
+    mapped = json.loads(capsys.readouterr().out)
+    assert mapped["count"] == 3 and mapped["class_mapping"] == {"joy": "happy", "sadness": "sad", "Happy": "happy"}
+    assert mapped["left_out"]["dataset_classes"]["anger"] == "left out by the class map"
+    assert "angry" in mapped["left_out"]["model_classes"]
+
+    assert train_main(common) == 0
+    printed = capsys.readouterr().out
+    assert "left out: data class 'contempt'" in printed and "left out: model class 'neutral'" in printed
+    assert "anger -> angry" in printed and "prediction restricted to the 3 classes present" in printed
+
+
+def test_restricted_accuracy_is_the_argmax_over_present_classes() -> None:
+    from shared_model.training.evaluation import evaluation_from_probabilities
+
+    names = ("a", "b", "c")
+    labels = torch.tensor([0, 0, 1])  # c is not in the data
+    probabilities = torch.tensor([[0.4, 0.1, 0.5], [0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    evaluation = evaluation_from_probabilities(labels, probabilities, names)
+    assert evaluation.present_classes == ("a", "b")
+    assert evaluation.report.accuracy == pytest.approx(1 / 3)  # predictions c, a, c
+    assert evaluation.restricted.accuracy == pytest.approx(1.0)  # predictions a, a, b
+    assert evaluation.to_dict()["restricted_to_present_classes"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_eval_says_clearly_when_no_folder_is_a_model_class(tmp_path: Path, capsys) -> None:
+    data = _class_folders(tmp_path / "other", {"calm": ["astronaut"], "contempt": ["astronaut_flipped"]})
+    weights = save_checkpoint(FERNet(), tmp_path / "w.pt")
+    assert train_main(["eval", "--data", str(data), "--weights", str(weights), "--size", "64"]) == 2
+    error = capsys.readouterr().err
+    assert "none of the data's classes (calm, contempt) is a class of the model" in error and "--class-map" in error
+    assert train_main(["eval", "--data", str(data), "--weights", str(weights), "--class-map", "calm"]) == 2
+    assert "not FOLDER=CLASS" in capsys.readouterr().err

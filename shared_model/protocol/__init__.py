@@ -6,6 +6,7 @@ The generated modules (``inference_pb2``, ``inference_pb2_grpc``) come from
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any, Iterable, Mapping
 
@@ -38,10 +39,49 @@ QUEUE_US = "queue_us"
 COMPUTE_US = "compute_us"
 SERVER_US = "server_us"  # from the request's arrival to its answer
 BATCH_SIZE = "batch_size"
-# ModelMetadata parameters.
+# ModelMetadata parameters (in Triton: parameters of the model configuration).
 FINGERPRINT = "fingerprint"
 CLASS_NAMES = "class_names"
 CONFIG = "config"
+
+# The protocol's names of the element types used here; shared_model.codec maps
+# its encodings (fp32, fp16, uint8) to the same names (a test checks they agree).
+DATATYPE_FP32 = "FP32"
+DATATYPE_FP16 = "FP16"
+DATATYPE_UINT8 = "UINT8"
+DATATYPE_BYTES = "BYTES"  # each element: 4-byte little-endian length, then its bytes
+
+# Bearer-token auth: gRPC metadata (an HTTP/2 header) on every call but health checks.
+AUTHORIZATION = "authorization"
+BEARER = "Bearer"
+
+# ModelStreamInfer's in-band error: a request that fails on a stream gets a
+# response whose ``error_message`` is "<gRPC status code name>: <message>", and
+# the stream carries on. Engines that send no code (Triton) read as UNKNOWN.
+STREAM_ERROR_FORMAT = "{code}: {message}"
+UNKNOWN_CODE = "UNKNOWN"
+_STREAM_ERROR = re.compile(r"([A-Z][A-Z_]*): (.*)", re.DOTALL)
+
+
+def stream_error_message(code: str, message: str) -> str:
+    """``error_message`` of a ModelStreamInferResponse: ``code`` is a gRPC status code name, e.g. INVALID_ARGUMENT."""
+    return STREAM_ERROR_FORMAT.format(code=code, message=message)
+
+
+def parse_stream_error(error_message: str) -> tuple[str, str]:
+    """(status code name, message) of a stream response's ``error_message``; UNKNOWN when it names no code."""
+    matched = _STREAM_ERROR.fullmatch(error_message)
+    return (matched[1], matched[2]) if matched else (UNKNOWN_CODE, error_message)
+
+
+def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata that presents ``token`` (none without a token)."""
+    return ((AUTHORIZATION, bearer_value(token)),) if token else ()
+
+
+def bearer_value(token: str) -> str:
+    """The ``authorization`` value that presents ``token``."""
+    return f"{BEARER} {token}"
 
 
 def parameter(value: Any) -> pb.InferParameter:
@@ -115,6 +155,18 @@ __all__ = [
     "FINGERPRINT",
     "CLASS_NAMES",
     "CONFIG",
+    "DATATYPE_FP32",
+    "DATATYPE_FP16",
+    "DATATYPE_UINT8",
+    "DATATYPE_BYTES",
+    "AUTHORIZATION",
+    "BEARER",
+    "STREAM_ERROR_FORMAT",
+    "UNKNOWN_CODE",
+    "stream_error_message",
+    "parse_stream_error",
+    "bearer_metadata",
+    "bearer_value",
     "pb",
     "pb_grpc",
     "parameter",

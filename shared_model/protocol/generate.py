@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+__all__ = ["PACKAGE_DIR", "PROTO", "GENERATED", "generate", "stale_files", "main"]
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO = PACKAGE_DIR.parents[1] / "protos" / "inference.proto"
 GENERATED = ("inference_pb2.py", "inference_pb2.pyi", "inference_pb2_grpc.py")

@@ -69,6 +69,11 @@ class GRPCInferenceServiceStub:
                 request_serializer=shared__model_dot_protocol_dot_inference__pb2.ModelInferRequest.SerializeToString,
                 response_deserializer=shared__model_dot_protocol_dot_inference__pb2.ModelStreamInferResponse.FromString,
                 _registered_method=True)
+        self.ModelConfig = channel.unary_unary(
+                '/inference.GRPCInferenceService/ModelConfig',
+                request_serializer=shared__model_dot_protocol_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+                response_deserializer=shared__model_dot_protocol_dot_inference__pb2.ModelConfigResponse.FromString,
+                _registered_method=True)
 
 
 class GRPCInferenceServiceServicer:
@@ -117,6 +122,15 @@ class GRPCInferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ModelConfig(self, request, context):
+        """Triton's model-configuration extension: the edge reads the model's
+        `fingerprint` parameter here when ModelMetadata carries none (Triton's
+        ModelMetadata has no parameters, and its versions are integers).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GRPCInferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +168,11 @@ def add_GRPCInferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelStreamInfer,
                     request_deserializer=shared__model_dot_protocol_dot_inference__pb2.ModelInferRequest.FromString,
                     response_serializer=shared__model_dot_protocol_dot_inference__pb2.ModelStreamInferResponse.SerializeToString,
+            ),
+            'ModelConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelConfig,
+                    request_deserializer=shared__model_dot_protocol_dot_inference__pb2.ModelConfigRequest.FromString,
+                    response_serializer=shared__model_dot_protocol_dot_inference__pb2.ModelConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -345,6 +364,33 @@ class GRPCInferenceService:
             '/inference.GRPCInferenceService/ModelStreamInfer',
             shared__model_dot_protocol_dot_inference__pb2.ModelInferRequest.SerializeToString,
             shared__model_dot_protocol_dot_inference__pb2.ModelStreamInferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.GRPCInferenceService/ModelConfig',
+            shared__model_dot_protocol_dot_inference__pb2.ModelConfigRequest.SerializeToString,
+            shared__model_dot_protocol_dot_inference__pb2.ModelConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -19,10 +19,13 @@ except ModuleNotFoundError as missing:  # the base install is the torch-free edg
 
 from ..checkpoint import CheckpointError, default_weights_path, load_checkpoint, load_model, select_device
 from ..config import ModelConfig
-from .datasets import DatasetError, FaceDataset, load_dataset
-from .evaluation import ClassificationReport, evaluate
+from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_dataset_for_model, parse_class_map
+from .evaluation import ClassificationReport, Evaluation, evaluate_classes
 from ..network import FERNet
+from .export import TRITON_BACKENDS, TRITON_FEATURES
 from .fit import RECIPES, TrainSettings, fit
+
+__all__ = ["build_parser", "plot_confusion", "main"]
 
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
@@ -30,9 +33,11 @@ EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/more224 --init-weights runs/fer2013/best.pt --schedule 224:6 --lr 0.03
   fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
   fer-train eval --data fer2013.csv --split public_test --json
+  fer-train eval --data ck+/ --class-map joy=happy,calm=neutral   # other datasets: the classes present
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
   fer-train info                          # which weights, how they were trained, generation by generation
   fer-train export --out exported/        # ONNX + TorchScript of head, cloud, tail, whole; Triton repository
+  fer-train export --out exported/ --parts cloud --formats onnx --triton-features fp32   # a Triton repository for FP32 clients
 """
 
 
@@ -72,8 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
     origin.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights and config, e.g. to train the shipped model longer at 224")
     _add_training_arguments(fit_parser, TrainSettings())
 
-    eval_parser = commands.add_parser("eval", help="accuracy, per-class accuracy, macro F1, confusion matrix")
+    eval_parser = commands.add_parser(
+        "eval", help="accuracy, per-class accuracy, macro F1, confusion matrix",
+        description="Evaluate on the classes the data holds. Class folders match the model's classes by name (case "
+        "aside) or by a common synonym (anger/angry, disgusted/disgust, fearful or afraid/fear, happiness/happy, "
+        "sadness/sad, surprised/surprise, contemptuous/contempt); other folders, and model classes without a "
+        "folder, are left out and listed. Accuracy is reported twice: the prediction over all the model's classes, "
+        "and the prediction restricted to the classes present in the data.",
+    )
     _add_data_arguments(eval_parser, "CSV Usage (train, public_test, private_test) or subfolder of --data")
+    eval_parser.add_argument(
+        "--class-map", metavar="MAP",
+        help="which model class each data class is, beyond the built-in synonyms: FOLDER=CLASS[,FOLDER=CLASS...] "
+        "(e.g. calm=neutral,joy=happy; FOLDER= leaves a folder out) or a JSON file {\"FOLDER\": \"CLASS\"}",
+    )
     eval_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     eval_parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored face")
     eval_parser.add_argument("--size", type=int, help="input size (default: the model's, 224)")
@@ -93,12 +110,21 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     info_parser.add_argument("--json", action="store_true", help="print the config and full provenance as one JSON object")
 
-    export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository for fer_attention", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository of the three served models", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     export_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
-    export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, model.json and triton/")
+    export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, attention.npz (fer-cloud's fer_attention), model.json and triton/")
     export_parser.add_argument("--parts", default="cloud,head,tail,whole", help="comma-separated: cloud, head, tail, whole")
     export_parser.add_argument("--formats", default="onnx,torchscript", help="comma-separated: onnx, torchscript")
-    export_parser.add_argument("--no-triton", action="store_true", help="skip the Triton model repository")
+    triton = export_parser.add_argument_group("Triton model repository (OUT/triton: fer_attention, fer_rest, fer_classifier)")
+    triton.add_argument("--triton", action="store_true", default=True, help="write the Triton model repository")
+    triton.add_argument("--no-triton", dest="triton", action="store_false", default=argparse.SUPPRESS, help="skip the Triton model repository")
+    triton.add_argument("--triton-backend", choices=TRITON_BACKENDS, default="python", help="python: this project's model code with ONNX Runtime inside (uint8 split tensors with scale/zero_point, JPEG/PNG faces, requested outputs; needs the project and onnxruntime in Triton's Python); onnxruntime: Triton's own backend, for GPU images (FP32 split tensors, raw pixels, attention outputs only)")
+    triton.add_argument("--triton-features", choices=TRITON_FEATURES, default="uint8", help="datatype of the split tensor input (Triton takes one per input): uint8 is what fer-edge sends by default")
+    triton.add_argument("--triton-max-batch-size", type=int, default=32, help="dynamic batching: largest batch")
+    triton.add_argument("--triton-queue-delay-us", type=int, default=0, help="dynamic batching: how long a request may wait for others (0: batch only what is already queued; a delay holds a lone request for all of it)")
+    triton.add_argument("--triton-instances", type=int, default=1, help="model instances per model (each a backend process)")
+    triton.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="instance kind: gpu runs ONNX Runtime's CUDA provider (needs onnxruntime-gpu in Triton's Python)")
+    triton.add_argument("--triton-threads", type=int, default=1, help="ONNX Runtime threads per instance (python backend)")
     return parser
 
 
@@ -158,15 +184,22 @@ def _run_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_report(report: ClassificationReport, title: str) -> None:
+def _print_report(evaluation: Evaluation, match: ClassMatch, title: str) -> None:
+    report, restricted = evaluation.report, evaluation.restricted
     print(title)
-    print(f"accuracy  {report.accuracy:.4f}   macro F1  {report.macro_f1:.4f}   images  {report.count}")
+    for line in match.describe():
+        print(line)
+    print(f"accuracy  {report.accuracy:.4f}   macro F1  {report.macro_f1:.4f}   images  {report.count}   (prediction over all {len(report.class_names)} model classes)")
+    if len(evaluation.present_classes) < len(report.class_names):
+        print(f"accuracy  {restricted.accuracy:.4f}   macro F1  {restricted.macro_f1:.4f}   images  {restricted.count}   "
+              f"(prediction restricted to the {len(evaluation.present_classes)} classes present)")
     width = max(len(n) for n in report.class_names) + 2
     print("per-class accuracy: " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_accuracy.items()))
-    print("confusion matrix (rows: true, columns: predicted)")
+    print("confusion matrix (rows: true, columns: predicted over all model classes)")
     print(" " * width + "".join(f"{n[:7]:>8}" for n in report.class_names))
     for name, row in zip(report.class_names, report.confusion):
-        print(f"{name:<{width}}" + "".join(f"{v:>8}" for v in row))
+        if name in evaluation.present_classes:
+            print(f"{name:<{width}}" + "".join(f"{v:>8}" for v in row))
 
 
 def plot_confusion(report: ClassificationReport, path: Path, title: str) -> None:
@@ -196,17 +229,17 @@ def plot_confusion(report: ClassificationReport, path: Path, title: str) -> None
 def _run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     model, checkpoint = load_model(args.weights)
-    data = load_dataset(args.data, args.split, class_names=checkpoint.class_names if not args.data.is_file() else None)
-    if data.class_names != checkpoint.class_names:
-        raise DatasetError(f"dataset classes {data.class_names} differ from the model's {checkpoint.class_names}")
-    report = evaluate(model, data, args.size, flip_tta=args.flip_tta, progress=not args.json)
+    class_map = parse_class_map(args.class_map) if args.class_map is not None else None
+    data, match = load_dataset_for_model(args.data, args.split, checkpoint.class_names, class_map, progress=not args.json)
+    evaluation = evaluate_classes(model, data, args.size, flip_tta=args.flip_tta, progress=not args.json)
     title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}{'  +flip TTA' if args.flip_tta else ''}"
     if args.plot:
-        plot_confusion(report, args.plot, title)
+        plot_confusion(evaluation.report, args.plot, title)
     if args.json:
-        print(json.dumps({**report.to_dict(), "data": str(args.data), "split": args.split, "weights": checkpoint.fingerprint, "flip_tta": args.flip_tta}))
+        print(json.dumps({**evaluation.to_dict(), **match.to_dict(), "data": str(args.data), "split": args.split,
+                          "weights": checkpoint.fingerprint, "flip_tta": args.flip_tta}))
     else:
-        _print_report(report, title)
+        _print_report(evaluation, match, title)
     return 0
 
 
@@ -245,21 +278,25 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .export import FORMATS, PARTS, ExportError, export_all
+    from .export import FORMATS, PARTS, ExportError, TritonSettings, export_all
 
     parts, formats = tuple(args.parts.split(",")), tuple(args.formats.split(","))
     unknown = [p for p in parts if p not in PARTS] + [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown parts or formats: {', '.join(unknown)}")
+    settings = TritonSettings(
+        backend=args.triton_backend, features=args.triton_features, max_batch_size=args.triton_max_batch_size,
+        max_queue_delay_us=args.triton_queue_delay_us, instances=args.triton_instances, device=args.triton_device, threads=args.triton_threads,
+    )
     checkpoint = load_checkpoint(args.weights or default_weights_path())
     try:
-        exported = export_all(checkpoint, args.out, parts, formats, triton=not args.no_triton)
+        exported = export_all(checkpoint, args.out, parts, formats, triton=args.triton, triton_settings=settings)
     except ExportError as error:
         raise ValueError(str(error)) from None
     for item in exported:
         print(f"{item.path}  ({item.part}, {item.format}, max |difference| from PyTorch {item.max_abs_error:.2e})")
-    if not args.no_triton and "cloud" in parts and "onnx" in formats:
-        print(f"{args.out / 'triton'}  (Triton model repository: fer_attention, dynamic batching)")
+    if args.triton:
+        print(f"{args.out / 'triton'}  (Triton model repository, {settings.backend} backend: fer_attention, fer_rest, fer_classifier; fingerprint {checkpoint.fingerprint})")
     return 0
 
 

@@ -4,15 +4,24 @@ Two sources: FER2013's original CSV (``emotion,pixels,Usage``) and image folders
 (``root/<class>/*.jpg``), the common Kaggle layout of FER2013 and the layout of
 RaFD, SFEW, CK+ or JAFFE exports. FER2013 folder names are mapped to the
 dataset's label codes explicitly: alphabetical order would swap neutral and sad.
+
+To evaluate a model on another dataset, :func:`match_classes` pairs the
+dataset's classes with the model's: the same name (case, spaces and hyphens
+aside), else a word of the same synonym group (:data:`CLASS_SYNONYMS`, e.g. CK+'s
+``anger`` and ``sadness``, RaFD's ``disgusted`` and ``surprised``), else what a
+class map says (:func:`parse_class_map`). Dataset classes that match no model
+class are left out, and so are model classes no dataset class matches; both
+are reported, never dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -21,6 +30,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import FER2013_CLASSES
+
+__all__ = [
+    "IMAGE_SUFFIXES", "FER2013_USAGES", "FER2013_SIDE", "DatasetError", "FaceDataset", "folder_class_names",
+    "decode_face", "load_image_folder", "load_fer2013_csv", "load_dataset", "CLASS_SYNONYMS", "LEFT_OUT_BY_MAP",
+    "NOT_A_MODEL_CLASS", "NO_DATASET_CLASS", "NO_IMAGES", "normalize_class_name", "parse_class_map", "ClassMatch",
+    "match_classes", "relabel", "load_dataset_for_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +172,197 @@ def load_dataset(
     if split and (data / split).is_dir():
         data = data / split
     return load_image_folder(data, class_names, progress=progress)
+
+
+# Words that name the same expression in the datasets people evaluate on: the
+# FER2013 names first, then the forms used by CK+ (anger, sadness), RaFD and
+# KDEF (disgusted, fearful, afraid, surprised, contemptuous) and AffectNet.
+# A dataset class matches a model class when both names fall in one group.
+# Only word forms of one expression are grouped: RAVDESS's ``calm`` is a class
+# of its own beside ``neutral``, so it is mapped only when a class map says so.
+CLASS_SYNONYMS: tuple[frozenset[str], ...] = (
+    frozenset({"angry", "anger"}),
+    frozenset({"disgust", "disgusted"}),
+    frozenset({"fear", "fearful", "afraid"}),
+    frozenset({"happy", "happiness"}),
+    frozenset({"sad", "sadness"}),
+    frozenset({"surprise", "surprised"}),
+    frozenset({"neutral"}),
+    frozenset({"contempt", "contemptuous"}),  # RaFD, CK+, AffectNet; not a FER2013 class
+)
+LEFT_OUT_BY_MAP = "left out by the class map"
+NOT_A_MODEL_CLASS = "not a class of this model"
+NO_DATASET_CLASS = "no class of the data maps to it"
+NO_IMAGES = "its class in the data has no readable images"
+
+
+def normalize_class_name(name: str) -> str:
+    """``Sad``, ``sad `` and ``Sad-Face`` compare as ``sad``, ``sad``, ``sad_face``."""
+    return "_".join(name.strip().lower().replace("-", " ").split())
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """A class map: ``FOLDER=CLASS[,FOLDER=CLASS...]`` or the path of a JSON object ``{"FOLDER": "CLASS"}``.
+
+    ``FOLDER`` is a dataset class as written (a folder name, or a FER2013 name for
+    the CSV); ``CLASS`` a class of the model; an empty ``CLASS`` (``calm=``, or
+    ``null`` in JSON) leaves that dataset class out.
+    """
+    path = Path(text)
+    if text.endswith(".json") or path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+        except OSError as error:
+            raise DatasetError(f"cannot read class map {path}: {error.strerror or error}") from None
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"class map {path} is not JSON: {error}") from None
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) and isinstance(v, (str, type(None))) for k, v in loaded.items()):
+            raise DatasetError(f'class map {path} must be one JSON object of names, e.g. {{"anger": "angry", "calm": "neutral"}}')
+        return {key.strip(): (value or "").strip() for key, value in loaded.items()}
+    mapping: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, equals, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not key:
+            raise DatasetError(f"class map entry {pair!r} is not FOLDER=CLASS (e.g. anger=angry,calm=neutral)")
+        if key in mapping:
+            raise DatasetError(f"class map names {key!r} twice")
+        mapping[key] = value
+    if not mapping:
+        raise DatasetError("the class map is empty; expected FOLDER=CLASS[,FOLDER=CLASS...] or a JSON file")
+    return mapping
+
+
+@dataclass(frozen=True)
+class ClassMatch:
+    """Which dataset class stands for which model class, and what is left out on each side.
+
+    Attributes:
+        model_classes: the model's classes, in output order.
+        mapping: dataset class -> model class, for the dataset classes evaluated
+            (two dataset classes may map to one model class).
+        left_out_dataset_classes: dataset class -> why it is not evaluated.
+        left_out_model_classes: model class -> why no image has it as its truth.
+    """
+
+    model_classes: tuple[str, ...]
+    mapping: dict[str, str]
+    left_out_dataset_classes: dict[str, str] = field(default_factory=dict)
+    left_out_model_classes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def present_classes(self) -> tuple[str, ...]:
+        """Model classes that have images in the data, in model order."""
+        return tuple(c for c in self.model_classes if c not in self.left_out_model_classes)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "class_mapping": dict(self.mapping),
+            "present_classes": list(self.present_classes),
+            "left_out": {"dataset_classes": dict(self.left_out_dataset_classes), "model_classes": dict(self.left_out_model_classes)},
+        }
+
+    def describe(self) -> list[str]:
+        """Human-readable lines: the mapping where names differ, and everything left out."""
+        renamed = [f"{d} -> {m}" for d, m in self.mapping.items() if d != m]
+        lines = [f"classes evaluated: {', '.join(self.present_classes)}" + (f" (data {'; '.join(renamed)})" if renamed else "")]
+        for name, why in self.left_out_dataset_classes.items():
+            lines.append(f"left out: data class {name!r}, {why}")
+        for name, why in self.left_out_model_classes.items():
+            lines.append(f"left out: model class {name!r}, {why}")
+        return lines
+
+
+def match_classes(
+    dataset_classes: Sequence[str], model_classes: Sequence[str], class_map: Mapping[str, str] | None = None
+) -> ClassMatch:
+    """Pair dataset classes with model classes: class map, then same name, then same synonym group.
+
+    Raises DatasetError when the class map names something that is not there, and
+    when no dataset class matches any model class.
+    """
+    model_classes, class_map = tuple(model_classes), dict(class_map or {})
+    unknown_keys = [k for k in class_map if k not in dataset_classes]
+    if unknown_keys:
+        raise DatasetError(f"the class map names {', '.join(map(repr, unknown_keys))}, not a class of the data (data classes: {', '.join(dataset_classes)})")
+    unknown_values = [v for v in class_map.values() if v and v not in model_classes]
+    if unknown_values:
+        raise DatasetError(f"the class map maps to {', '.join(map(repr, unknown_values))}, not a class of the model (model classes: {', '.join(model_classes)})")
+    by_name = {normalize_class_name(c): c for c in model_classes}
+    mapping: dict[str, str] = {}
+    left_out: dict[str, str] = {}
+    for name in dataset_classes:
+        if name in class_map:
+            if class_map[name]:
+                mapping[name] = class_map[name]
+            else:
+                left_out[name] = LEFT_OUT_BY_MAP
+            continue
+        key = normalize_class_name(name)
+        group = next((g for g in CLASS_SYNONYMS if key in g), frozenset({key}))
+        candidates = [by_name[word] for word in sorted(group | {key}) if word in by_name]
+        if key in by_name:
+            mapping[name] = by_name[key]
+        elif len(candidates) == 1:
+            mapping[name] = candidates[0]
+        elif candidates:
+            left_out[name] = f"matches several model classes ({', '.join(candidates)}); choose one with a class map"
+        else:
+            left_out[name] = NOT_A_MODEL_CLASS
+    if not mapping:
+        raise DatasetError(
+            f"none of the data's classes ({', '.join(dataset_classes) or 'none'}) is a class of the model "
+            f"({', '.join(model_classes)}) or a known synonym of one; map them with --class-map FOLDER=CLASS,... "
+            "(or pick a split folder with --split)"
+        )
+    mapped = set(mapping.values())
+    missing = {c: NO_DATASET_CLASS for c in model_classes if c not in mapped}
+    return ClassMatch(model_classes, mapping, left_out, missing)
+
+
+def relabel(dataset: FaceDataset, match: ClassMatch) -> tuple[FaceDataset, ClassMatch]:
+    """The images of the matched classes, labelled with model class codes (``class_names`` = the model's).
+
+    The returned match also lists as left out the model classes that ended up
+    without images (a matched folder holding nothing readable).
+    """
+    code = {name: i for i, name in enumerate(match.model_classes)}
+    lookup = torch.tensor([code.get(match.mapping.get(name, ""), -1) for name in dataset.class_names], dtype=torch.long)
+    labels = lookup[dataset.labels] if len(dataset) else dataset.labels
+    keep = (labels >= 0).nonzero().flatten()
+    if keep.numel() == 0:
+        raise DatasetError(f"no images of the matched classes ({', '.join(match.mapping)})")
+    kept = FaceDataset(dataset.images[keep], labels[keep], match.model_classes, [dataset.sources[i] for i in keep.tolist()])
+    counts = kept.class_counts()
+    empty = {c: NO_IMAGES for c, n in zip(match.model_classes, counts) if n == 0 and c not in match.left_out_model_classes}
+    if empty:
+        match = ClassMatch(match.model_classes, match.mapping, match.left_out_dataset_classes, {**match.left_out_model_classes, **empty})
+    return kept, match
+
+
+def load_dataset_for_model(
+    data: str | Path,
+    split: str | None,
+    model_classes: Sequence[str],
+    class_map: Mapping[str, str] | None = None,
+    progress: bool = True,
+) -> tuple[FaceDataset, ClassMatch]:
+    """A dataset labelled with the model's classes, for evaluating that model on it.
+
+    As :func:`load_dataset`, but the data's classes are matched with
+    :func:`match_classes`; only matched folders are decoded.
+    """
+    data = Path(data)
+    if data.is_file():
+        table = load_fer2013_csv(data, split or "train", progress)
+        return relabel(table, match_classes(table.class_names, model_classes, class_map))
+    if split and (data / split).is_dir():
+        data = data / split
+    if not data.is_dir():
+        raise DatasetError(f"no dataset folder at {data}")
+    folders = tuple(sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if not folders:
+        raise DatasetError(f"{data} has no class subfolders (expected {data}/<class>/*.jpg)")
+    match = match_classes(folders, model_classes, class_map)
+    folder_data = load_image_folder(data, [f for f in folders if f in match.mapping], progress=progress)
+    return relabel(folder_data, match)

@@ -13,6 +13,11 @@ from .datasets import FaceDataset
 from ..network import FERNet
 from ..preprocessing import gray_batch_to_tensor
 
+__all__ = [
+    "predict_probabilities", "ClassificationReport", "confusion_matrix", "classification_report",
+    "restricted_predictions", "Evaluation", "evaluation_from_probabilities", "evaluate", "evaluate_classes",
+]
+
 
 @torch.inference_mode()
 def predict_probabilities(
@@ -86,8 +91,51 @@ def classification_report(labels: Tensor, predictions: Tensor, class_names: tupl
     )
 
 
+def restricted_predictions(probabilities: Tensor, allowed: Tensor) -> Tensor:
+    """Argmax over the ``allowed`` classes only (a bool mask over the columns)."""
+    return probabilities.masked_fill(~allowed.to(probabilities.device), float("-inf")).argmax(dim=1)
+
+
+@dataclass
+class Evaluation:
+    """A model on a dataset that may hold only some of its classes.
+
+    ``report`` takes the prediction over all the model's classes, as a deployed
+    model would answer. ``restricted`` takes it over the classes present in the
+    data only (a face is never called a class the data does not have), the
+    fairer figure on a dataset without, say, neutral; both are over the same
+    images, and equal when every class is present.
+    """
+
+    report: ClassificationReport
+    restricted: ClassificationReport
+    present_classes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        restricted = self.restricted.to_dict()
+        del restricted["class_names"], restricted["count"]
+        return {**self.report.to_dict(), "present_classes": list(self.present_classes), "restricted_to_present_classes": restricted}
+
+
+def evaluation_from_probabilities(labels: Tensor, probabilities: Tensor, class_names: tuple[str, ...]) -> Evaluation:
+    present = torch.bincount(labels.long(), minlength=len(class_names)) > 0
+    return Evaluation(
+        report=classification_report(labels, probabilities.argmax(dim=1), class_names),
+        restricted=classification_report(labels, restricted_predictions(probabilities, present), class_names),
+        present_classes=tuple(name for name, p in zip(class_names, present.tolist()) if p),
+    )
+
+
 def evaluate(
     model: FERNet, dataset: FaceDataset, size: int | None = None, flip_tta: bool = False, progress: bool = False
 ) -> ClassificationReport:
+    """Classification report with the prediction over all the model's classes."""
+    return evaluate_classes(model, dataset, size, flip_tta, progress).report
+
+
+def evaluate_classes(
+    model: FERNet, dataset: FaceDataset, size: int | None = None, flip_tta: bool = False, progress: bool = False
+) -> Evaluation:
+    """Both reports of :class:`Evaluation`; ``dataset`` is labelled with the model's classes."""
     probabilities = predict_probabilities(model, dataset, size, flip_tta=flip_tta, progress=progress)
-    return classification_report(dataset.labels, probabilities.argmax(dim=1), dataset.class_names)
+    return evaluation_from_probabilities(dataset.labels, probabilities, dataset.class_names)

@@ -37,6 +37,11 @@ from .evaluation import classification_report, predict_probabilities
 from ..network import FERNet
 from ..preprocessing import normalize
 
+__all__ = [
+    "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
+    "EpochRecord", "TrainState", "augment", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
+]
+
 RECIPES = ("progressive", "paper")
 STATE_FILE = "train_state.pt"
 BEST_FILE = "best.pt"
