@@ -21,7 +21,7 @@ from shared_model.preprocessing import prepare_face
 
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
-from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, run_source
+from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source
 from .faces import BlazeFaceDetector, FaceDetector
 from .samples import sample_image
 from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
     run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video or image file")
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames (any source: video, camera, stream, folder)")
-    run.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, help="frames classified at once: while one frame is on the wire the next one's head runs; records stay in frame order, one per face (1: one frame at a time)")
+    run.add_argument("--in-flight", type=_positive_int, default=None, help=f"frames classified at once: while one frame is on the wire the next one's head runs; records stay in frame order, one per face; default: {DEFAULT_IN_FLIGHT} with cloud, split or split-rest, 1 with edge and auto (where more measured no gain: docs/network.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_connection_arguments(run)
     demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=_HelpFormatter)
@@ -156,7 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     writer = AnnotatedWriter(args.annotate, source.fps) if args.annotate else None
     frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
     try:
-        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight):
+        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight or default_in_flight(strategy)):
             print(json.dumps(record) if args.json else _human(record), flush=True)
             frames_bar.update(1 if record.get("face") in (0, None) else 0)
     finally:

@@ -18,12 +18,19 @@ from .runner import EdgeRunner
 from .sources import Frame, Source
 
 __all__ = [
-    "DEFAULT_IN_FLIGHT", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
+    "DEFAULT_IN_FLIGHT", "default_in_flight", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
     "AnnotatedWriter", "run_source", "FrameFaces", "Classified",
 ]
 
-# Frames classified at once by default (fer-edge run --in-flight): see docs/network.md, "Frames in flight".
+# Frames classified at once by default with a fixed remote strategy (fer-edge run --in-flight):
+# 2 gained 1-18 % frames per second for cloud, split and split-rest, while auto, which
+# optimizes each face's latency, lost up to 15 % (docs/network.md, "Frames in flight").
 DEFAULT_IN_FLIGHT = 2
+
+
+def default_in_flight(strategy: str) -> int:
+    """``DEFAULT_IN_FLIGHT`` for a fixed remote strategy; 1 for edge and auto (measured: no gain or a loss)."""
+    return 1 if strategy in ("edge", "auto") else DEFAULT_IN_FLIGHT
 
 
 @dataclass
@@ -127,7 +134,7 @@ def run_source(
     faces are classified. Stills and ``whole_image`` get one-shot detection.
 
     ``in_flight`` frames are classified at once (``fer-edge run`` uses
-    :data:`DEFAULT_IN_FLIGHT`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
+    :func:`default_in_flight`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
     frame's head runs. Records still come out in frame order, exactly one per
     face, and at most ``in_flight`` frames are held, so a camera is never
     buffered without bound.
