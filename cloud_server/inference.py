@@ -15,7 +15,6 @@ status to answer with and a message that says what is wrong.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -262,23 +261,12 @@ def _fp32_bytes(values: np.ndarray) -> bytes:
 
 def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
     """An encoded face crop -> uint8 (size, size, 3); size and pixel limits checked before decoding."""
-    from PIL import Image, UnidentifiedImageError  # only fer_classifier decodes images: not loaded before
+    from shared_model.preprocessing import ImageRejected, decode_face_image
 
-    from shared_model.preprocessing import prepare_face
-
-    if len(data) > limits.max_image_bytes:
-        raise invalid(f"image of {len(data)} bytes exceeds the limit of {limits.max_image_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > limits.max_decoded_pixels:
-                raise invalid(f"image of {width}x{height} pixels exceeds the limit of {limits.max_decoded_pixels}")
-            gray = np.asarray(image.convert("L"))
-    except InferenceError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise invalid(f"image could not be decoded: {error}") from None
-    return prepare_face(gray, size)
+        return decode_face_image(data, size, limits.max_image_bytes, limits.max_decoded_pixels)
+    except ImageRejected as error:
+        raise invalid(str(error)) from None
 
 
 def parse_images(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> np.ndarray:

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "pixels_to_array", "pixels_to_tensor", "normalize",
+    "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "ImageRejected", "decode_face_image", "pixels_to_array", "pixels_to_tensor", "normalize",
     "gray_batch_to_tensor",
 ]
 
@@ -49,6 +49,35 @@ def prepare_face(face: np.ndarray, size: int = 224) -> np.ndarray:
     shrinking = gray.shape[0] > size or gray.shape[1] > size
     resized = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return np.repeat(resized[:, :, None], 3, axis=2)
+
+
+class ImageRejected(ValueError):
+    """An encoded face image refused before or while decoding; the message says why."""
+
+
+def decode_face_image(data: bytes, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """An encoded face crop (JPEG, PNG, ...) -> uint8 (size, size, 3), as the cloud strategy's server prepares it.
+
+    The byte count and the pixel count (read from the header) are checked before
+    decoding, so a decompression bomb is refused without being decoded.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError  # only servers that decode images load Pillow
+
+    if len(data) > max_bytes:
+        raise ImageRejected(f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+            gray = np.asarray(image.convert("L"))
+    except ImageRejected:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageRejected(f"image could not be decoded: {error}") from None
+    return prepare_face(gray, size)
 
 
 def pixels_to_array(pixels: np.ndarray) -> np.ndarray:

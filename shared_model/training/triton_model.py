@@ -32,7 +32,6 @@ with the ``tritonserver`` of ``nvidia-pytriton`` 0.7.0, Triton 2.51):
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from shared_model import codec
-from shared_model.preprocessing import pixels_to_array, prepare_face
+from shared_model.preprocessing import ImageRejected, decode_face_image, pixels_to_array
 from shared_model.protocol import (
     ATTENTION_MODEL,
     ATTENTION_SCALE,
@@ -117,21 +116,10 @@ def encode_like_input(values: np.ndarray, dtype: np.dtype, params: tuple[float, 
 
 def decode_image(data: bytes, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
     """An encoded face crop -> uint8 (size, size, 3); size and pixel limits checked before decoding."""
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > max_bytes:
-        raise RequestError(f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise RequestError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
-            gray = np.asarray(image.convert("L"))
-    except RequestError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise RequestError(f"image could not be decoded: {error}") from None
-    return prepare_face(gray, size)
+        return decode_face_image(data, size, max_bytes, max_pixels)
+    except ImageRejected as error:
+        raise RequestError(str(error)) from None
 
 
 def answered_outputs(model: str, requested: set[str] | list[str]) -> tuple[str, ...]:
