@@ -10,7 +10,8 @@ The planner keeps passive estimates from the edge's own work and calls:
   cost per byte, ``(network time - RTT) / bytes up and down`` of each remote call, EWMA.
 
 It predicts each candidate's latency (compute + server + network) and uses the
-lowest; the network time is the strategy's own recent one, or, where it has not
+lowest (with the ``median`` objective, the default, candidates predicted within
+``tie`` of the best are compared by the median of their recent faces instead); the network time is the strategy's own recent one, or, where it has not
 been measured for a while, RTT + bytes / throughput from the link model. A challenger must beat the current choice by ``hysteresis``
 (relative) to take over, so that two nearly equal strategies do not flap. Every
 ``explore_every`` faces at most, it runs one other candidate instead: the
@@ -36,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
-    "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
+    "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
     "AutoPlanner", "RttProbe",
 ]
 
@@ -47,6 +48,12 @@ SPLIT_REST = "split-rest"
 CONCRETE_STRATEGIES = (EDGE, CLOUD, SPLIT, SPLIT_REST)
 REMOTE_STRATEGIES = (CLOUD, SPLIT, SPLIT_REST)
 PRIVATE_STRATEGIES = (EDGE, SPLIT, SPLIT_REST)  # the face image never leaves the device
+
+# What auto minimizes: each face's typical latency (the median of recent faces, where strategies
+# are predicted close) or its mean (the predictions alone).
+MEDIAN = "median"
+MEAN = "mean"
+OBJECTIVES = (MEDIAN, MEAN)
 
 # Why auto picked what it picked (recorded in every result).
 FASTEST = "fastest"
@@ -157,6 +164,10 @@ class LinkEstimate:
         return None if spb is None or spb <= 0 else 1.0 / spb
 
 
+RECENT_FACES = 9  # whole-face latencies kept per strategy for its median
+MIN_RECENT = 3  # fewer recent faces than this: no median, the prediction stands
+
+
 class AutoPlanner:
     """Chooses a strategy per face from the edge's own measurements (see the module docstring).
 
@@ -174,7 +185,13 @@ class AutoPlanner:
         alpha: float = 0.3,
         link_alpha: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        objective: str = MEDIAN,
+        tie: float = 0.15,
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+        self.objective = objective
+        self.tie = tie
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -194,6 +211,9 @@ class AutoPlanner:
         # small on a laptop, several milliseconds on a CPU-limited device.
         self._overhead = {strategy: Ewma(alpha) for strategy in CONCRETE_STRATEGIES}
         self._penalty = {strategy: 0.0 for strategy in REMOTE_STRATEGIES}  # seconds, from failures; cleared by a success
+        # Each strategy's recent whole-face latencies (face counter, seconds): with the median objective,
+        # strategies predicted within ``tie`` of the best are compared by these medians instead.
+        self._totals: dict[str, deque[tuple[int, float]]] = {s: deque(maxlen=RECENT_FACES) for s in CONCRETE_STRATEGIES}
         self._last_seen: dict[str, int] = {}  # face counter at the last observation of each strategy
         self._faces = 0
         self._since_exploration = 0
@@ -224,6 +244,7 @@ class AutoPlanner:
             if obs.encode_ms is not None and obs.strategy != EDGE:
                 self._stage["encode_image" if obs.strategy == CLOUD else "encode_features"].update(obs.encode_ms / 1000, face)
             if obs.total_ms is not None and not obs.failed:
+                self._totals[obs.strategy].append((face, obs.total_ms / 1000))
                 parts = (obs.head_ms, obs.attention_ms, obs.tail_ms, obs.encode_ms, obs.network_ms, obs.server_ms)
                 self._overhead[obs.strategy].update(max(obs.total_ms - sum(p or 0.0 for p in parts), 0.0) / 1000, face)
             if obs.strategy == EDGE:
@@ -297,20 +318,58 @@ class AutoPlanner:
             if cloud_on_trial and best == EDGE:
                 remote = min((s for s in usable if s != EDGE), key=lambda s: self._predict_parts(s))
                 return self._decide(remote, EXPLORING, predicted, keep_current=best)
+            score = self._scores(usable, best, predicted)
+            best = min(usable, key=lambda s: score[s])
             current = self.current if self.current in usable else None
-            if current is not None and predicted[best] > predicted[current] * (1 - self.hysteresis):
+            if current is not None and score[best] > score[current] * (1 - self.hysteresis):
                 best = current
             self._since_exploration += 1
-            if self._since_exploration >= self.explore_every:
-                target = self._exploration_target(usable, best, predicted)
+            period = self._exploration_period(usable, best, predicted)
+            if self._since_exploration >= period:
+                target = self._exploration_target(usable, best, predicted, period)
                 if target is not None:
                     self._since_exploration = 0
                     return self._decide(target, EXPLORING, predicted, keep_current=best)
             return self._decide(best, FASTEST, predicted)
 
-    def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float]) -> str | None:
+    def _scores(self, usable: list[str], best: str, predicted: dict[str, float]) -> dict[str, float]:
+        """What the choice minimizes: the predictions, or (median objective) for the strategies predicted
+        within ``tie`` of the best, the median of their recent faces where at least two have one.
+
+        A prediction sums estimates of means; where two strategies are that close, which has the lower
+        typical latency depends on the shape of each one's spread (a CPU quota makes some local faces
+        slow), which only their own recent faces show. Far apart, the predictions decide: they follow
+        a change of the link within a face or two, a median of recent faces only after several.
+        """
+        score = dict(predicted)
+        if self.objective != MEDIAN:
+            return score
+        close = [s for s in usable if predicted[s] <= predicted[best] * (1 + self.tie)]
+        medians = {s: m for s in close if (m := self._recent_median_ms(s)) is not None}
+        if len(medians) >= 2:
+            score.update(medians)
+        return score
+
+    def _recent_median_ms(self, strategy: str) -> float | None:
+        """The median of the strategy's last faces, if at least ``MIN_RECENT`` are recent enough to trust."""
+        horizon = self._faces - 4 * self.explore_every
+        recent = sorted(total for face, total in self._totals[strategy] if face > horizon)
+        if len(recent) < MIN_RECENT:
+            return None
+        middle = len(recent) // 2
+        median = recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
+        return median * 1000 + self._penalty.get(strategy, 0.0) * 1000
+
+    def _exploration_period(self, usable: list[str], best: str, predicted: dict[str, float]) -> int:
+        """Faces between explorations: half as many while another strategy is predicted within ``tie``
+        (exploring it then costs little, and the median objective needs its recent faces)."""
+        if self.objective == MEDIAN and any(s != best and predicted[s] <= predicted[best] * (1 + self.tie) for s in usable):
+            return max(2, self.explore_every // 2)
+        return self.explore_every
+
+    def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float], period: int) -> str | None:
         """The runner-up (where a wrong estimate costs most), unless another has gone unmeasured for long."""
-        others = [s for s in usable if s != best and self._faces - self._last_seen[s] >= self.explore_every]
+        others = [s for s in usable if s != best and self._faces - self._last_seen[s] >= period]
         if not others:
             return None
         neglected = [s for s in others if self._faces - self._last_seen[s] >= 3 * self.explore_every]

@@ -37,7 +37,7 @@ class World:
 
     def observe(self, strategy: str) -> Observation:
         if strategy == EDGE:
-            return Observation(EDGE, head_ms=self.head_ms, attention_ms=self.attention_ms, tail_ms=self.tail_ms)
+            return Observation(EDGE, head_ms=self.head_ms, attention_ms=self.attention_ms, tail_ms=self.tail_ms, total_ms=self.cost_ms(EDGE))
         head = None if strategy == CLOUD else self.head_ms
         if not self.cloud_up:
             return Observation(strategy, head_ms=head or self.head_ms, attention_ms=self.attention_ms, tail_ms=self.tail_ms, encode_ms=self.encode_ms, failed=True)
@@ -45,6 +45,7 @@ class World:
         return Observation(
             strategy, head_ms=head, tail_ms=self.tail_ms if strategy == SPLIT else None, encode_ms=self.encode_ms,
             network_ms=self.rtt_ms + (up + down) / self.bandwidth_bytes_per_ms, server_ms=self.server_ms, bytes_up=up, bytes_down=down,
+            total_ms=self.cost_ms(strategy),
         )
 
     def best(self, candidates) -> str:
@@ -152,3 +153,36 @@ def test_a_cloud_back_on_trial_is_tried_at_once() -> None:
     assert decision.strategy in (CLOUD, SPLIT_REST) and decision.reason == EXPLORING
     planner.observe(fast.observe(decision.strategy))
     assert planner.choose().strategy == fast.best((EDGE, CLOUD, SPLIT_REST))
+
+
+def _skewed_world(strategy: str, face: int) -> Observation:
+    """Edge: 5, 5, 10 ms again and again (median 5, mean 6.7: a CPU quota's slow faces); cloud: a steady 6.4 ms."""
+    if strategy == EDGE:
+        tail = 8.0 if face % 3 == 2 else 3.0
+        return Observation(EDGE, head_ms=1.0, attention_ms=1.0, tail_ms=tail, total_ms=2.0 + tail)
+    return Observation(CLOUD, encode_ms=0.5, network_ms=3.0, server_ms=2.9, bytes_up=1_600, bytes_down=170, total_ms=6.4)
+
+
+def _edge_share_in_skewed_world(objective: str) -> float:
+    planner = AutoPlanner((EDGE, CLOUD), explore_every=20, objective=objective)
+    planner.observe_rtt(0.002)
+    chosen = []
+    for face in range(300):
+        decision = planner.choose()
+        planner.observe(_skewed_world(decision.strategy, face))
+        chosen.append(decision.strategy)
+    return chosen[100:].count(EDGE) / 200
+
+
+def test_the_median_objective_prefers_the_lower_typical_latency_among_close_strategies() -> None:
+    """Edge's typical face (5 ms) beats the cloud's 6.4; its mean (6.7) does not: the objectives disagree."""
+    by_median, by_mean = _edge_share_in_skewed_world("median"), _edge_share_in_skewed_world("mean")
+    assert by_mean <= 0.15, by_mean  # the mean objective runs edge only to explore it
+    assert by_median >= 0.4 and by_median >= 3 * by_mean, (by_median, by_mean)
+
+
+def test_an_unknown_objective_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="objective"):
+        AutoPlanner(ALL, objective="p99")
