@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
     server.add_argument("--triton-queue-delay-us", type=int, default=0, help="Triton's max_queue_delay_microseconds (Triton holds even a lone request for the whole delay; 0 batches what is queued)")
     server.add_argument("--server-threads", type=int, default=1, help="compute threads of each engine")
+    server.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the engines compute: fer-cloud --device, Triton's instance kind (KIND_GPU for cuda); scripts/gpu-check.sh passes cuda")
     server.add_argument("--server-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the engines ('' for no pinning; default: the first CPU this process may use, where it may use two)")
     server.add_argument("--client-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the load client ('' for no pinning; default: the second CPU this process may use)")
     server.add_argument("--weights", default=argparse.SUPPRESS, help="checkpoint both engines serve (default: the shipped weights)")
@@ -337,7 +338,7 @@ def _server(args: argparse.Namespace) -> int:
         targets=tuple(targets), concurrencies=args.concurrency, seconds=args.seconds, warmup_seconds=args.warmup_seconds, batching=tuple(b == "on" for b in args.batching),
         repeats=args.repeats, datatype=args.datatype, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         triton_queue_delay_us=args.triton_queue_delay_us, server_threads=args.server_threads, server_cpu=server_cpu,
-        client_cpu=client_cpu, weights=getattr(args, "weights", None),
+        client_cpu=client_cpu, weights=getattr(args, "weights", None), device=args.device,
     )
     records = server_sweep(settings)
     rows = record_dicts(records)

@@ -82,6 +82,7 @@ class LoadSettings:
     server_cpu: str = "0"
     client_cpu: str = "1"
     weights: str | None = None
+    device: str = "cpu"  # cpu or cuda: fer-cloud's --device, Triton's instance kind (KIND_GPU for cuda)
 
 
 # The closed-loop client: one process, one tritonclient (one channel, one TCP connection) per client thread.
@@ -219,6 +220,7 @@ def _start_fer_cloud(stack: ExitStack, folder: Path, settings: LoadSettings, bat
     ready = folder / f"ready-{int(batching)}.json"
     command = cloud_command("127.0.0.1", ready, settings.server_threads, settings.weights)
     command += ["--max-batch-size", str(settings.max_batch_size if batching else 1), "--max-queue-delay-ms", str(settings.max_queue_delay_ms if batching else 0)]
+    command += ["--device", settings.device]
     process = subprocess.Popen(_pinned(settings.server_cpu, command), stdout=subprocess.DEVNULL, start_new_session=True)
     stack.callback(stop_process, process)
     return RunningServer("fer-cloud", f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
@@ -235,6 +237,7 @@ def _start_triton(stack: ExitStack, folder: Path, settings: LoadSettings, batchi
     triton_settings = TritonSettings(
         features="fp32" if settings.datatype == DATATYPE_FP32 else "uint8", max_batch_size=settings.max_batch_size,
         max_queue_delay_us=settings.triton_queue_delay_us, dynamic_batching=batching, threads=settings.server_threads,
+        device="gpu" if settings.device == "cuda" else "cpu",
     )
     with warnings.catch_warnings():  # the ONNX exporter's tracer warnings are no news here
         warnings.simplefilter("ignore")
