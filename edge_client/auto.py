@@ -29,6 +29,7 @@ Thread-safe: one planner may serve a runner used from several threads.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
@@ -353,12 +354,10 @@ class AutoPlanner:
     def _recent_median_ms(self, strategy: str) -> float | None:
         """The median of the strategy's last faces, if at least ``MIN_RECENT`` are recent enough to trust."""
         horizon = self._faces - 4 * self.explore_every
-        recent = sorted(total for face, total in self._totals[strategy] if face > horizon)
+        recent = [total for face, total in self._totals[strategy] if face > horizon]
         if len(recent) < MIN_RECENT:
             return None
-        middle = len(recent) // 2
-        median = recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
-        return median * 1000 + self._penalty.get(strategy, 0.0) * 1000
+        return (statistics.median(recent) + self._penalty.get(strategy, 0.0)) * 1000
 
     def _exploration_period(self, usable: list[str], best: str, predicted: dict[str, float]) -> int:
         """Faces between explorations: half as many while another strategy is predicted within ``tie``

@@ -14,7 +14,7 @@ import numpy as np
 from shared_model.preprocessing import prepare_face
 
 from .faces import Box, ConfirmationWindow, FaceDetector, FaceTracker
-from .runner import EdgeRunner
+from .runner import AUTO, EDGE, EdgeRunner
 from .sources import Frame, Source
 
 __all__ = [
@@ -30,7 +30,7 @@ DEFAULT_IN_FLIGHT = 2
 
 def default_in_flight(strategy: str) -> int:
     """``DEFAULT_IN_FLIGHT`` for a fixed remote strategy; 1 for edge and auto (measured: no gain or a loss)."""
-    return 1 if strategy in ("edge", "auto") else DEFAULT_IN_FLIGHT
+    return 1 if strategy in (EDGE, AUTO) else DEFAULT_IN_FLIGHT
 
 
 @dataclass

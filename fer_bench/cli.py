@@ -185,6 +185,8 @@ def _network(args: argparse.Namespace) -> int:
         STRATEGIES,
         NetworkSettings,
         auto_against_best,
+        auto_summary,
+        format_auto_summary,
         format_auto_table,
         format_table,
         plot,
@@ -206,16 +208,19 @@ def _network(args: argparse.Namespace) -> int:
     records, compute = run_network_benchmark(settings)
     rows = record_dicts(records)
     _write(args.out, "network", rows)
-    if any(r.strategy == "auto" for r in records):
-        _write(args.out, "network_auto", auto_against_best(records))
+    against_best = auto_against_best(records)
+    if against_best:
+        _write(args.out, "network_auto", against_best)
+        (args.out / "network_auto_summary.json").write_text(json.dumps(auto_summary(against_best), indent=2))
     (args.out / "network_compute.json").write_text(json.dumps(compute, indent=2))
     plot(records, args.out / "network.png")
     if args.json:
-        print(json.dumps({"points": rows, "auto_against_best": auto_against_best(records), "compute_ms": compute}, indent=2))
+        print(json.dumps({"points": rows, "auto_against_best": against_best, "auto_summary": auto_summary(against_best), "compute_ms": compute}, indent=2))
     else:
         print(format_table(records))
         print()
-        print(format_auto_table(auto_against_best(records)))
+        print(format_auto_table(against_best))
+        print(format_auto_summary(auto_summary(against_best)))
         for profile, times in compute.items():
             print(f"{profile} compute ({times.get('runtime', 'torch')}): " + ", ".join(f"{k} {v:.2f}" for k, v in times.items() if k != "runtime"))
     print(f"wrote {args.out}/network.csv, network.json, network_compute.json, network.png", file=sys.stderr)

@@ -78,8 +78,8 @@ class EdgeWorker:
                     times[name].append((time.perf_counter() - started) * 1000)
         return {f"{name}_ms": statistics.median(values) for name, values in times.items()}
 
-    def _runner(self, target: str, spec: dict[str, Any], timeout_s: float) -> EdgeRunner:
-        key = (target, json.dumps(spec, sort_keys=True))
+    def _runner(self, target: str, spec: dict[str, Any], timeout_s: float, use_stream: bool = False) -> EdgeRunner:
+        key = (target, json.dumps(spec, sort_keys=True), use_stream)
         if key not in self._runners:
             remote = spec["strategy"] != "edge"
             client = CloudClient(target, self.fingerprint, timeout_s=timeout_s) if remote else None
@@ -88,6 +88,7 @@ class EdgeWorker:
                 self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
                 image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
                 split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"),
+                use_stream=use_stream,
             )
         return self._runners[key]
 
@@ -124,8 +125,8 @@ class EdgeWorker:
 
     def video(self, command: dict) -> dict[str, Any]:
         """Frames per second of the whole pipeline over a video file, one strategy, N frames in flight."""
-        runner = self._runner(command["target"], command["strategy"], command.get("timeout_ms", 10_000) / 1000)
-        runner.use_stream = True  # as fer-edge run does for video
+        # over the stream, as fer-edge run does for video
+        runner = self._runner(command["target"], command["strategy"], command.get("timeout_ms", 10_000) / 1000, use_stream=True)
         source = open_source(command["path"])
         times: list[float] = []
         frames: set[int] = set()

@@ -49,7 +49,7 @@ __all__ = [
     "PointRecord", "percentile", "transfer_floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
     "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
     "TraceEvent", "run_trace", "trace_summary", "outage_report", "plot_trace", "format_table", "auto_against_best",
-    "format_auto_table", "winners", "plot", "record_dicts",
+    "auto_summary", "format_auto_summary", "format_auto_table", "winners", "plot", "record_dicts",
 ]
 
 KB = 1000
@@ -490,6 +490,40 @@ def auto_against_best(records: list[PointRecord]) -> list[dict]:
                         "auto_mean_objective_mean_ms": old.mean_ms})
         rows.append(row)
     return rows
+
+
+def auto_summary(rows: list[dict]) -> dict[str, object]:
+    """Over the points of :func:`auto_against_best`: how often auto's p50 was within 1.10x of the best
+    fixed strategy's, the median and worst ratio, its mean latency averaged over the points, and the
+    same for ``auto-mean`` where it ran beside it (with the points where each had the lower p50)."""
+    if not rows:
+        return {}
+
+    def of(ratio_key: str, mean_key: str) -> dict[str, float]:
+        ratios = [r[ratio_key] for r in rows]
+        return {
+            "points": len(ratios), "within_1.10x": sum(v <= 1.10 for v in ratios), "median_ratio": round(statistics.median(ratios), 3),
+            "worst_ratio": round(max(ratios), 3), "mean_ms_averaged": round(statistics.mean(r[mean_key] for r in rows), 2),
+        }
+
+    summary: dict[str, object] = {"auto": of("p50_ratio", "auto_mean_ms")}
+    if all("auto_mean_objective_p50_ratio" in r for r in rows):
+        summary["auto-mean"] = of("auto_mean_objective_p50_ratio", "auto_mean_objective_mean_ms")
+        summary["auto_lower_p50_points"] = sum(r["p50_ratio"] < r["auto_mean_objective_p50_ratio"] for r in rows)
+    return summary
+
+
+def format_auto_summary(summary: dict[str, object]) -> str:
+    lines = []
+    for name in ("auto", "auto-mean"):
+        if (part := summary.get(name)) is not None:
+            lines.append(
+                f"{name}: p50 within 1.10x of the best fixed at {part['within_1.10x']} of {part['points']} points, median {part['median_ratio']:.3f}x, "
+                f"worst {part['worst_ratio']:.2f}x; mean latency averaged over the points {part['mean_ms_averaged']:.2f} ms"
+            )
+    if "auto_lower_p50_points" in summary:
+        lines.append(f"auto's p50 lower than auto-mean's at {summary['auto_lower_p50_points']} points")
+    return "\n".join(lines)
 
 
 def format_auto_table(rows: list[dict]) -> str:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ATTENTION_FILE", "NumpyAttention", "attention_arrays", "packed_attention", "export_attention", "main"]
+__all__ = ["ATTENTION_FILE", "NumpyAttention", "attention_arrays", "packed_attention", "write_attention", "export_attention", "main"]
 
 ATTENTION_FILE = "attention.npz"
 ASP, SFP = "asp", "sfp"
@@ -130,25 +130,34 @@ def packed_attention(model: Any, x: Any) -> Any:
         return torch.cat([attended.flatten(1), spatial.flatten(1), channel], dim=1)
 
 
-def export_attention(model: Any, folder: Path, fingerprint: str, tolerance: float = 1e-5) -> float:
-    """Write ``folder/attention.npz`` and record it in ``folder/model.json``; returns its largest error against PyTorch.
+def write_attention(model: Any, path: Path, tolerance: float = 1e-5) -> float:
+    """Write the attention matrices to ``path`` once they match PyTorch; returns the largest error.
 
-    Refused (ValueError) when ``model.json`` names other weights or the NumPy
-    attention differs from PyTorch's by more than ``tolerance`` on a random batch.
+    Refused (ValueError) when the NumPy attention differs from PyTorch's by more
+    than ``tolerance`` on a random batch.
     """
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-    manifest_path = folder / "model.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"fingerprint": fingerprint, "config": model.config.to_dict(), "files": []}
-    if manifest["fingerprint"] != fingerprint:
-        raise ValueError(f"{folder} holds an export of weights {manifest['fingerprint']}, not {fingerprint}")
     arrays = attention_arrays(model.eval())
     batch = torch.randn(3, *model.config.split_shape)
     error = float(np.abs(NumpyAttention(arrays)(batch.numpy()) - packed_attention(model, batch).numpy()).max())
     if not error <= tolerance:
         raise ValueError(f"the NumPy attention differs from PyTorch by {error:.3g} (> {tolerance})")
-    np.savez(folder / ATTENTION_FILE, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return error
+
+
+def export_attention(model: Any, folder: Path, fingerprint: str, tolerance: float = 1e-5) -> float:
+    """Add ``attention.npz`` to an existing export folder and record it in its ``model.json``; returns its error.
+
+    Refused (ValueError) when ``model.json`` names other weights (see :func:`write_attention` for the check).
+    """
+    manifest_path = folder / "model.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"fingerprint": fingerprint, "config": model.config.to_dict(), "files": []}
+    if manifest["fingerprint"] != fingerprint:
+        raise ValueError(f"{folder} holds an export of weights {manifest['fingerprint']}, not {fingerprint}")
+    error = write_attention(model, folder / ATTENTION_FILE, tolerance)
     files = [f for f in manifest.get("files", []) if f.get("part") != "attention"]
     manifest["files"] = [*files, {"part": "attention", "format": "npz", "file": ATTENTION_FILE, "max_abs_error": error}]
     manifest_path.write_text(json.dumps(manifest, indent=2))

@@ -13,6 +13,7 @@ runs on the machine. Prints one JSON line per concurrency level.
     .venv/bin/python tests/measure_speed.py --clients 1,64 --seconds 5
     .venv/bin/python tests/measure_speed.py --client triton   # tritonclient, from .venv-tritonclient
     .venv/bin/python tests/measure_speed.py --server-python /other/checkout/.venv/bin/python --server-cwd /other/checkout
+    .venv/bin/python tests/measure_speed.py --server-module grpc_floor_server   # Python gRPC's own cost per call
 
 Options after ``--`` go to ``fer-cloud serve`` (e.g. ``-- --runtime torch``).
 """
@@ -124,6 +125,7 @@ def main() -> int:
     parser.add_argument("--server-python", default=sys.executable, help="python that runs fer-cloud (e.g. another checkout's venv)")
     parser.add_argument("--server-cwd", type=Path, default=ROOT, help="checkout whose cloud_server runs")
     parser.add_argument("--label", default="", help="a name for this server in the output")
+    parser.add_argument("--server-module", default="cloud_server.cli", help="what runs as the server: fer-cloud, or grpc_floor_server (tests/: a prebuilt answer, Python gRPC's own cost)")
     parser.add_argument("serve_args", nargs="*", help="extra fer-cloud serve options (after --)")
     args = parser.parse_args()
 
@@ -132,8 +134,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
-        command = [args.server_python, "-m", "cloud_server.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", "1", "--log-level", "WARNING", *args.serve_args]
-        env = {**os.environ, "PYTHONPATH": str(args.server_cwd)}
+        command = [args.server_python, "-m", args.server_module, "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", "1", "--log-level", "WARNING", *args.serve_args]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.server_cwd), str(Path(__file__).resolve().parent)])}
         started = time.perf_counter()
         server = subprocess.Popen(pinned(args.server_cpu, command), cwd=args.server_cwd, env=env, stdout=subprocess.DEVNULL)
         try:

@@ -33,3 +33,17 @@ def make_certificates(folder: Path) -> dict[str, Path]:
         extra = ["-extfile", "server.ext"] if name == "server" else []
         run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt", "-days", "1", *extra)
     return {n: folder / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+def still_video(path: Path, frames: int, fps: float = 10) -> Path:
+    """An MJPG video of ``frames`` copies of the bundled sample photo, written to ``path``."""
+    import cv2
+
+    from edge_client.samples import sample_image
+
+    image = cv2.imread(str(sample_image()))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (image.shape[1], image.shape[0]))
+    for _ in range(frames):
+        writer.write(image)
+    writer.release()
+    return path

@@ -17,6 +17,7 @@ import pytest
 
 from edge_client.cli import main as edge_main
 from edge_client.cli import sample_image
+from servers import still_video
 
 
 def _records(capsys) -> list[dict]:
@@ -84,12 +85,7 @@ def test_split_over_the_cloud_with_the_cli(server, capsys) -> None:
 
 
 def test_video_with_annotation_gives_one_record_per_frame(server, tmp_path: Path, capsys) -> None:
-    image = cv2.imread(str(sample_image()))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (image.shape[1], image.shape[0]))
-    for _ in range(5):
-        writer.write(image)
-    writer.release()
+    video = still_video(tmp_path / "clip.avi", 5)
     out = tmp_path / "annotated.avi"
     assert edge_main(["run", str(video), "--cloud", f"127.0.0.1:{server.port}", "--strategy", "split", "--json", "--annotate", str(out), "--no-progress"]) == 0
     records = _records(capsys)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from faults import SILENT, SLOW, Fault, FaultyServer
+from servers import still_video
 
 from edge_client.breaker import CircuitBreaker
 from edge_client.cli import main as edge_main
 from edge_client.daemon import run_source
 from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
-from edge_client.samples import sample_image
 from edge_client.sources import Frame, Source
 from edge_client.transport import CloudClient
 from shared_model.checkpoint import model_fingerprint
@@ -81,12 +80,7 @@ def test_in_flight_is_checked(trained_model, sample_face) -> None:
 
 
 def test_the_cli_streams_a_video_with_frames_in_flight_to_the_real_cloud(server, tmp_path: Path, capsys) -> None:
-    image = cv2.imread(str(sample_image()))
-    video = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (image.shape[1], image.shape[0]))
-    for _ in range(8):
-        writer.write(image)
-    writer.release()
+    video = still_video(tmp_path / "clip.avi", 8)
     assert edge_main(["run", str(video), "--cloud", f"127.0.0.1:{server.port}", "--strategy", "split", "--in-flight", "3", "--json", "--no-progress"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [r["frame"] for r in records] == list(range(8))

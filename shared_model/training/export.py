@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attention_matrices import ATTENTION_FILE, export_attention
+from ..attention_matrices import ATTENTION_FILE, write_attention
 from ..checkpoint import Checkpoint
 from ..network import FERNet
 from ..preprocessing import normalize
@@ -305,8 +305,7 @@ def export_all(
             exported.append(ExportedFile(part, fmt, path, error))
     if triton:
         triton_repository(model, out / "triton", checkpoint.fingerprint, triton_settings)
+    if "cloud" in parts:  # fer-cloud's torch-free fer_attention
+        exported.append(ExportedFile("attention", "npz", out / ATTENTION_FILE, write_attention(model, out / ATTENTION_FILE)))
     (out / "model.json").write_text(json.dumps({"fingerprint": checkpoint.fingerprint, "config": model.config.to_dict(), "files": [{"part": e.part, "format": e.format, "file": e.path.name, "max_abs_error": e.max_abs_error} for e in exported]}, indent=2))
-    if "cloud" in parts:  # fer-cloud's torch-free fer_attention (attention.npz, recorded in model.json)
-        error = export_attention(model, out, checkpoint.fingerprint)
-        exported.append(ExportedFile("attention", "npz", out / ATTENTION_FILE, error))
     return exported

@@ -1,0 +1,71 @@
+"""The floor of a Python gRPC server: ``ModelInfer`` answers a prebuilt ``fer_attention`` response. Not a test.
+
+Started by ``tests/measure_speed.py --server-module grpc_floor_server`` in place of
+``fer-cloud serve`` (same options: ``--host``, ``--port``, ``--ready-file``; the rest
+are accepted and ignored), on the same event loop (uvloop where installed) and
+with the same ``GRPC_EXPERIMENTS`` as fer-cloud, so that the server CPU per
+request it measures is what Python's gRPC costs before any inference work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cloud_server.cli import GRPC_EXPERIMENTS  # noqa: E402  (sets it before grpc loads, as fer-cloud does)
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+
+from shared_model.protocol import ATTENTION_MODEL, FEATURES, pb, pb_grpc  # noqa: E402
+
+
+def prebuilt_response() -> pb.ModelInferResponse:
+    """What fer-cloud answers for one FP32 [1, 8, 28, 28] request: the attended map, FP32."""
+    response = pb.ModelInferResponse(model_name=ATTENTION_MODEL)
+    response.outputs.add(name=FEATURES, datatype="FP32", shape=[1, 8, 28, 28])
+    response.raw_output_contents.append(np.zeros((1, 8, 28, 28), np.float32).tobytes())
+    return response
+
+
+class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self) -> None:
+        self.response = prebuilt_response()
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        return self.response
+
+
+async def serve(host: str, port: int, ready: Path) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    ready.write_text(json.dumps({"port": bound, "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)}))
+    await server.wait_for_termination()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="serve")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ready-file", type=Path, required=True)
+    args, _ = parser.parse_known_args()
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args.host, args.port, args.ready_file))
+    else:
+        uvloop.run(serve(args.host, args.port, args.ready_file))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
