@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import grpc
 import numpy as np
@@ -39,8 +39,10 @@ from shared_model.protocol import (
 )
 
 from .batching import BatcherClosed, BatchResult, DeadlineExpired, DynamicBatcher, QueueFull
+from . import wire
 from .inference import (
     AttentionOutputs,
+    Buffer,
     InferenceError,
     Limits,
     attention_response,
@@ -117,16 +119,16 @@ class InferenceEngine:
         self.metrics.compute_seconds.observe(model, compute_seconds)
         self.metrics.batch_size.observe(model, size)
 
-    def _prepare(self, request: pb.ModelInferRequest) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
+    def _prepare(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         """Validate a request: its model, its input as a float array, the input's encoding and the outputs it wants."""
         model = check_model(request, self.fingerprint)
         outputs = requested_outputs(request)
         if model == CLASSIFIER_MODEL:
-            return model, parse_images(request, self.config, self.limits), None, outputs
-        inputs, encoding = parse_features(request, self.config, self.limits)
+            return model, parse_images(request, raws, self.config, self.limits), None, outputs
+        inputs, encoding = parse_features(request, raws, self.config, self.limits)
         return model, inputs, encoding, outputs
 
-    def _submit(self, model: str, inputs: np.ndarray, deadline: float | None, finish: Callable[[BatchResult], pb.ModelInferResponse] | None) -> Future:
+    def _submit(self, model: str, inputs: np.ndarray, deadline: float | None, finish: Callable[[BatchResult], bytes] | None) -> Future:
         if deadline is not None and time.perf_counter() >= deadline:
             raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was queued")
         try:
@@ -151,12 +153,19 @@ class InferenceEngine:
 
     def infer(self, request: pb.ModelInferRequest, timeout: float | None = None) -> pb.ModelInferResponse:
         """Blocking: validate, run (batched, on the worker thread) and answer one request; raises :class:`InferenceError`."""
+        return pb.ModelInferResponse.FromString(self.infer_bytes(request.SerializeToString(), timeout))
+
+    def infer_bytes(self, data: bytes, timeout: float | None = None) -> bytes:
+        """Blocking, on the wire: a serialized ``ModelInferRequest`` in, a serialized ``ModelInferResponse`` out."""
         started = time.perf_counter()
         deadline = None if timeout is None else started + timeout
         status = INTERNAL
+        model_name = "unknown"
         self.metrics.in_flight_count += 1
         try:
-            model, inputs, encoding, outputs = self._prepare(request)
+            request, raws = _split(data)
+            model_name = self._counted(request)
+            model, inputs, encoding, outputs = self._prepare(request, raws)
             respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
             response = _batch_result(self._submit(model, inputs, deadline, respond).result)
             status = OK
@@ -166,25 +175,33 @@ class InferenceEngine:
             raise
         finally:
             self.metrics.in_flight_count -= 1
-            self.metrics.request_done(self._counted(request), status, time.perf_counter() - started if status == OK else None)
+            self.metrics.request_done(model_name, status, time.perf_counter() - started if status == OK else None)
 
     async def infer_async(self, request: pb.ModelInferRequest, deadline: float | None = None) -> pb.ModelInferResponse:
-        """On the event loop: as :meth:`infer`, without blocking the loop.
+        """On the event loop: as :meth:`infer_bytes_async`, with protobuf messages (for callers off the hot path)."""
+        return pb.ModelInferResponse.FromString(await self.infer_bytes_async(request.SerializeToString(), deadline))
 
+    async def infer_bytes_async(self, data: bytes, deadline: float | None = None) -> bytes:
+        """The server's hot path, on the event loop: a serialized ``ModelInferRequest`` in, a serialized response out.
+
+        Tensors are not copied on the way in (:mod:`cloud_server.wire`).
         ``deadline`` is a ``time.perf_counter()`` value; a request still queued
         then is dropped before compute. Cancelling the call (the client went
         away) drops it too. A call cancelled after its deadline (gRPC cancels
         the handler then) counts as DEADLINE_EXCEEDED; every DEADLINE_EXCEEDED
-        counts as expired.
+        counts as expired. Raises :class:`InferenceError`.
         """
         started = time.perf_counter()
         status = INTERNAL
+        model_name = "unknown"
         self.metrics.in_flight_count += 1
         try:
+            request, raws = _split(data)
+            model_name = self._counted(request)
             if request.model_name == CLASSIFIER_MODEL:  # decoding images is real work: not on the loop
-                model, inputs, encoding, outputs = await self._decode(request)
+                model, inputs, encoding, outputs = await self._decode(request, raws)
             else:
-                model, inputs, encoding, outputs = self._prepare(request)
+                model, inputs, encoding, outputs = self._prepare(request, raws)
             batcher = self.batchers[model]
             if batcher.inline:  # computed on this loop in its next turn, with whatever else arrived meanwhile
                 try:
@@ -209,37 +226,44 @@ class InferenceEngine:
             raise
         finally:
             self.metrics.in_flight_count -= 1
-            self.metrics.request_done(self._counted(request), status, time.perf_counter() - started if status == OK else None)
+            self.metrics.request_done(model_name, status, time.perf_counter() - started if status == OK else None)
 
-    async def _decode(self, request: pb.ModelInferRequest) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
+    async def _decode(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         if not self._decode_slots.acquire(blocking=False):
             raise InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: too many images waiting to be decoded; retry later")
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, request)
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, self._prepare, request, raws)
         finally:
             self._decode_slots.release()
 
     def _respond(
         self, request: pb.ModelInferRequest, model: str, result: BatchResult, *, encoding: str | None, outputs: tuple[str, ...], started: float
-    ) -> pb.ModelInferResponse:
+    ) -> bytes:
         if model == ATTENTION_MODEL:
             attention = AttentionOutputs.unpack(result.output, self.config.split_shape)
-            response = attention_response(request, attention, encoding or "", self.fingerprint, outputs)
+            response, contents = attention_response(request, attention, encoding or "", self.fingerprint, outputs)
         else:
-            response = probabilities_response(request, result.output, self.fingerprint)
+            response, contents = probabilities_response(request, result.output, self.fingerprint)
         self.metrics.queue_seconds.observe(model, result.queue_seconds)
         parameters = response.parameters
         parameters[QUEUE_US].int64_param = int(result.queue_seconds * 1e6)
         parameters[COMPUTE_US].int64_param = int(result.compute_seconds * 1e6)
         parameters[BATCH_SIZE].int64_param = int(result.batch_size)
         parameters[SERVER_US].int64_param = int((time.perf_counter() - started) * 1e6)
-        return response
+        return wire.infer_response_bytes(response, contents)
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer everything queued, then stop the batchers and the decoder."""
         for batcher in self.batchers.values():
             batcher.close(timeout)
         self._decoder.shutdown(wait=False, cancel_futures=True)
+
+
+def _split(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    try:
+        return wire.split_infer_request(data)
+    except wire.MalformedMessage as error:
+        raise InferenceError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {error}") from None
 
 
 def _batch_error(error: BaseException) -> InferenceError:
@@ -253,7 +277,7 @@ def _batch_error(error: BaseException) -> InferenceError:
     return InferenceError(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
 
 
-def _batch_result(result: Callable[[], pb.ModelInferResponse]) -> pb.ModelInferResponse:
+def _batch_result(result: Callable[[], bytes]) -> bytes:
     try:
         return result()
     except (Exception, concurrent.futures.CancelledError) as error:
@@ -261,7 +285,7 @@ def _batch_result(result: Callable[[], pb.ModelInferResponse]) -> pb.ModelInferR
         raise mapped from (None if mapped is error else error)
 
 
-async def _batch_result_async(future: "asyncio.Future[pb.ModelInferResponse]") -> pb.ModelInferResponse:
+async def _batch_result_async(future: "asyncio.Future[bytes]") -> bytes:
     try:
         return await future
     except asyncio.CancelledError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence, Union
 
 import grpc
 import numpy as np
@@ -57,6 +57,8 @@ __all__ = [
 ]
 
 MODELS = (ATTENTION_MODEL, REST_MODEL, CLASSIFIER_MODEL)
+Buffer = Union[bytes, memoryview]  # a tensor's bytes: received (a view of the request) or to send
+Response = tuple[pb.ModelInferResponse, list[Buffer]]  # metadata, and the raw_output_contents in order
 
 
 class InferenceError(Exception):
@@ -111,8 +113,8 @@ def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     return names
 
 
-def _single_input(request: pb.ModelInferRequest, name: str) -> tuple[Any, bytes | None]:
-    inputs, raws = request.inputs, request.raw_input_contents
+def _single_input(request: pb.ModelInferRequest, raws: Sequence[Buffer], name: str) -> tuple[Any, Buffer | None]:
+    inputs = request.inputs
     if len(inputs) != 1 or inputs[0].name != name:
         got = [i.name for i in inputs]
         raise invalid(f"model {request.model_name} takes exactly one input named {name!r}, got {got}")
@@ -144,7 +146,7 @@ def _quantization(tensor: Any, request: pb.ModelInferRequest) -> tuple[float | N
     return float(scale), int(zero_point)
 
 
-def _typed_contents(tensor: Any, encoding: str, count: int) -> bytes:
+def _typed_contents(tensor: Any, encoding: str, count: int) -> Buffer:
     """Elements sent in InferTensorContents instead of raw bytes."""
     if encoding == codec.FP32:
         values = np.asarray(tensor.contents.fp32_contents, dtype="<f4")
@@ -160,12 +162,14 @@ def _typed_contents(tensor: Any, encoding: str, count: int) -> bytes:
     return values.tobytes()
 
 
-def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> tuple[np.ndarray, str]:
-    """The split tensor of an ``fer_attention`` request as float32, and its wire encoding.
+def parse_features(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: ModelConfig, limits: Limits) -> tuple[np.ndarray, str]:
+    """The split tensor of a features request as float32, and its wire encoding.
 
-    FP32 in ``raw_input_contents`` is not copied: the array is a read-only view of the request's bytes.
+    ``raws``: the request's ``raw_input_contents`` (:func:`cloud_server.wire.split_infer_request`
+    gives them as views of the received bytes). FP32 is not copied: the array is
+    a read-only view of those bytes.
     """
-    tensor, raw = _single_input(request, FEATURES)
+    tensor, raw = _single_input(request, raws, FEATURES)
     encoding = codec.ENCODING_OF_DATATYPE.get(tensor.datatype)
     if encoding is None:
         raise invalid(f"input {FEATURES!r} datatype must be UINT8, FP16 or FP32, got {tensor.datatype!r}")
@@ -174,7 +178,7 @@ def parse_features(request: pb.ModelInferRequest, config: ModelConfig, limits: L
     if tuple(shape[1:]) != config.split_shape:
         raise invalid(f"input {FEATURES!r} must be [N, {', '.join(map(str, config.split_shape))}], got {shape}")
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
-    if encoding == codec.FP32 and len(data) == 4 * math.prod(shape):  # the common case, without a copy
+    if encoding == codec.FP32 and memoryview(data).nbytes == 4 * math.prod(shape):  # the common case, without a copy
         array = np.frombuffer(data, dtype="<f4").reshape(shape)
         finite = bool(np.isfinite(array).all())  # isfinite never warns
     else:
@@ -219,44 +223,41 @@ def _encode_output(tensor: np.ndarray, encoding: str, name: str) -> codec.Encode
         raise invalid(f"output {name!r} cannot be encoded as {encoding}: {error}; check the input's scale") from None
 
 
-def _add_attention(response: pb.ModelInferResponse, name: str, values: np.ndarray) -> None:
+def _add_attention(response: pb.ModelInferResponse, contents: list[Buffer], name: str, values: np.ndarray) -> None:
     """An attention output as UINT8 with the fixed scale 1/255 and zero point 0."""
     quantized = codec.quantize(np.asarray(values, dtype=np.float32), ATTENTION_SCALE, 0)
     out = response.outputs.add(name=name, datatype=DATATYPE_UINT8, shape=quantized.shape)
     out.parameters[SCALE].double_param = ATTENTION_SCALE
     out.parameters[ZERO_POINT].int64_param = 0
-    response.raw_output_contents.append(quantized.tobytes())
+    contents.append(quantized.data)
 
 
 def attention_response(
     request: pb.ModelInferRequest, outputs: AttentionOutputs, encoding: str, version: str, names: tuple[str, ...]
-) -> pb.ModelInferResponse:
-    """``fer_attention`` response with exactly the requested outputs, in the order requested."""
+) -> Response:
+    """``fer_attention`` response with exactly the requested outputs, in the order requested.
+
+    An FP32 attended map is sent as it is (a view of the batch output, not
+    copied): its input was checked finite, and the attention lies in (0, 1).
+    """
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
+    contents: list[Buffer] = []
     for name in names:
         if name == FEATURES:
             if encoding == codec.FP32:  # the common case, in one step
-                data = _fp32_bytes(outputs.features)
-                out = response.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=outputs.features.shape)
-                response.raw_output_contents.append(data)
+                features = outputs.features
+                response.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=features.shape)
+                contents.append(np.ascontiguousarray(features, dtype="<f4").data)
                 continue
             encoded = _encode_output(outputs.features, encoding, FEATURES)
             out = response.outputs.add(name=FEATURES, datatype=codec.PROTOCOL_DATATYPES[encoding], shape=encoded.shape)
             if encoding == codec.UINT8:
                 out.parameters[SCALE].double_param = float(encoded.scale)
                 out.parameters[ZERO_POINT].int64_param = int(encoded.zero_point)
-            response.raw_output_contents.append(encoded.data)
+            contents.append(encoded.data)
         else:
-            _add_attention(response, name, outputs.spatial if name == SPATIAL_ATTENTION else outputs.channel)
-    return response
-
-
-def _fp32_bytes(values: np.ndarray) -> bytes:
-    """Float32 little-endian bytes of an output; NaN or infinity (an input scale so large that it overflows) is INVALID_ARGUMENT."""
-    array = np.asarray(values, dtype="<f4")
-    if not np.isfinite(array).all():
-        raise invalid(f"output {FEATURES!r} holds NaN or infinite values; check the input's scale")
-    return array.tobytes()
+            _add_attention(response, contents, name, outputs.spatial if name == SPATIAL_ATTENTION else outputs.channel)
+    return response, contents
 
 
 def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
@@ -269,15 +270,15 @@ def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
         raise invalid(str(error)) from None
 
 
-def parse_images(request: pb.ModelInferRequest, config: ModelConfig, limits: Limits) -> np.ndarray:
+def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: ModelConfig, limits: Limits) -> np.ndarray:
     """The face crops of an ``fer_classifier`` request as network input (N, 3, S, S)."""
-    tensor, raw = _single_input(request, IMAGE)
+    tensor, raw = _single_input(request, raws, IMAGE)
     shape = list(tensor.shape)
     size = config.input_size
     if tensor.datatype == DATATYPE_BYTES:
         batch = _check_batch(shape, 1, limits, f"BYTES input {IMAGE!r}")
         try:
-            images = unpack_bytes_elements(raw) if raw is not None else list(tensor.contents.bytes_contents)
+            images = unpack_bytes_elements(bytes(raw)) if raw is not None else list(tensor.contents.bytes_contents)
         except ValueError as error:
             raise invalid(f"input {IMAGE!r}: {error}") from None
         if len(images) != batch:
@@ -300,11 +301,10 @@ def _pixels_to_array(pixels: np.ndarray) -> np.ndarray:
     return pixels_to_array(pixels)
 
 
-def probabilities_response(request: pb.ModelInferRequest, probabilities: np.ndarray, version: str) -> pb.ModelInferResponse:
+def probabilities_response(request: pb.ModelInferRequest, probabilities: np.ndarray, version: str) -> Response:
     response = pb.ModelInferResponse(model_name=request.model_name, model_version=version, id=request.id)
     response.outputs.add(name=PROBABILITIES, datatype=DATATYPE_FP32, shape=probabilities.shape)
-    response.raw_output_contents.append(np.asarray(probabilities, dtype="<f4").tobytes())
-    return response
+    return response, [np.ascontiguousarray(probabilities, dtype="<f4").data]
 
 
 def model_metadata(name: str, config: ModelConfig, version: str) -> pb.ModelMetadataResponse:

@@ -22,10 +22,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from shared_model.protocol import AUTHORIZATION, SERVICE_NAME, bearer_value, pb, pb_grpc
+from shared_model.protocol import AUTHORIZATION, SERVICE_NAME, bearer_value, pb
 
 from .engine import InferenceEngine
-from .service import InferenceServicer
+from .service import InferenceServicer, add_inference_service
 
 __all__ = [
     "HEALTH_PREFIX", "KEEPALIVE_PERMIT_OPTIONS", "ServerOptions", "BearerTokenInterceptor", "check_tls_options",
@@ -185,7 +185,7 @@ class CloudServer:
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
         )
         health_servicer = health.aio.HealthServicer()
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
+        add_inference_service(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = (pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)

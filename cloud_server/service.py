@@ -3,6 +3,11 @@
 Every method is a coroutine on the server's one event loop, so an open stream
 costs a coroutine, not a thread; the model computes on the engine's batcher
 threads and the loop only validates, queues and answers.
+
+``ModelInfer`` and ``ModelStreamInfer`` take and return serialized messages
+(:func:`add_inference_service` registers them without protobuf (de)serializers), so
+tensors are never copied through protobuf (:mod:`cloud_server.wire`); the other
+methods use the generated message classes.
 """
 
 from __future__ import annotations
@@ -13,18 +18,21 @@ import time
 from typing import AsyncIterator
 
 import grpc
+from google.protobuf import message_factory
 
-from shared_model.protocol import pb, pb_grpc, stream_error_message
+from shared_model.protocol import SERVICE_NAME, pb, pb_grpc, stream_error_message
 
+from . import wire
 from .engine import InferenceEngine
 from .inference import MODELS, InferenceError, model_metadata
 
-__all__ = ["SERVER_NAME", "SERVER_VERSION", "STREAM_WINDOW", "InferenceServicer"]
+__all__ = ["SERVER_NAME", "SERVER_VERSION", "STREAM_WINDOW", "RAW_METHODS", "InferenceServicer", "inference_method_handlers", "add_inference_service"]
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "fer-cloud"
 SERVER_VERSION = "0.1.0"
 STREAM_WINDOW = 64  # requests of one stream in the server at once; more wait in the transport (flow control)
+RAW_METHODS = ("ModelInfer", "ModelStreamInfer")  # served on serialized messages
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -69,12 +77,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {request.version} is not served here (this server holds version {self.engine.fingerprint})")
         return model_metadata(request.name, self.engine.config, self.engine.fingerprint)
 
-    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
+    async def _infer(self, request: bytes, deadline: float | None) -> bytes:
         if self.draining:
             raise InferenceError(grpc.StatusCode.UNAVAILABLE, "server is draining; send requests to another replica")
-        return await self.engine.infer_async(request, deadline)
+        return await self.engine.infer_bytes_async(request, deadline)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """A serialized ``ModelInferRequest`` in, a serialized ``ModelInferResponse`` out."""
         try:
             return await self._infer(request, _deadline(context))
         except InferenceError as error:
@@ -84,10 +93,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
         raise AssertionError("unreachable: abort raises")
 
-    async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """Each request gets one response, in order; errors travel in-stream (with the request id).
+
+        Serialized ``ModelInferRequest`` messages in, serialized ``ModelStreamInferResponse`` messages out.
 
         Up to ``stream_window`` requests of the stream are computed at once (so
         they can share batches); a draining server answers UNAVAILABLE and ends
@@ -109,9 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 if (task := replies.get_nowait()) is not None:
                     task.cancel()
 
-    async def _read_stream(
-        self, requests: AsyncIterator[pb.ModelInferRequest], replies: asyncio.Queue, window: asyncio.Semaphore, deadline: float | None
-    ) -> None:
+    async def _read_stream(self, requests: AsyncIterator[bytes], replies: asyncio.Queue, window: asyncio.Semaphore, deadline: float | None) -> None:
         try:
             async for request in requests:
                 await window.acquire()
@@ -119,10 +126,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             replies.put_nowait(None)
 
-    async def _stream_reply(self, request: pb.ModelInferRequest, deadline: float | None) -> tuple[pb.ModelStreamInferResponse, bool]:
+    async def _stream_reply(self, request: bytes, deadline: float | None) -> tuple[bytes, bool]:
         """The stream response for one request, and whether the stream should end after it."""
         try:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline)), False
+            return wire.stream_response_bytes(await self._infer(request, deadline)), False
         except InferenceError as error:
             return _stream_error(request, stream_error_message(error.code.name, error.message)), error.code == grpc.StatusCode.UNAVAILABLE
         except Exception as error:
@@ -130,8 +137,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return _stream_error(request, stream_error_message(grpc.StatusCode.INTERNAL.name, f"{type(error).__name__}: {error}")), False
 
 
-def _stream_error(request: pb.ModelInferRequest, message: str) -> pb.ModelStreamInferResponse:
+def _stream_error(request: bytes, message: str) -> bytes:
+    """An in-stream error naming the request's model and id (none when the request could not be parsed)."""
+    try:
+        parsed, _ = wire.split_infer_request(request)
+    except wire.MalformedMessage:
+        parsed = pb.ModelInferRequest()
     return pb.ModelStreamInferResponse(
         error_message=message,
-        infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
-    )
+        infer_response=pb.ModelInferResponse(model_name=parsed.model_name, id=parsed.id),
+    ).SerializeToString()
+
+
+def inference_method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The handlers of ``inference.GRPCInferenceService``, as the generated code makes them, but
+    with :data:`RAW_METHODS` taking and returning serialized messages."""
+    handlers = {}
+    for method in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        behaviour = getattr(servicer, method.name)
+        kind = {
+            (False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(method.client_streaming, method.server_streaming)]
+        if method.name in RAW_METHODS:
+            handlers[method.name] = kind(behaviour)
+        else:
+            request_type = message_factory.GetMessageClass(method.input_type)
+            response_type = message_factory.GetMessageClass(method.output_type)
+            handlers[method.name] = kind(behaviour, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString)
+    return handlers
+
+
+def add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer`` on ``server`` (in place of the generated ``add_GRPCInferenceServiceServicer_to_server``)."""
+    handlers = inference_method_handlers(servicer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -2,7 +2,8 @@
 
 Started by ``tests/measure_speed.py --server-module grpc_floor_server`` in place of
 ``fer-cloud serve`` (same options: ``--host``, ``--port``, ``--ready-file``; the rest
-are accepted and ignored), on the same event loop (uvloop where installed) and
+are accepted and ignored; ``--raw`` after ``--``: bytes in and out, as fer-cloud
+registers ``ModelInfer``), on the same event loop (uvloop where installed) and
 with the same ``GRPC_EXPERIMENTS`` as fer-cloud, so that the server CPU per
 request it measures is what Python's gRPC costs before any inference work.
 """
@@ -23,7 +24,7 @@ from cloud_server.cli import GRPC_EXPERIMENTS  # noqa: E402  (sets it before grp
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shared_model.protocol import ATTENTION_MODEL, FEATURES, pb, pb_grpc  # noqa: E402
+from shared_model.protocol import ATTENTION_MODEL, FEATURES, SERVICE_NAME, pb, pb_grpc  # noqa: E402
 
 
 def prebuilt_response() -> pb.ModelInferResponse:
@@ -42,9 +43,18 @@ class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
         return self.response
 
 
-async def serve(host: str, port: int, ready: Path) -> None:
+async def serve(host: str, port: int, ready: Path, raw: bool = False) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(), server)
+    if raw:  # as fer-cloud registers ModelInfer: bytes in, bytes out, no protobuf (de)serializers
+        answer = prebuilt_response().SerializeToString()
+
+        async def infer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return answer
+
+        handlers = {"ModelInfer": grpc.unary_unary_rpc_method_handler(infer)}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    else:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(FloorServicer(), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     ready.write_text(json.dumps({"port": bound, "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)}))
@@ -57,13 +67,14 @@ def main() -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--raw", action="store_true", help="serve ModelInfer on serialized messages (as fer-cloud does), not through protobuf")
     args, _ = parser.parse_known_args()
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.host, args.port, args.ready_file))
+        asyncio.run(serve(args.host, args.port, args.ready_file, args.raw))
     else:
-        uvloop.run(serve(args.host, args.port, args.ready_file))
+        uvloop.run(serve(args.host, args.port, args.ready_file, args.raw))
     return 0
 
 

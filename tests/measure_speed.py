@@ -5,7 +5,8 @@ setup of issue 11: ``fer-cloud serve --threads 1`` pinned to one core
 (``taskset``), closed-loop clients pinned to another, each client with a TCP
 connection of its own, sending FP32 ``[1, 8, 28, 28]`` to ``fer_attention``.
 
-The primary figure is the server's CPU time per request: the server process's
+The primary figure is the server's CPU time per request (beside it, the context
+switches of all the server's threads per request, from /proc): the server process's
 CPU seconds (user + system, from /proc) over the measuring window divided by
 the requests answered in it. Unlike throughput it hardly depends on what else
 runs on the machine. Prints one JSON line per concurrency level.
@@ -43,6 +44,14 @@ ticks = os.sysconf("SC_CLK_TCK")
 def server_cpu():
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / ticks
+
+def server_switches():
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for line in open(f"/proc/{pid}/task/{task}/status"):
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                total += int(line.split()[1])
+    return total
 
 def server_rss():
     for line in open(f"/proc/{pid}/status"):
@@ -95,11 +104,11 @@ for t in threads:
     t.start()
 ready.wait()
 time.sleep(min(1.0, seconds / 5))  # steady state before the window opens
-cpu0, began = server_cpu(), time.perf_counter()
+cpu0, switches0, began = server_cpu(), server_switches(), time.perf_counter()
 state["measuring"] = True
 time.sleep(seconds)
 state["measuring"] = False
-cpu1, elapsed = server_cpu(), time.perf_counter() - began
+cpu1, switches1, elapsed = server_cpu(), server_switches(), time.perf_counter() - began
 count = sum(len(x) for x in latencies)
 state["stop"] = True
 for t in threads:
@@ -111,6 +120,7 @@ print(json.dumps({
     "p90_ms": round(float(np.percentile(flat, 90)), 3), "p99_ms": round(float(np.percentile(flat, 99)), 3),
     "server_cpu_s": round(cpu1 - cpu0, 3), "server_cpu_us_per_request": round((cpu1 - cpu0) / max(count, 1) * 1e6, 1),
     "server_cpu_share": round((cpu1 - cpu0) / elapsed, 3), "server_rss_mib": round(server_rss(), 1),
+    "server_context_switches_per_request": round((switches1 - switches0) / max(count, 1), 2),
 }), flush=True)
 '''
 

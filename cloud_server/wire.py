@@ -1,0 +1,128 @@
+"""``ModelInfer`` on the wire: tensor bytes never pass through protobuf on the server's hot path.
+
+gRPC hands the server each request as bytes and sends whatever bytes the
+handler returns. Parsing a request with protobuf copies every
+``raw_input_contents`` buffer twice (into protobuf's arena, then into a Python
+``bytes`` when read), and serializing a response copies every
+``raw_output_contents`` buffer twice more: for a split tensor, four copies of
+25 KB per request, which on one core cost as much as the attention itself.
+Following the protobuf encoding (a published specification):
+
+- :func:`split_infer_request` walks a request's top-level fields (tags and
+  lengths, never their contents) and keeps ``raw_input_contents`` (field 7) as
+  zero-copy :class:`memoryview` slices of the bytes gRPC handed over; every other
+  field (names, shapes, parameters: a few hundred bytes) is parsed by protobuf as
+  usual;
+- :func:`infer_response_bytes` serializes a response's metadata with protobuf
+  and appends one length-delimited field 6 per output buffer. A parser merges
+  the fields of a message however they are split, so the result is the same
+  ``ModelInferResponse``, built with one copy of each tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from shared_model.protocol import pb
+
+__all__ = ["MalformedMessage", "split_infer_request", "infer_response_bytes", "stream_response_bytes"]
+
+_RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
+_RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
+_INFER_RESPONSE = 2  # ModelStreamInferResponse.infer_response
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types; 3 and 4 (groups) are not used by this protocol
+_MAX_VARINT_BYTES = 10
+
+
+class MalformedMessage(ValueError):
+    """Bytes that are not a well-formed protobuf message."""
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    """The varint at ``position`` and the position after it."""
+    value = shift = 0
+    end = min(len(data), position + _MAX_VARINT_BYTES)
+    while position < end:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+    raise MalformedMessage("truncated or overlong varint")
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return bytes((value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(field: int, wire_type: int) -> bytes:
+    return _varint(field << 3 | wire_type)
+
+
+_RAW_OUTPUT_TAG = _tag(_RAW_OUTPUT_CONTENTS, _LEN)
+_INFER_RESPONSE_TAG = _tag(_INFER_RESPONSE, _LEN)
+
+
+def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+    """A serialized ``ModelInferRequest``: its fields but ``raw_input_contents``, parsed; those, as views of ``data``.
+
+    Raises :class:`MalformedMessage` when ``data`` is not a well-formed message.
+    """
+    view = memoryview(data)
+    size = len(data)
+    position = 0
+    metadata: list[memoryview] = []
+    raws: list[memoryview] = []
+    while position < size:
+        start = position
+        key, position = _read_varint(data, position)
+        field, wire_type = key >> 3, key & 7
+        if field == 0:
+            raise MalformedMessage("field number 0")
+        if wire_type == _LEN:
+            length, position = _read_varint(data, position)
+            if position + length > size:
+                raise MalformedMessage(f"field {field} claims {length} bytes, {size - position} remain")
+            if field == _RAW_INPUT_CONTENTS:
+                raws.append(view[position : position + length])
+                position += length
+                continue
+            position += length
+        elif wire_type == _VARINT:
+            _, position = _read_varint(data, position)
+        elif wire_type in (_I64, _I32):
+            position += 8 if wire_type == _I64 else 4
+            if position > size:
+                raise MalformedMessage(f"field {field} is truncated")
+        else:
+            raise MalformedMessage(f"field {field} has wire type {wire_type}, which this protocol does not use")
+        metadata.append(view[start:position])
+    try:
+        request = pb.ModelInferRequest.FromString(b"".join(metadata))
+    except Exception as error:  # protobuf's DecodeError, without depending on its module layout
+        raise MalformedMessage(f"not a ModelInferRequest: {error}") from None
+    return request, raws
+
+
+def infer_response_bytes(metadata: pb.ModelInferResponse, contents: Sequence[bytes | memoryview]) -> bytes:
+    """A serialized ``ModelInferResponse``: ``metadata`` with ``contents`` as its ``raw_output_contents``, in order.
+
+    Each buffer must be C-contiguous (a NumPy array's memoryview will do); it is copied once.
+    """
+    parts: list[bytes | memoryview] = [metadata.SerializeToString()]
+    for buffer in contents:
+        parts += (_RAW_OUTPUT_TAG, _varint(memoryview(buffer).nbytes), buffer)
+    return b"".join(parts)
+
+
+def stream_response_bytes(infer_response: bytes) -> bytes:
+    """A serialized ``ModelStreamInferResponse`` carrying a serialized ``ModelInferResponse``."""
+    return b"".join((_INFER_RESPONSE_TAG, _varint(len(infer_response)), infer_response))
