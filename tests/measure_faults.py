@@ -5,11 +5,13 @@ the deadline), a blackholed link mid-stream (and back), an overloaded server
 (queue full). Prints one JSON line per scenario.
 
     .venv/bin/python tests/measure_faults.py
+    .venv/bin/python tests/measure_faults.py overload     # one scenario (slow, blackhole, overload)
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -93,52 +95,128 @@ def blackhole(model, face: np.ndarray, silent_s: float = 2.0) -> dict:
     }
 
 
-def overload(model, face: np.ndarray) -> dict:
+OVERLOAD_DELAY_S = 0.05  # the model of the overloaded server: a busy accelerator, 20 requests/s
+
+
+def overload_server(ready: Path) -> None:
+    """The overloaded server, in a process of its own (as deployed: its event loop shares no GIL with the edges)."""
+    model, _ = load_model()
     server = start_server(model, batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
     batcher = server.engine.batchers["fer_attention"]
     fast = batcher.forward
-    batcher.forward = lambda x: time.sleep(0.05) or fast(x)  # a busy accelerator: 20 requests/s
-    results: list = []
-    lock = threading.Lock()
+    batcher.forward = lambda x: time.sleep(OVERLOAD_DELAY_S) or fast(x)
+    ready.write_text(str(server.port))
+    server.wait()
 
-    def edge() -> None:
-        client = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(model), timeout_s=2.0)
-        runner = EdgeRunner(model, "split", client, CircuitBreaker(failure_threshold=10**6), timeout_s=2.0)
-        for _ in range(10):
-            result = runner.classify(face)
-            with lock:
-                results.append(result)
-        runner.close()
 
-    threads = [threading.Thread(target=edge) for _ in range(12)]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.stop_now()
+def _start_overload_server(folder: Path) -> tuple[subprocess.Popen, int]:
+    ready = folder / "port"
+    process = subprocess.Popen([sys.executable, __file__, "--overload-server", str(ready)])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise SystemExit("the overload server did not start")
+        time.sleep(0.05)
+    return process, int(ready.read_text())
+
+
+def overload(model, face: np.ndarray) -> dict:
+    """12 edges (threads of this process, each also computing its head) and then 12 plain gRPC
+    clients (threads doing nothing else) against a queue of 2 in front of a 50 ms model."""
+    import tempfile
+
+    import grpc
+
+    from shared_model.protocol import pb, pb_grpc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        process, port = _start_overload_server(Path(tmp))
+        try:
+            results: list = []
+            lock = threading.Lock()
+
+            def edge() -> None:
+                client = CloudClient(f"127.0.0.1:{port}", model_fingerprint(model), timeout_s=2.0)
+                runner = EdgeRunner(model, "split", client, CircuitBreaker(failure_threshold=10**6), timeout_s=2.0)
+                for _ in range(10):
+                    result = runner.classify(face)
+                    with lock:
+                        results.append(result)
+                runner.close()
+
+            _run_threads(edge, 12)
+            request = pb.ModelInferRequest(model_name="fer_attention")
+            request.inputs.add(name="features", datatype="FP32", shape=[1, 8, 28, 28])
+            request.raw_input_contents.append(np.zeros((1, 8, 28, 28), np.float32).tobytes())
+            plain: list[tuple[str, float]] = []
+
+            def plain_client() -> None:
+                channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                stub.ServerLive(pb.ServerLiveRequest(), timeout=10)  # connected before timing
+                for _ in range(20):
+                    began = time.perf_counter()
+                    try:
+                        stub.ModelInfer(request, timeout=10)
+                        code = "OK"
+                    except grpc.RpcError as error:
+                        code = error.code().name
+                    with lock:
+                        plain.append((code, (time.perf_counter() - began) * 1000))
+                channel.close()
+
+            _run_threads(plain_client, 12)
+        finally:
+            process.terminate()
+            process.wait(30)
     refused = [r for r in results if r.fallback_reason == "overloaded"]
     admitted = [r for r in results if not r.fallback]
+    plain_refused = [ms for code, ms in plain if code == "RESOURCE_EXHAUSTED"]
     return {
-        "scenario": "overload: 12 edges against a queue of 2 and a 50 ms model",
+        "scenario": "overload: a queue of 2 in front of a 50 ms model (server in its own process); 12 edges, then 12 plain gRPC clients",
         "answers": len(results),
         "reasons": sorted({str(r.fallback_reason) for r in results}),
         "refused": len(refused),
         "refused_waited_ms": _summary([_waited(asdict(r.latency)) for r in refused]) if refused else None,
         "admitted_total_ms": _summary([r.latency.total for r in admitted]) if admitted else None,
+        "plain_calls": len(plain),
+        "plain_codes": sorted({code for code, _ in plain}),
+        "plain_refused": len(plain_refused),
+        "plain_refused_ms": _summary(plain_refused) if plain_refused else None,
+        "plain_admitted_ms": _summary([ms for code, ms in plain if code == "OK"]) if len(plain_refused) < len(plain) else None,
     }
 
 
+def _run_threads(target, count: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--overload-server":
+        overload_server(Path(sys.argv[2]))
+        return
+    only = sys.argv[1:]  # scenario names to run (slow, blackhole, overload); all by default
     import cv2
 
     from shared_model.preprocessing import prepare_face
 
     model, _ = load_model()
     face = prepare_face(cv2.imread(str(Path(__file__).parent / "data" / "faces" / "astronaut.png"), cv2.IMREAD_GRAYSCALE), model.config.input_size)
-    for measure in (lambda: slow_server(model, face, False), lambda: slow_server(model, face, True), lambda: blackhole(model, face), lambda: overload(model, face)):
-        print(json.dumps(measure()), flush=True)
+    scenarios = {
+        "slow": [lambda: slow_server(model, face, False), lambda: slow_server(model, face, True)],
+        "blackhole": [lambda: blackhole(model, face)],
+        "overload": [lambda: overload(model, face)],
+    }
+    for name, measures in scenarios.items():
+        if only and name not in only:
+            continue
+        for measure in measures:
+            print(json.dumps(measure()), flush=True)
 
 
 if __name__ == "__main__":
