@@ -24,13 +24,6 @@ locally). A remote failure charges every remote strategy the full deadline
 until a remote call succeeds again, so a dead or silent cloud is abandoned at
 once and re-tried only when exploring.
 
-Races (``race``, see :data:`RACES`): an exploration can instead run beside the
-current choice, the face answered by whichever finishes first, so that
-re-measuring a strategy costs the face nothing but the CPU and bytes the second
-strategy uses; and while two strategies are predicted within ``tie`` of each
-other every face can race the two. Both strategies' measurements are observed
-(the slower one's when it finishes).
-
 Thread-safe: one planner may serve a runner used from several threads.
 """
 
@@ -45,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
-    "MEDIAN", "MEAN", "OBJECTIVES", "NO_RACE", "RACE_EXPLORING", "RACE_CLOSE", "RACES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
+    "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
     "AutoPlanner", "RttProbe",
 ]
 
@@ -62,15 +55,6 @@ PRIVATE_STRATEGIES = (EDGE, SPLIT, SPLIT_REST)  # the face image never leaves th
 MEDIAN = "median"
 MEAN = "mean"
 OBJECTIVES = (MEDIAN, MEAN)
-
-# When auto runs two strategies at once and answers with the first to finish: never (one strategy
-# per face), while exploring (the strategy re-measured races the current choice, so exploring costs
-# the face nothing but the CPU and bytes the other one uses), or also while another strategy is
-# predicted within ``tie`` of the best (the face gets the faster of two close ones).
-NO_RACE = "never"
-RACE_EXPLORING = "exploring"
-RACE_CLOSE = "close"
-RACES = (NO_RACE, RACE_EXPLORING, RACE_CLOSE)
 
 # Why auto picked what it picked (recorded in every result).
 FASTEST = "fastest"
@@ -119,22 +103,14 @@ class Ewma:
 
 @dataclass
 class Decision:
-    """What auto chose for one face, why, and what it predicted for every candidate (ms).
-
-    ``race_with``: run this strategy too, at the same time, and answer with
-    whichever finishes first (see :data:`RACES`).
-    """
+    """What auto chose for one face, why, and what it predicted for every candidate (ms)."""
 
     strategy: str
     reason: str
     predicted_ms: dict[str, float] = field(default_factory=dict)
-    race_with: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        chosen = {"choice": self.strategy, "reason": self.reason, "predicted_ms": {k: round(v, 2) for k, v in self.predicted_ms.items()}}
-        if self.race_with is not None:
-            chosen["race_with"] = self.race_with
-        return chosen
+        return {"choice": self.strategy, "reason": self.reason, "predicted_ms": {k: round(v, 2) for k, v in self.predicted_ms.items()}}
 
 
 @dataclass
@@ -212,14 +188,10 @@ class AutoPlanner:
         clock: Callable[[], float] = time.monotonic,
         objective: str = MEDIAN,
         tie: float = 0.15,
-        race: str = NO_RACE,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
-        if race not in RACES:
-            raise ValueError(f"unknown race setting {race!r}; expected one of {RACES}")
         self.objective = objective
-        self.race = race
         self.tie = tie
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
@@ -346,7 +318,7 @@ class AutoPlanner:
             best = min(usable, key=lambda s: predicted[s])
             if cloud_on_trial and best == EDGE:
                 remote = min((s for s in usable if s != EDGE), key=lambda s: self._predict_parts(s))
-                return self._decide(remote, EXPLORING, predicted, keep_current=best, race_with=self._racing(best))
+                return self._decide(remote, EXPLORING, predicted, keep_current=best)
             score = self._scores(usable, best, predicted)
             best = min(usable, key=lambda s: score[s])
             current = self.current if self.current in usable else None
@@ -358,16 +330,8 @@ class AutoPlanner:
                 target = self._exploration_target(usable, best, predicted, period)
                 if target is not None:
                     self._since_exploration = 0
-                    return self._decide(target, EXPLORING, predicted, keep_current=best, race_with=self._racing(best))
-            rival = None
-            if self.race == RACE_CLOSE:
-                close = [s for s in usable if s != best and score[s] <= score[best] * (1 + self.tie)]
-                rival = min(close, key=lambda s: score[s]) if close else None
-            return self._decide(best, FASTEST, predicted, race_with=rival)
-
-    def _racing(self, incumbent: str) -> str | None:
-        """What an exploration races against: the current choice, unless racing is off."""
-        return None if self.race == NO_RACE else incumbent
+                    return self._decide(target, EXPLORING, predicted, keep_current=best)
+            return self._decide(best, FASTEST, predicted)
 
     def _scores(self, usable: list[str], best: str, predicted: dict[str, float]) -> dict[str, float]:
         """What the choice minimizes: the predictions, or (median objective) for the strategies predicted
@@ -412,11 +376,9 @@ class AutoPlanner:
             return min(neglected, key=lambda s: self._last_seen[s])
         return min(others, key=lambda s: predicted[s])
 
-    def _decide(
-        self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None, race_with: str | None = None
-    ) -> Decision:
+    def _decide(self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None) -> Decision:
         self.current = keep_current or strategy
-        return Decision(strategy, reason, predicted, race_with if race_with != strategy else None)
+        return Decision(strategy, reason, predicted)
 
     def state(self) -> dict[str, Any]:
         """The estimates behind the predictions (for logs and benchmarks)."""

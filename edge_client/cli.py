@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from shared_model.preprocessing import prepare_face
 
-from .auto import MEDIAN, NO_RACE, OBJECTIVES, RACES
+from .auto import MEDIAN, OBJECTIVES
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
 from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source
@@ -58,7 +58,6 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the face the cloud strategy sends")
     parser.add_argument("--split-returns", choices=SPLIT_RETURNS, default="attention", help="what the split strategy gets back: the attention alone (1x28x28 map + 8 weights, 792 bytes), applied here to the full-precision map; or the attended map (the paper's round trip, 6,272 bytes)")
     parser.add_argument("--auto-objective", choices=OBJECTIVES, default=MEDIAN, help="what auto minimizes: median (where strategies are predicted close, the one whose recent faces had the lower median wins: measured lower p50 at 40 of 54 points, docs/network.md) or mean (the predictions alone)")
-    parser.add_argument("--auto-race", choices=RACES, default=NO_RACE, help="when auto runs two strategies at once and answers with the first to finish: never, exploring (a strategy re-measured races the current choice instead of replacing it for that face), or close (also every face while another strategy is predicted within 15 %% of the best); racing costs the second strategy's CPU and bytes")
     parser.add_argument("--private", action="store_true", help="the face image never leaves this device: auto chooses among edge, split and split-rest only; --strategy cloud is refused")
     parser.add_argument("--timeout-ms", type=_positive_float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
     parser.add_argument("--failures-to-open", type=int, default=3, help="consecutive failures that open the circuit breaker")
@@ -129,7 +128,7 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
     return EdgeRunner(
         backend, strategy, client, breaker, args.encoding, args.image_format, args.jpeg_quality, timeout_s=args.timeout_ms / 1000, use_stream=use_stream,
-        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto_objective=args.auto_objective, auto_race=args.auto_race,
+        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto_objective=args.auto_objective,
     )
 
 

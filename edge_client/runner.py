@@ -23,9 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any, Callable
 
 import cv2
@@ -50,7 +48,6 @@ from .auto import (
     CONCRETE_STRATEGIES,
     EDGE,
     MEDIAN,
-    NO_RACE,
     PRIVATE_STRATEGIES,
     REMOTE_STRATEGIES,
     SPLIT,
@@ -174,7 +171,6 @@ class EdgeRunner:
         planner: AutoPlanner | None = None,
         rtt_interval_s: float = 2.0,
         auto_objective: str = MEDIAN,
-        auto_race: str = NO_RACE,
     ) -> None:
         _check_choice("strategy", strategy, STRATEGIES)
         _check_choice("image format", image_format, IMAGE_FORMATS)
@@ -206,10 +202,8 @@ class EdgeRunner:
         self._closed = False
         self._next_discovery = 0.0
         self._discovery_lock = threading.Lock()
-        self._race_pool: ThreadPoolExecutor | None = None  # auto's races: made at the first one
-        self._race_pool_lock = threading.Lock()
         if strategy == AUTO:
-            self._start_auto(rtt_interval_s, auto_objective, auto_race)
+            self._start_auto(rtt_interval_s, auto_objective)
         self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None], FaceResult]] = {
             EDGE: lambda pixels, crop: self._local(pixels_to_array(pixels), Latency()),
             CLOUD: self._cloud,
@@ -217,11 +211,11 @@ class EdgeRunner:
             SPLIT_REST: self._split_rest,
         }
 
-    def _start_auto(self, rtt_interval_s: float, objective: str, race: str) -> None:
+    def _start_auto(self, rtt_interval_s: float, objective: str) -> None:
         allowed = PRIVATE_STRATEGIES if self.private else CONCRETE_STRATEGIES
         remote = [s for s in allowed if s in REMOTE_STRATEGIES] if self.client else []
         if self.planner is None:
-            self.planner = AutoPlanner([EDGE, *remote], deadline_s=self.timeout_s, objective=objective, race=race)
+            self.planner = AutoPlanner([EDGE, *remote], deadline_s=self.timeout_s, objective=objective)
         else:
             for strategy in list(self.planner.candidates):
                 if strategy not in allowed or (strategy in REMOTE_STRATEGIES and not self.client):
@@ -250,76 +244,30 @@ class EdgeRunner:
                 self.breaker.allow()  # starts the health probe when it is due; never blocks
             decision = self.planner.choose(cloud_on_trial=self.breaker.state == HALF_OPEN)  # type: ignore[union-attr]
             strategy = decision.strategy
-        if decision is not None and decision.race_with is not None:
-            result, strategy = self._race((strategy, decision.race_with), known, pixels, crop, started)
-        else:
-            result = self._attempt(strategy, known, pixels, crop)
-        result.requested_strategy = self.strategy
-        result.latency.total = _ms(time.perf_counter() - started)
-        if decision is not None:
-            result.auto = decision.to_dict()
-            if decision.race_with is not None:
-                result.auto["won"] = strategy
-            self.planner.observe(_observation(strategy, result))  # type: ignore[union-attr]
-        return result
-
-    def _attempt(self, strategy: str, known: bool, pixels: np.ndarray, crop: np.ndarray | None) -> FaceResult:
-        """One face by ``strategy``: its answer, or the local one where the remote part fails."""
         try:
             if not known and strategy != EDGE:  # the cloud did not say what it serves within the deadline
-                return self._local(pixels_to_array(pixels), Latency(), "timeout")
-            if self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
-                return self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
-            return self._run_strategy[strategy](pixels, crop)
+                result = self._local(pixels_to_array(pixels), Latency(), "timeout")
+            elif self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
+                result = self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
+            else:
+                result = self._run_strategy[strategy](pixels, crop)
         except Exception as error:  # a bug on the remote path must not lose the face
             if strategy == EDGE:
                 raise
             log.exception("the %s path failed; answering locally", strategy)
-            return self._local(pixels_to_array(pixels), Latency(), f"edge_error: {type(error).__name__}")
-
-    def _race(self, strategies: tuple[str, str], known: bool, pixels: np.ndarray, crop: np.ndarray | None, started: float) -> tuple[FaceResult, str]:
-        """Both strategies at once: the first answer and the strategy that gave it.
-
-        The other runs on; what it measured is given to the planner when it
-        finishes (nothing of it reaches the caller). An edge error in one is
-        raised only if the other fails too.
-        """
-        pool = self._racers()
-        attempts = {pool.submit(self._attempt, s, known, pixels, crop): s for s in strategies}
-        pending: set[Future] = set(attempts)
-        winner: Future | None = None
-        while winner is None and pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            winner = next((f for f in done if f.exception() is None), None)
-        if winner is None:
-            raise next(iter(attempts)).exception()  # type: ignore[misc]
-        for attempt, strategy in attempts.items():
-            if attempt is not winner:
-                attempt.add_done_callback(partial(self._observe_slower, strategy, started))
-        return winner.result(), attempts[winner]
-
-    def _observe_slower(self, strategy: str, started: float, attempt: Future) -> None:
-        """What the slower strategy of a race measured, for the planner."""
-        if attempt.cancelled() or attempt.exception() is not None:
-            return
-        result = attempt.result()
+            result = self._local(pixels_to_array(pixels), Latency(), f"edge_error: {type(error).__name__}")
+        result.requested_strategy = self.strategy
         result.latency.total = _ms(time.perf_counter() - started)
-        self.planner.observe(_observation(strategy, result))  # type: ignore[union-attr]
-
-    def _racers(self) -> ThreadPoolExecutor:
-        with self._race_pool_lock:
-            if self._race_pool is None:
-                # Two per race, the slower one of a race may outlive it, and frames in flight race at once.
-                self._race_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="auto-race")
-            return self._race_pool
+        if decision is not None:
+            result.auto = decision.to_dict()
+            self.planner.observe(_observation(strategy, result))  # type: ignore[union-attr]
+        return result
 
     def close(self) -> None:
         """Stop the RTT probe and close the connection to the cloud."""
         self._closed = True
         if self._probe is not None:
             self._probe.stop()
-        if self._race_pool is not None:
-            self._race_pool.shutdown(wait=True)
         if self.client is not None:
             self.client.close()
 

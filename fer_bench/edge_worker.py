@@ -87,7 +87,7 @@ class EdgeWorker:
             self._runners[key] = EdgeRunner(
                 self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
                 image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
-                split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"), auto_race=spec.get("auto_race", "never"),
+                split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"),
                 use_stream=use_stream,
             )
         return self._runners[key]

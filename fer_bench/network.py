@@ -66,7 +66,6 @@ class StrategySpec:
     image_size: int | None = DEFAULT_IMAGE_SIZE
     split_returns: str = "attention"
     auto_objective: str = "median"
-    auto_race: str = "never"
 
 
 STRATEGIES = {
@@ -80,8 +79,6 @@ STRATEGIES = {
     "split-rest": StrategySpec("split-rest", "split-rest"),
     "auto": StrategySpec("auto", "auto"),
     "auto-mean": StrategySpec("auto-mean", "auto", auto_objective="mean"),  # auto before it compared close strategies by median
-    "auto-race": StrategySpec("auto-race", "auto", auto_race="exploring"),  # explorations race the current choice
-    "auto-close": StrategySpec("auto-close", "auto", auto_race="close"),  # also every face while two are close
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")

@@ -186,35 +186,3 @@ def test_an_unknown_objective_is_refused() -> None:
 
     with pytest.raises(ValueError, match="objective"):
         AutoPlanner(ALL, objective="p99")
-
-
-def test_races_pair_an_exploration_with_the_current_choice_and_close_strategies_with_each_other() -> None:
-    import pytest
-
-    from edge_client.auto import FASTEST, NO_RACE, RACE_CLOSE, RACE_EXPLORING
-
-    far = World(bandwidth_bytes_per_ms=50.0)  # the edge wins by far: nothing is close
-    for race, expect_explore_race in ((NO_RACE, False), (RACE_EXPLORING, True), (RACE_CLOSE, True)):
-        planner = AutoPlanner(ALL, explore_every=10, race=race)
-        planner.observe_rtt(far.rtt_ms / 1000)
-        decisions = []
-        for _ in range(80):
-            decision = planner.choose()
-            planner.observe(far.observe(decision.strategy))
-            decisions.append(decision)
-        explorations = [d for d in decisions[10:] if d.reason == EXPLORING]
-        assert explorations
-        assert all((d.race_with == EDGE) == expect_explore_race for d in explorations), race
-        assert all(d.race_with is None for d in decisions[10:] if d.reason == FASTEST)  # far apart: no race
-        assert all(d.race_with != d.strategy for d in decisions)
-    # Two strategies within the tie: with "close", every settled face races the runner-up.
-    close = World(bandwidth_bytes_per_ms=2_000.0, head_ms=5.0, tail_ms=7.0, server_ms=2.6)
-    assert abs(close.cost_ms(EDGE) - close.cost_ms(SPLIT_REST)) / close.cost_ms(EDGE) < 0.1
-    planner = AutoPlanner((EDGE, SPLIT_REST), explore_every=10, race=RACE_CLOSE)
-    _run(planner, close, 30)
-    decision = planner.choose()
-    assert decision.reason != FASTEST or {decision.strategy, decision.race_with} == {EDGE, SPLIT_REST}
-    settled = [planner.choose() for _ in range(5)]
-    assert any(d.reason == FASTEST and d.race_with is not None for d in settled)
-    with pytest.raises(ValueError, match="race"):
-        AutoPlanner(ALL, race="always")
