@@ -14,13 +14,15 @@ lowest (with the ``median`` objective, the default, candidates predicted within
 ``tie`` of the best are compared by the median of their recent faces instead); the network time is the strategy's own recent one, or, where it has not
 been measured for a while, RTT + bytes / throughput from the link model. A challenger must beat the current choice by ``hysteresis``
 (relative) to take over, so that two nearly equal strategies do not flap. Every
-``explore_every`` faces at most, it runs one other candidate instead: the
-runner-up (where a wrong estimate costs most), or one left unmeasured for three
-periods, so that a link that got better is noticed; a link that got
-worse shows in the current strategy's own measurements within a few faces. The
-cost of exploring is bounded: at most one face in ``explore_every``, and no
-exploration costs more than the remote deadline (a late answer is computed
-locally). A remote failure charges every remote strategy the full deadline
+``explore_every`` faces at most, it runs one other candidate instead, so that a
+link that got better is noticed (a link that got worse shows in the current
+strategy's own measurements within a few faces): each candidate is due every
+``explore_every`` faces while predicted within 1.5 times the best's latency,
+less often beyond (with the cube of the ratio, up to sixteen times as long:
+see :meth:`AutoPlanner._exploration_interval`), and the most overdue goes
+first. The cost of exploring is bounded: at most one face in
+``explore_every``, and no exploration costs more than the remote deadline (a
+late answer is computed locally). A remote failure charges every remote strategy the full deadline
 until a remote call succeeds again, so a dead or silent cloud is abandoned at
 once and re-tried only when exploring.
 
@@ -39,7 +41,7 @@ from typing import Any, Callable, Iterable
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
     "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
-    "AutoPlanner", "RttProbe",
+    "FAR", "MAX_EXPLORATION_STRETCH", "AutoPlanner", "RttProbe",
 ]
 
 EDGE = "edge"
@@ -165,6 +167,10 @@ class LinkEstimate:
         return None if spb is None or spb <= 0 else 1.0 / spb
 
 
+# A strategy predicted more than FAR times the best's latency is re-measured less often (see
+# AutoPlanner._exploration_interval), at most MAX_EXPLORATION_STRETCH exploration periods apart.
+FAR = 1.5
+MAX_EXPLORATION_STRETCH = 16.0
 RECENT_FACES = 9  # whole-face latencies kept per strategy for its median
 MIN_RECENT = 3  # fewer recent faces than this: no median, the prediction stands
 
@@ -188,11 +194,13 @@ class AutoPlanner:
         clock: Callable[[], float] = time.monotonic,
         objective: str = MEDIAN,
         tie: float = 0.15,
+        far: float = FAR,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         self.objective = objective
         self.tie = tie
+        self.far = far  # beyond this ratio to the best, re-measured less often (inf: every period)
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -366,15 +374,49 @@ class AutoPlanner:
             return max(2, self.explore_every // 2)
         return self.explore_every
 
+    def _exploration_interval(self, strategy: str, best: str, predicted: dict[str, float], period: int) -> float:
+        """Faces between re-measurements of ``strategy``: ``period`` for one predicted at most ``far``
+        (:data:`FAR`) times the best's latency (or one only re-measuring can show a better link for, see
+        :meth:`_link_blind`); beyond, ``period`` times the cube of that ratio, up to
+        :data:`MAX_EXPLORATION_STRETCH` periods.
+
+        Re-measuring a strategy costs its face what that strategy is slower: at
+        ``r`` times the best's latency, every ``period * r**3`` faces costs
+        ``(r - 1) / r**3 / period`` of the best's latency per face, 0.15 /
+        ``period`` at r = 1.5, less beyond (0.7 % per strategy at r = 2 with the
+        default period of 20, where every 20 faces cost 5 %). Near ones, where a
+        wrong estimate matters and a noisy one is soon corrected, are re-measured
+        every period; far ones rarely, their predictions following the link
+        model meanwhile.
+        """
+        ratio = max(1.0, predicted[strategy] / max(predicted[best], 1e-9))
+        if ratio <= self.far or self._link_blind(strategy, best, predicted):
+            return period
+        return period * min(ratio**3, MAX_EXPLORATION_STRETCH)
+
+    def _link_blind(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
+        """Could a better link make ``strategy`` the fastest without anything showing it but re-measuring it?
+
+        So while the edge is the current choice (no remote call feeds the link
+        model; the RTT probe alone does not show throughput) for a remote
+        strategy whose work apart from the network (and any failure's penalty)
+        is predicted below the edge's latency. With a remote strategy current,
+        its traffic keeps the link model up to date for every other one.
+        """
+        if best != EDGE or strategy == EDGE:
+            return False
+        without_network = self._predict_parts(strategy) - self._network_s(strategy) - self._penalty[strategy] + self._overhead[strategy].get()
+        return without_network * 1000 < predicted[best]
+
     def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float], period: int) -> str | None:
-        """The runner-up (where a wrong estimate costs most), unless another has gone unmeasured for long."""
-        others = [s for s in usable if s != best and self._faces - self._last_seen[s] >= period]
-        if not others:
-            return None
-        neglected = [s for s in others if self._faces - self._last_seen[s] >= 3 * self.explore_every]
-        if neglected:
-            return min(neglected, key=lambda s: self._last_seen[s])
-        return min(others, key=lambda s: predicted[s])
+        """Of the strategies due for a re-measurement, the most overdue (relative to its interval)."""
+        overdue = {
+            s: (self._faces - self._last_seen[s]) / self._exploration_interval(s, best, predicted, period)
+            for s in usable
+            if s != best
+        }
+        due = [s for s, ratio in overdue.items() if ratio >= 1.0]
+        return max(due, key=lambda s: (overdue[s], -predicted[s])) if due else None
 
     def _decide(self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None) -> Decision:
         self.current = keep_current or strategy

@@ -35,6 +35,7 @@ from typing import Any
 
 import cv2
 
+from edge_client.auto import FAR
 from edge_client.samples import sample_image
 from edge_client.backends import load_backend
 from edge_client.breaker import CircuitBreaker
@@ -87,7 +88,7 @@ class EdgeWorker:
             self._runners[key] = EdgeRunner(
                 self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
                 image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
-                split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"),
+                split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"), auto_far=spec.get("auto_far", FAR),
                 use_stream=use_stream,
             )
         return self._runners[key]

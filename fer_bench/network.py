@@ -18,6 +18,7 @@ for a stretch and restarted.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from edge_client.auto import FAR
 from edge_client.runner import DEFAULT_IMAGE_SIZE
 
 from .processes import CloudProcess
@@ -66,6 +68,7 @@ class StrategySpec:
     image_size: int | None = DEFAULT_IMAGE_SIZE
     split_returns: str = "attention"
     auto_objective: str = "median"
+    auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
 
 
 STRATEGIES = {
@@ -79,6 +82,7 @@ STRATEGIES = {
     "split-rest": StrategySpec("split-rest", "split-rest"),
     "auto": StrategySpec("auto", "auto"),
     "auto-mean": StrategySpec("auto-mean", "auto", auto_objective="mean"),  # auto before it compared close strategies by median
+    "auto-uniform": StrategySpec("auto-uniform", "auto", auto_far=math.inf),  # auto before it re-measured far strategies less often
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
@@ -470,7 +474,8 @@ def format_table(records: list[PointRecord]) -> str:
 
 
 def auto_against_best(records: list[PointRecord]) -> list[dict]:
-    """At each point: the best fixed strategy by p50, and auto's p50 and mean against it."""
+    """At each point: the best fixed strategy by p50, and auto's p50 and mean against it (and each other
+    auto variant's that ran beside it, under ``variants``)."""
     rows = []
     points = sorted({(r.profile, r.shaper, r.bandwidth_kbps) for r in records}, key=lambda k: (list(PROFILES).index(k[0]), k[1], k[2]))
     for key in points:
@@ -484,10 +489,11 @@ def auto_against_best(records: list[PointRecord]) -> list[dict]:
             "profile": key[0], "shaper": key[1], "bandwidth_kbps": key[2], "best": best.strategy, "best_p50_ms": best.p50_ms,
             "auto_p50_ms": auto.p50_ms, "p50_ratio": auto.p50_ms / best.p50_ms, "best_mean_ms": best.mean_ms, "auto_mean_ms": auto.mean_ms,
             "auto_choices": auto.auto_choices, "explorations": auto.explorations,
+            "variants": {
+                r.strategy: {"p50_ms": r.p50_ms, "p50_ratio": r.p50_ms / best.p50_ms, "mean_ms": r.mean_ms, "explorations": r.explorations}
+                for r in here if r.strategy != "auto" and STRATEGIES[r.strategy].strategy == "auto"
+            },
         }
-        if (old := next((r for r in here if r.strategy == "auto-mean"), None)) is not None:  # the previous objective, same run
-            row.update({"auto_mean_objective_p50_ms": old.p50_ms, "auto_mean_objective_p50_ratio": old.p50_ms / best.p50_ms,
-                        "auto_mean_objective_mean_ms": old.mean_ms})
         rows.append(row)
     return rows
 
@@ -495,34 +501,33 @@ def auto_against_best(records: list[PointRecord]) -> list[dict]:
 def auto_summary(rows: list[dict]) -> dict[str, object]:
     """Over the points of :func:`auto_against_best`: how often auto's p50 was within 1.10x of the best
     fixed strategy's, the median and worst ratio, its mean latency averaged over the points, and the
-    same for ``auto-mean`` where it ran beside it (with the points where each had the lower p50)."""
+    same for every other auto variant that ran beside it (with the points where auto had the lower p50)."""
     if not rows:
         return {}
 
-    def of(ratio_key: str, mean_key: str) -> dict[str, float]:
-        ratios = [r[ratio_key] for r in rows]
+    def of(ratios: list[float], means: list[float]) -> dict[str, float]:
         return {
             "points": len(ratios), "within_1.10x": sum(v <= 1.10 for v in ratios), "median_ratio": round(statistics.median(ratios), 3),
-            "worst_ratio": round(max(ratios), 3), "mean_ms_averaged": round(statistics.mean(r[mean_key] for r in rows), 2),
+            "worst_ratio": round(max(ratios), 3), "mean_ms_averaged": round(statistics.mean(means), 2),
         }
 
-    summary: dict[str, object] = {"auto": of("p50_ratio", "auto_mean_ms")}
-    if all("auto_mean_objective_p50_ratio" in r for r in rows):
-        summary["auto-mean"] = of("auto_mean_objective_p50_ratio", "auto_mean_objective_mean_ms")
-        summary["auto_lower_p50_points"] = sum(r["p50_ratio"] < r["auto_mean_objective_p50_ratio"] for r in rows)
+    summary: dict[str, object] = {"auto": of([r["p50_ratio"] for r in rows], [r["auto_mean_ms"] for r in rows])}
+    for name in sorted(set.intersection(*(set(r["variants"]) for r in rows))):
+        summary[name] = of([r["variants"][name]["p50_ratio"] for r in rows], [r["variants"][name]["mean_ms"] for r in rows])
+        summary[f"auto_lower_p50_than_{name}_points"] = sum(r["p50_ratio"] < r["variants"][name]["p50_ratio"] for r in rows)
     return summary
 
 
 def format_auto_summary(summary: dict[str, object]) -> str:
     lines = []
-    for name in ("auto", "auto-mean"):
-        if (part := summary.get(name)) is not None:
+    for name, part in summary.items():
+        if isinstance(part, dict):
             lines.append(
                 f"{name}: p50 within 1.10x of the best fixed at {part['within_1.10x']} of {part['points']} points, median {part['median_ratio']:.3f}x, "
                 f"worst {part['worst_ratio']:.2f}x; mean latency averaged over the points {part['mean_ms_averaged']:.2f} ms"
             )
-    if "auto_lower_p50_points" in summary:
-        lines.append(f"auto's p50 lower than auto-mean's at {summary['auto_lower_p50_points']} points")
+        else:
+            lines.append(f"{name.replace('_', ' ')}: {part}")
     return "\n".join(lines)
 
 
@@ -532,7 +537,7 @@ def format_auto_table(rows: list[dict]) -> str:
         lines.append(
             f"{r['profile']:<8}{r['shaper']:<7}{r['bandwidth_kbps']:>6.0f}  {r['best']:<15}{r['best_p50_ms']:>7.1f}{r['auto_p50_ms']:>9.1f}{r['p50_ratio']:>7.2f}"
             f"{r['best_mean_ms']:>10.1f}{r['auto_mean_ms']:>10.1f}  {r['auto_choices']} ({r['explorations']})"
-            + (f"  [auto-mean p50 {r['auto_mean_objective_p50_ms']:.1f}, {r['auto_mean_objective_p50_ratio']:.2f}x]" if "auto_mean_objective_p50_ms" in r else "")
+            + "".join(f"  [{name} p50 {v['p50_ms']:.1f}, {v['p50_ratio']:.2f}x, mean {v['mean_ms']:.1f}]" for name, v in r["variants"].items())
         )
     return "\n".join(lines)
 
