@@ -50,6 +50,7 @@ from .inference import (
     parse_features,
     parse_images,
     probabilities_response,
+    refuse_non_finite,
     requested_outputs,
 )
 from .metrics import ServerMetrics
@@ -111,6 +112,8 @@ class InferenceEngine:
             )
             for name, forward in served.functions.items()
         }
+        # fer_attention in inline batches takes requests as they arrived: parsed, validated and answered in the batch's turn.
+        self._inline_attention = self.batchers[ATTENTION_MODEL] if ATTENTION_MODEL in served.inline else None
         # Image decoding (fer_classifier) runs on a few threads of its own, with a bounded backlog.
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="fer-decode")
         self._decode_slots = threading.BoundedSemaphore(batching.max_queue_size)
@@ -125,7 +128,7 @@ class InferenceEngine:
         outputs = requested_outputs(request)
         if model == CLASSIFIER_MODEL:
             return model, parse_images(request, raws, self.config, self.limits), None, outputs
-        inputs, encoding = parse_features(request, raws, self.config, self.limits)
+        inputs, encoding = parse_features(request, raws, self.config, self.limits, check_finite=model not in self.served.checks_finite)
         return model, inputs, encoding, outputs
 
     def _submit(self, model: str, inputs: np.ndarray, deadline: float | None, finish: Callable[[BatchResult], bytes] | None) -> Future:
@@ -138,11 +141,11 @@ class InferenceEngine:
         except BatcherClosed as error:
             raise InferenceError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
 
-    def _submit_inline(self, batcher: DynamicBatcher, inputs: np.ndarray, deadline: float | None) -> asyncio.Future:
+    def _submit_inline(self, batcher: DynamicBatcher, item: Any, deadline: float | None, **hooks: Any) -> asyncio.Future:
         if deadline is not None and time.perf_counter() >= deadline:
             raise InferenceError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the request was queued")
         try:
-            return batcher.submit_inline(inputs, deadline)
+            return batcher.submit_inline(item, deadline, **hooks)
         except QueueFull as error:
             raise InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {error}; retry later") from None
         except BatcherClosed as error:
@@ -190,31 +193,29 @@ class InferenceEngine:
         away) drops it too. A call cancelled after its deadline (gRPC cancels
         the handler then) counts as DEADLINE_EXCEEDED; every DEADLINE_EXCEEDED
         counts as expired. Raises :class:`InferenceError`.
+
+        A request for ``fer_attention`` computed inline (``model_name`` first,
+        as protobuf serializes it) is queued as it arrived and parsed,
+        validated and answered in its batch's turn; any other takes the general
+        path, which parses it here.
         """
         started = time.perf_counter()
         status = INTERNAL
         model_name = "unknown"
         self.metrics.in_flight_count += 1
         try:
-            request, raws = _split(data)
-            model_name = self._counted(request)
-            if request.model_name == CLASSIFIER_MODEL:  # decoding images is real work: not on the loop
-                model, inputs, encoding, outputs = await self._decode(request, raws)
-            else:
-                model, inputs, encoding, outputs = self._prepare(request, raws)
-            batcher = self.batchers[model]
-            if batcher.inline:  # computed on this loop in its next turn, with whatever else arrived meanwhile
+            inline = self._inline_attention
+            if inline is not None and data.startswith(_ATTENTION_FIRST):
+                model_name = ATTENTION_MODEL
                 try:
-                    result = await self._submit_inline(batcher, inputs, deadline)
-                except (InferenceError, asyncio.CancelledError):
-                    raise
-                except Exception as error:
-                    raise _batch_error(error) from error
-                response = self._respond(request, model, result, encoding=encoding, outputs=outputs, started=started)
+                    response = await self._inline_result(inline, _Arrival(data, started), deadline, prepare=self._prepare_arrival, finish=self._finish_arrival)
+                except _OtherModel as other:  # model_name given again further on (the last one counts)
+                    model_name = self._counted(other.request)
+                    response = await self._general(other.request, other.raws, deadline, started)
             else:
-                # The response is built on the batcher's thread, so the event loop only validates, queues and sends.
-                respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
-                response = await _batch_result_async(asyncio.wrap_future(self._submit(model, inputs, deadline, respond)))
+                request, raws = _split(data)
+                model_name = self._counted(request)
+                response = await self._general(request, raws, deadline, started)
             status = OK
             return response
         except InferenceError as error:
@@ -228,6 +229,41 @@ class InferenceEngine:
             self.metrics.in_flight_count -= 1
             self.metrics.request_done(model_name, status, time.perf_counter() - started if status == OK else None)
 
+    async def _general(self, request: pb.ModelInferRequest, raws: Sequence[Buffer], deadline: float | None, started: float) -> bytes:
+        if request.model_name == CLASSIFIER_MODEL:  # decoding images is real work: not on the loop
+            model, inputs, encoding, outputs = await self._decode(request, raws)
+        else:
+            model, inputs, encoding, outputs = self._prepare(request, raws)
+        batcher = self.batchers[model]
+        if batcher.inline:
+            result = await self._inline_result(batcher, inputs, deadline)
+            return self._respond(request, model, result, encoding=encoding, outputs=outputs, started=started)
+        # The response is built on the batcher's thread, so the event loop only validates, queues and sends.
+        respond = partial(self._respond, request, model, encoding=encoding, outputs=outputs, started=started)
+        return await _batch_result_async(asyncio.wrap_future(self._submit(model, inputs, deadline, respond)))
+
+    async def _inline_result(self, batcher: DynamicBatcher, item: Any, deadline: float | None, **hooks: Any) -> Any:
+        """What an inline batch answers for ``item``: computed on this loop in its next turn, with whatever else arrived meanwhile."""
+        try:
+            return await self._submit_inline(batcher, item, deadline, **hooks)
+        except (InferenceError, asyncio.CancelledError, _OtherModel):
+            raise
+        except Exception as error:
+            raise _batch_error(error) from error
+
+    def _prepare_arrival(self, arrival: "_Arrival") -> np.ndarray:
+        """In an inline batch's turn: parse and validate a serialized fer_attention request; its input."""
+        request, raws = _split(arrival.data)
+        if request.model_name != ATTENTION_MODEL:
+            raise _OtherModel(request, raws)
+        _, inputs, arrival.encoding, arrival.outputs = self._prepare(request, raws)
+        arrival.request = request
+        return inputs
+
+    def _finish_arrival(self, arrival: "_Arrival", result: BatchResult) -> bytes:
+        """In an inline batch's turn: the serialized response to one request of the batch."""
+        return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
+
     async def _decode(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         if not self._decode_slots.acquire(blocking=False):
             raise InferenceError(grpc.StatusCode.RESOURCE_EXHAUSTED, "server overloaded: too many images waiting to be decoded; retry later")
@@ -239,6 +275,8 @@ class InferenceEngine:
     def _respond(
         self, request: pb.ModelInferRequest, model: str, result: BatchResult, *, encoding: str | None, outputs: tuple[str, ...], started: float
     ) -> bytes:
+        if model in self.served.checks_finite:
+            refuse_non_finite(result.output[:, -1])
         if model == ATTENTION_MODEL:
             attention = AttentionOutputs.unpack(result.output, self.config.split_shape)
             response, contents = attention_response(request, attention, encoding or "", self.fingerprint, outputs)
@@ -257,6 +295,30 @@ class InferenceEngine:
         for batcher in self.batchers.values():
             batcher.close(timeout)
         self._decoder.shutdown(wait=False, cancel_futures=True)
+
+
+# How a serialized request naming fer_attention begins: model_name (field 1) comes first as protobuf writes it.
+_ATTENTION_FIRST = b"\x0a" + bytes((len(ATTENTION_MODEL),)) + ATTENTION_MODEL.encode()
+
+
+class _Arrival:
+    """A serialized fer_attention request on its way through an inline batch (parsed in the batch's turn)."""
+
+    __slots__ = ("data", "started", "request", "encoding", "outputs")
+
+    def __init__(self, data: bytes, started: float) -> None:
+        self.data, self.started = data, started
+        self.request: pb.ModelInferRequest | None = None
+        self.encoding: str | None = None
+        self.outputs: tuple[str, ...] = ()
+
+
+class _OtherModel(Exception):
+    """A request that began like a fer_attention one but names another model: it goes the general way."""
+
+    def __init__(self, request: pb.ModelInferRequest, raws: list[memoryview]) -> None:
+        super().__init__(request.model_name)
+        self.request, self.raws = request, raws
 
 
 def _split(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:

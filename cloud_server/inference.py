@@ -51,7 +51,7 @@ from shared_model.protocol import (
 )
 
 __all__ = [
-    "MODELS", "InferenceError", "invalid", "Limits", "check_model", "requested_outputs", "parse_features",
+    "MODELS", "InferenceError", "invalid", "Limits", "check_model", "requested_outputs", "parse_features", "refuse_non_finite",
     "AttentionOutputs", "attention_response", "decode_image", "parse_images", "probabilities_response",
     "model_metadata",
 ]
@@ -162,12 +162,15 @@ def _typed_contents(tensor: Any, encoding: str, count: int) -> Buffer:
     return values.tobytes()
 
 
-def parse_features(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: ModelConfig, limits: Limits) -> tuple[np.ndarray, str]:
+def parse_features(
+    request: pb.ModelInferRequest, raws: Sequence[Buffer], config: ModelConfig, limits: Limits, check_finite: bool = True
+) -> tuple[np.ndarray, str]:
     """The split tensor of a features request as float32, and its wire encoding.
 
     ``raws``: the request's ``raw_input_contents`` (:func:`cloud_server.wire.split_infer_request`
     gives them as views of the received bytes). FP32 is not copied: the array is
-    a read-only view of those bytes.
+    a read-only view of those bytes. ``check_finite=False``: NaN and infinity are
+    left for the batch function to flag (see :func:`refuse_non_finite`).
     """
     tensor, raw = _single_input(request, raws, FEATURES)
     encoding = codec.ENCODING_OF_DATATYPE.get(tensor.datatype)
@@ -180,7 +183,7 @@ def parse_features(request: pb.ModelInferRequest, raws: Sequence[Buffer], config
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
     if encoding == codec.FP32 and memoryview(data).nbytes == 4 * math.prod(shape):  # the common case, without a copy
         array = np.frombuffer(data, dtype="<f4").reshape(shape)
-        finite = bool(np.isfinite(array).all())  # isfinite never warns
+        finite = not check_finite or bool(np.isfinite(array).all())  # isfinite never warns
     else:
         scale, zero_point = _quantization(tensor, request) if encoding == codec.UINT8 else (None, None)
         with np.errstate(over="ignore", invalid="ignore"):  # an overflowing scale is refused just below, not warned about
@@ -188,10 +191,20 @@ def parse_features(request: pb.ModelInferRequest, raws: Sequence[Buffer], config
                 array = codec.decode_bytes(data, shape, encoding, scale, zero_point)
             except codec.CodecError as error:
                 raise invalid(f"input {FEATURES!r}: {error}") from None
-            finite = bool(np.isfinite(array).all())
+            finite = not check_finite or bool(np.isfinite(array).all())
     if not finite:
-        raise invalid(f"input {FEATURES!r} holds NaN or infinite values (check 'scale')")
+        raise _non_finite()
     return array, encoding
+
+
+def _non_finite() -> InferenceError:
+    return invalid(f"input {FEATURES!r} holds NaN or infinite values (check 'scale')")
+
+
+def refuse_non_finite(flags: np.ndarray) -> None:
+    """A request whose rows of a batch output were flagged non-finite (0 in the flags column) is INVALID_ARGUMENT."""
+    if not np.all(flags):
+        raise _non_finite()
 
 
 @dataclass(frozen=True)
@@ -212,7 +225,8 @@ class AttentionOutputs:
         channels, height, width = split_shape
         batch, pixels = packed.shape[0], height * width
         mapped = channels * pixels
-        features, spatial, channel = packed[:, :mapped], packed[:, mapped : mapped + pixels], packed[:, mapped + pixels :]
+        features, spatial = packed[:, :mapped], packed[:, mapped : mapped + pixels]
+        channel = packed[:, mapped + pixels : mapped + pixels + channels]  # any column after: finite flags
         return cls(features.reshape(batch, channels, height, width), spatial.reshape(batch, 1, height, width), channel)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -58,6 +59,9 @@ class Runtime:
     functions: dict[str, BatchFunction]
     inline: frozenset[str] = frozenset()  # models computed on the event loop
     model: Any = field(default=None, repr=False)  # the FERNet, when PyTorch holds one
+    # Models whose batch output ends with a column of finite flags (1: that row's input held no NaN or
+    # infinity): the engine need not check each request's tensor before queueing it.
+    checks_finite: frozenset[str] = frozenset()
 
 
 def _cuda_present() -> bool:
@@ -165,7 +169,7 @@ def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: 
     inline: frozenset[str] = frozenset()
     attention: BatchFunction
     if (folder / ATTENTION_FILE).is_file():
-        attention = NumpyAttention.load(folder / ATTENTION_FILE)
+        attention = partial(NumpyAttention.load(folder / ATTENTION_FILE), finite_flags=True)
         inline = frozenset({ATTENTION_MODEL})
     else:
         if model is None:
@@ -184,7 +188,7 @@ def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: 
         return softmax(partitions.tail(partitions.cloud(partitions.head(x))))
 
     functions = {ATTENTION_MODEL: attention, REST_MODEL: rest, CLASSIFIER_MODEL: classify}
-    return Runtime("onnx", "cpu", partitions.config, partitions.fingerprint, functions, inline, model)
+    return Runtime("onnx", "cpu", partitions.config, partitions.fingerprint, functions, inline, model, checks_finite=inline)
 
 
 def load_runtime(

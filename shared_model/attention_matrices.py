@@ -45,13 +45,29 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 class NumpyAttention:
-    """``fer_attention``'s batch function from an ``attention.npz``: (N, C, H, W) -> packed ``[x*S*c | S | c]`` rows."""
+    """``fer_attention``'s batch function from an ``attention.npz``: (N, C, H, W) -> packed ``[x*S*c | S | c]`` rows.
 
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+    ``fused``: compute each face in one compiled pass (:mod:`numba`, where
+    installed: the default) instead of a dozen NumPy calls per batch.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], fused: bool | None = None) -> None:
         self.order = tuple(json.loads(str(arrays["order"])))
         self.a = {key: np.ascontiguousarray(value) for key, value in arrays.items() if key != "order"}
         if "sfp_weights" in self.a:  # (C, H*W) -> (C, H*W, 1): one matmul gives each channel's weighted sum
             self.a["sfp_weights"] = np.ascontiguousarray(self.a["sfp_weights"][:, :, None])
+        self._fused: _FusedAttention | None = None
+        if fused is not False:
+            kernel = _fused_kernel()
+            if kernel is None and fused:
+                raise ImportError("the fused attention needs numba: pip install numba")
+            if kernel is not None:
+                self._fused = _FusedAttention(self.order, self.a, kernel)
+
+    @property
+    def fused(self) -> bool:
+        """Whether batches run through the compiled kernel."""
+        return self._fused is not None
 
     @classmethod
     def load(cls, path: Path) -> "NumpyAttention":
@@ -73,7 +89,18 @@ class NumpyAttention:
         pooled = np.matmul(y[:, :, None, :], a["sfp_weights"])[:, :, 0, 0]  # the LL-band mean of each channel
         return _sigmoid(pooled @ a["sfp_fc_weight"].T + a["sfp_fc_bias"])
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, finite_flags: bool = False) -> np.ndarray:
+        """Packed rows; with ``finite_flags``, one more column: 1 where the face's input is finite, else 0
+        (checked in the same pass, so a server need not read each request's tensor once more)."""
+        if self._fused is not None:
+            return self._fused(x, finite_flags)
+        packed = self._numpy(x)
+        if not finite_flags:
+            return packed
+        finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+        return np.concatenate([packed, finite[:, None].astype(np.float32)], axis=1)
+
+    def _numpy(self, x: np.ndarray) -> np.ndarray:
         batch, channels, height, width = x.shape
         y = x.reshape(batch, channels, height * width)
         spatial = channel = None  # a module left out contributes ones
@@ -89,6 +116,139 @@ class NumpyAttention:
         if channel is None:
             channel = np.ones((batch, channels), np.float32)
         return np.concatenate([y.reshape(batch, -1), spatial, channel], axis=1, dtype=np.float32)
+
+
+# Module orders of the fused kernel.
+_ASP_ONLY, _SFP_ONLY, _ASP_THEN_SFP, _SFP_THEN_ASP, _NONE = range(5)
+_KERNEL: Any = None  # the compiled kernel, once built (False: numba is not installed)
+
+
+def _fused_kernel() -> Any:
+    """The attention stage as one numba-compiled pass per face (None without numba); compiled once, cached on disk."""
+    global _KERNEL
+    if _KERNEL is None:
+        try:
+            import numba
+        except ImportError:
+            _KERNEL = False
+        else:
+            # Reassociating sums lets the compiler vectorize them; NaN and infinity keep their IEEE meaning.
+            _KERNEL = numba.njit(cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"}, error_model="numpy")(_attend)
+    return _KERNEL or None
+
+
+def _attend(x, out, finite, group_weights, starts, pixels, weights, line_group, line_bias, index, sfp_weights, fc, fc_bias, order):  # pragma: no cover (compiled)
+    """Per face: the attention of ``x[n]`` (C, P) written to ``out[n]`` as ``[x*S*c | S | c]``, and
+    ``finite[n]`` 1 where ``x[n]`` holds no NaN or infinity (else 0).
+
+    ASP: line sums of the group-weighted channel sum (``starts``/``pixels``/``weights``: each line's
+    pixels and averaging weights, CSR), a sigmoid per line, the spatial map the product over directions
+    (``index``: each direction's line of each pixel). SFP: the weighted pixel sum of each channel
+    (``sfp_weights``), one C x C layer and a sigmoid. ``order``: which modules run, in which order.
+    """
+    items, channels, pixels_per_map = x.shape
+    groups = group_weights.shape[0]
+    lines = line_bias.shape[0]
+    directions = index.shape[0]
+    weighted = np.zeros((max(groups, 1), pixels_per_map), np.float32)
+    line_attention = np.empty(max(lines, 1), np.float32)
+    spatial = np.ones(pixels_per_map, np.float32)
+    channel = np.ones(channels, np.float32)
+    pooled = np.zeros(channels, np.float32)
+    one = np.float32(1.0)
+    for n in range(items):
+        xn = x[n]
+        poison = np.float32(0.0)  # stays 0 unless an element is NaN or infinite (inf * 0 is NaN)
+        for c in range(channels):
+            for p in range(pixels_per_map):
+                poison += xn[c, p] * np.float32(0.0)
+        finite[n] = one if poison == 0.0 else np.float32(0.0)
+        spatial[:] = one
+        channel[:] = one
+        for step in range(2):
+            asp = (order == _ASP_ONLY and step == 0) or (order == _ASP_THEN_SFP and step == 0) or (order == _SFP_THEN_ASP and step == 1)
+            sfp = (order == _SFP_ONLY and step == 0) or (order == _SFP_THEN_ASP and step == 0) or (order == _ASP_THEN_SFP and step == 1)
+            if asp:  # on x * channel (channel: ones unless SFP ran first)
+                weighted[:] = 0.0
+                for c in range(channels):
+                    for g in range(groups):
+                        scale = group_weights[g, c] * channel[c]
+                        for p in range(pixels_per_map):
+                            weighted[g, p] += scale * xn[c, p]
+                for line in range(lines):
+                    total = line_bias[line]
+                    row = weighted[line_group[line]]
+                    for t in range(starts[line], starts[line + 1]):
+                        total += weights[t] * row[pixels[t]]
+                    line_attention[line] = one / (one + np.exp(-total))
+                for p in range(pixels_per_map):
+                    product = one
+                    for k in range(directions):
+                        product *= line_attention[index[k, p]]
+                    spatial[p] = product
+            elif sfp:  # on x * spatial (spatial: ones unless ASP ran first)
+                for c in range(channels):
+                    total = np.float32(0.0)
+                    for p in range(pixels_per_map):
+                        total += xn[c, p] * spatial[p] * sfp_weights[c, p]
+                    pooled[c] = total
+                for c in range(channels):
+                    total = fc_bias[c]
+                    for d in range(channels):
+                        total += fc[c, d] * pooled[d]
+                    channel[c] = one / (one + np.exp(-total))
+        row_out = out[n]
+        for c in range(channels):
+            scale = channel[c]
+            base = c * pixels_per_map
+            for p in range(pixels_per_map):
+                row_out[base + p] = xn[c, p] * spatial[p] * scale
+        mapped = channels * pixels_per_map
+        for p in range(pixels_per_map):
+            row_out[mapped + p] = spatial[p]
+        for c in range(channels):
+            row_out[mapped + pixels_per_map + c] = channel[c]
+
+
+class _FusedAttention:
+    """The arrays of an ``attention.npz`` laid out for :func:`_attend`."""
+
+    def __init__(self, order: tuple[str, ...], a: dict[str, np.ndarray], kernel: Any) -> None:
+        self.kernel = kernel
+        self.order = {(): _NONE, (ASP,): _ASP_ONLY, (SFP,): _SFP_ONLY, (ASP, SFP): _ASP_THEN_SFP, (SFP, ASP): _SFP_THEN_ASP}[order]
+        groups = [(a[f"asp_{g}_weight"], a[f"asp_{g}_matrix"], a[f"asp_{g}_bias"]) for g in ("axis", "diagonal") if f"asp_{g}_weight" in a]
+        channels = len(a["sfp_fc_bias"]) if "sfp_fc_bias" in a else (len(groups[0][0]) if groups else 1)
+        self.group_weights = np.ascontiguousarray(np.stack([w for w, _, _ in groups]) if groups else np.zeros((0, channels)), dtype=np.float32)
+        starts, pixels, weights, line_group, line_bias = [0], [], [], [], []
+        for g, (_, matrix, bias) in enumerate(groups):
+            for line in range(matrix.shape[1]):
+                members = np.flatnonzero(matrix[:, line])
+                pixels.extend(members)
+                weights.extend(matrix[members, line])
+                starts.append(len(pixels))
+                line_group.append(g)
+                line_bias.append(float(bias[0]))
+        self.starts = np.asarray(starts, np.int64)
+        self.pixels = np.asarray(pixels, np.int64)
+        self.weights = np.asarray(weights, np.float32)
+        self.line_group = np.asarray(line_group, np.int64)
+        self.line_bias = np.asarray(line_bias, np.float32)
+        self.index = np.ascontiguousarray(a.get("asp_broadcast_index", np.zeros((0, 1), np.int64)), dtype=np.int64)
+        self.sfp_weights = np.ascontiguousarray(a["sfp_weights"][:, :, 0] if "sfp_weights" in a else np.zeros((channels, 1)), dtype=np.float32)
+        self.fc = np.ascontiguousarray(a.get("sfp_fc_weight", np.zeros((channels, channels))), dtype=np.float32)
+        self.fc_bias = np.ascontiguousarray(a.get("sfp_fc_bias", np.zeros(channels)), dtype=np.float32)
+
+    def __call__(self, x: np.ndarray, finite_flags: bool = False) -> np.ndarray:
+        batch, channels, height, width = x.shape
+        pixels = height * width
+        width_out = channels * pixels + pixels + channels
+        out = np.empty((batch, width_out + 1), np.float32)  # the last column: the finite flags
+        self.kernel(
+            np.ascontiguousarray(x, dtype=np.float32).reshape(batch, channels, pixels), out[:, :width_out], out[:, width_out],
+            self.group_weights, self.starts, self.pixels, self.weights, self.line_group, self.line_bias, self.index, self.sfp_weights,
+            self.fc, self.fc_bias, self.order,
+        )
+        return out if finite_flags else out[:, :width_out]
 
 
 def attention_arrays(model: Any) -> dict[str, np.ndarray]:

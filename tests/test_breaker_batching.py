@@ -10,7 +10,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from cloud_server.batching import BatcherClosed, DeadlineExpired, DynamicBatcher, QueueFull
+from cloud_server.batching import BatcherClosed, BatchResult, DeadlineExpired, DynamicBatcher, QueueFull
 from edge_client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
@@ -456,3 +456,30 @@ def test_inline_batch_that_reaches_the_last_size_runs_without_waiting() -> None:
     elapsed = _on_loop(run)
     batcher.close()
     assert sizes == [3, 3] and elapsed < 2.5
+
+
+def test_inline_requests_prepared_and_answered_in_the_batch_turn_fail_alone() -> None:
+    """Requests as they arrived (text here): parsed and answered in the batch's turn, beside plain inputs;
+    one that cannot be parsed, and one whose answer cannot be built, fail alone."""
+    sizes: list[int] = []
+    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x * 10, max_batch_size=8, max_queue_delay=0.002, inline=True)
+
+    def prepare(text: str) -> np.ndarray:
+        return np.full((1, 1), float(text))  # ValueError for what is not a number
+
+    def finish(text: str, result: BatchResult) -> str:
+        if text == "3":
+            raise RuntimeError("cannot answer 3")
+        return f"{text}->{result.output.item():g}"
+
+    async def run() -> list:
+        futures = [batcher.submit_inline(t, prepare=prepare, finish=finish) for t in ("1", "two", "3", "4")]
+        futures.append(batcher.submit_inline(np.full((1, 1), 5.0)))  # a plain one in the same batch
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    one, two, three, four, five = _on_loop(run)
+    batcher.close()
+    assert sizes == [4]  # "two" never reached the batch
+    assert (one, four) == ("1->10", "4->40")
+    assert isinstance(two, ValueError) and isinstance(three, RuntimeError)
+    assert isinstance(five, BatchResult) and five.output.item() == 50.0

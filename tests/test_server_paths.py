@@ -34,14 +34,18 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
     ids=["asp-sfp", "sfp-asp", "asp-two-directions", "asp-one-diagonal", "sfp-haar", "none"],
 )
-def test_numpy_attention_equals_pytorch(config: ModelConfig) -> None:
+@pytest.mark.parametrize("fused", [False, True], ids=["numpy", "fused"])
+def test_numpy_attention_equals_pytorch(config: ModelConfig, fused: bool) -> None:
+    """Both ways of computing it: a dozen NumPy calls per batch, and one numba-compiled pass per face."""
     model = FERNet(config).eval()
     with torch.no_grad():  # untrained weights are all zeros and ones in places: make every parameter matter
         for parameter in model.cloud.parameters():
             parameter.normal_(0, 0.5)
     x = torch.randn(4, *config.split_shape) * 3
     expected = packed_attention(model, x).numpy()
-    np.testing.assert_allclose(NumpyAttention(attention_arrays(model))(x.numpy()), expected, atol=2e-6, rtol=1e-5)
+    attention = NumpyAttention(attention_arrays(model), fused=fused)
+    assert attention.fused == fused
+    np.testing.assert_allclose(attention(x.numpy()), expected, atol=2e-6, rtol=1e-5)
 
 
 def test_export_refuses_a_folder_of_other_weights(tmp_path: Path, trained_model) -> None:

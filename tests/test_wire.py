@@ -117,3 +117,62 @@ def test_bytes_that_are_not_a_request_get_invalid_argument_and_the_server_serves
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
     assert stub.ModelInfer(good, timeout=10).id == "ok"
     channel.close()
+
+
+@pytest.fixture(scope="module")
+def inline_server(trained_model):
+    """The CPU default: fer_attention computed in inline batches, requests parsed in the batch's turn."""
+    from servers import start_server
+
+    running = start_server(trained_model, runtime="onnx")
+    assert running.engine.batchers["fer_attention"].inline
+    yield running
+    running.stop_now()
+
+
+def _attention_request(values: np.ndarray, request_id: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="fer_attention", id=request_id)
+    request.inputs.add(name="features", datatype="FP32", shape=list(values.shape))
+    request.raw_input_contents.append(values.astype("<f4").tobytes())
+    return request
+
+
+def test_a_bad_request_in_an_inline_batch_is_refused_alone(inline_server) -> None:
+    """Sixteen requests at once, one of them holding NaN: that one INVALID_ARGUMENT, the others their own answers."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{inline_server.port}")
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((1, 8, 28, 28)).astype(np.float32) for _ in range(16)]
+    inputs[5][0, 2, 3, 4] = np.nan
+    calls = [stub.ModelInfer.future(_attention_request(x, str(i)), timeout=20) for i, x in enumerate(inputs)]
+    alone = stub.ModelInfer(_attention_request(inputs[0], "alone"), timeout=20)
+    for i, call in enumerate(calls):
+        if i == 5:
+            with pytest.raises(grpc.RpcError) as caught:
+                call.result()
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in caught.value.details()
+            continue
+        response = call.result()
+        assert response.id == str(i)
+        answer = np.frombuffer(response.raw_output_contents[0], "<f4")
+        assert answer.shape == (8 * 28 * 28,) and np.isfinite(answer).all()
+        if i == 0:
+            np.testing.assert_array_equal(answer, np.frombuffer(alone.raw_output_contents[0], "<f4"))
+    channel.close()
+
+
+def test_requests_that_do_not_begin_with_the_model_name_take_the_general_path(inline_server) -> None:
+    """Field order is free in protobuf, and the last model_name counts: each request is answered as it says."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{inline_server.port}")
+    raw_unary = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    values = np.random.default_rng(4).standard_normal((1, 8, 28, 28)).astype(np.float32)
+    request = _attention_request(values, "x")
+    usual = pb.ModelInferResponse.FromString(raw_unary(request.SerializeToString(), timeout=20))
+    tensors_first = field(7, values.tobytes()) + request.SerializeToString().replace(field(7, values.tobytes()), b"")
+    assert not tensors_first.startswith(b"\x0a")
+    reordered = pb.ModelInferResponse.FromString(raw_unary(tensors_first, timeout=20))
+    assert reordered.raw_output_contents[0] == usual.raw_output_contents[0]
+    renamed = request.SerializeToString() + field(1, b"fer_rest")  # begins as fer_attention, names fer_rest last
+    rest = pb.ModelInferResponse.FromString(raw_unary(renamed, timeout=20))
+    assert rest.model_name == "fer_rest" and rest.outputs[0].name == "probabilities"
+    channel.close()
