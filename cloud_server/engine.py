@@ -66,7 +66,7 @@ class BatchingSettings:
     """Dynamic batching per model: items per batch, longest wait for more, queued requests before RESOURCE_EXHAUSTED."""
 
     max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0
+    max_queue_delay_ms: float = 6.0
     max_queue_size: int = 512
 
 

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--batching", type=_names, default="on,off", help="dynamic batching on and/or off, comma-separated")
     server.add_argument("--datatype", choices=(DATATYPE_FP32, DATATYPE_UINT8), default=DATATYPE_FP32, help="the split tensor [1, 8, 28, 28] sent: FP32, or UINT8 with request-level scale and zero_point")
     server.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching, both engines: largest batch")
-    server.add_argument("--max-queue-delay-ms", type=float, default=2.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
+    server.add_argument("--max-queue-delay-ms", type=float, default=6.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
     server.add_argument("--triton-queue-delay-us", type=int, default=0, help="Triton's max_queue_delay_microseconds (Triton holds even a lone request for the whole delay; 0 batches what is queued)")
     server.add_argument("--server-threads", type=int, default=1, help="compute threads of each engine")
     server.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the engines compute: fer-cloud --device, Triton's instance kind (KIND_GPU for cuda); scripts/gpu-check.sh passes cuda")

@@ -76,7 +76,7 @@ class LoadSettings:
     repeats: int = 1
     datatype: str = DATATYPE_FP32
     max_batch_size: int = 32
-    max_queue_delay_ms: float = 2.0  # fer-cloud: waits only while other requests are queued
+    max_queue_delay_ms: float = 6.0  # fer-cloud's default: waits only while other requests are queued
     triton_queue_delay_us: int = 0  # Triton: holds even a lone request for the whole delay
     server_threads: int = 1
     server_cpu: str = "0"
