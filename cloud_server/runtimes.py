@@ -170,6 +170,7 @@ def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: 
     attention: BatchFunction
     if (folder / ATTENTION_FILE).is_file():
         attention = partial(NumpyAttention.load(folder / ATTENTION_FILE), finite_flags=True)
+        attention(np.zeros((1, *partitions.config.split_shape), np.float32))  # compiled (or loaded from numba's cache) now, not at the first request
         inline = frozenset({ATTENTION_MODEL})
     else:
         if model is None:
