@@ -94,9 +94,10 @@ class NumpyAttention:
         (checked in the same pass, so a server need not read each request's tensor once more)."""
         if self._fused is not None:
             return self._fused(x, finite_flags)
-        packed = self._numpy(x)
         if not finite_flags:
-            return packed
+            return self._numpy(x)
+        with np.errstate(all="ignore"):  # a face holding NaN or infinity is flagged, not warned about
+            packed = self._numpy(x)
         finite = np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
         return np.concatenate([packed, finite[:, None].astype(np.float32)], axis=1)
 

@@ -46,6 +46,11 @@ def test_numpy_attention_equals_pytorch(config: ModelConfig, fused: bool) -> Non
     attention = NumpyAttention(attention_arrays(model), fused=fused)
     assert attention.fused == fused
     np.testing.assert_allclose(attention(x.numpy()), expected, atol=2e-6, rtol=1e-5)
+    spoiled = x.numpy().copy()
+    spoiled[1, -1, -1, -1], spoiled[3, 0, 5, 7] = np.inf, np.nan
+    flagged = attention(spoiled, finite_flags=True)
+    assert flagged[:, -1].tolist() == [1.0, 0.0, 1.0, 0.0]  # the faces holding infinity or NaN, whatever the modules
+    np.testing.assert_allclose(flagged[[0, 2], :-1], expected[[0, 2]], atol=2e-6, rtol=1e-5)
 
 
 def test_export_refuses_a_folder_of_other_weights(tmp_path: Path, trained_model) -> None:
