@@ -91,3 +91,14 @@ def server(trained_model):
     running = start_server(trained_model)
     yield running
     running.stop_now()
+
+
+@pytest.fixture(scope="module")
+def inline_server(trained_model):
+    """The CPU default: fer_attention computed in inline batches on the event loop, requests parsed and answered in the batch's turn."""
+    from servers import start_server
+
+    running = start_server(trained_model, runtime="onnx")
+    assert running.engine.batchers["fer_attention"].inline
+    yield running
+    running.stop_now()

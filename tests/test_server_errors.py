@@ -21,17 +21,6 @@ def stub(server):
     channel.close()
 
 
-@pytest.fixture(scope="module")
-def inline_server(trained_model):
-    """The CPU default: fer_attention in NumPy, computed in inline batches on the event loop (no PyTorch on that path)."""
-    from servers import start_server
-
-    running = start_server(trained_model, runtime="onnx")
-    assert running.engine.batchers["fer_attention"].inline
-    yield running
-    running.stop_now()
-
-
 @pytest.fixture(params=["worker thread", "inline"])
 def hostile_stub(request):
     """A stub on each request path: the batcher's worker thread (PyTorch) and inline batches on the loop."""

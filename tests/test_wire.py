@@ -119,17 +119,6 @@ def test_bytes_that_are_not_a_request_get_invalid_argument_and_the_server_serves
     channel.close()
 
 
-@pytest.fixture(scope="module")
-def inline_server(trained_model):
-    """The CPU default: fer_attention computed in inline batches, requests parsed in the batch's turn."""
-    from servers import start_server
-
-    running = start_server(trained_model, runtime="onnx")
-    assert running.engine.batchers["fer_attention"].inline
-    yield running
-    running.stop_now()
-
-
 def _attention_request(values: np.ndarray, request_id: str) -> pb.ModelInferRequest:
     request = pb.ModelInferRequest(model_name="fer_attention", id=request_id)
     request.inputs.add(name="features", datatype="FP32", shape=list(values.shape))
