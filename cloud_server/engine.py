@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,11 +29,14 @@ from typing import Any, Callable, Sequence
 import grpc
 import numpy as np
 
+from shared_model import codec
 from shared_model.protocol import (
     ATTENTION_MODEL,
     BATCH_SIZE,
     CLASSIFIER_MODEL,
     COMPUTE_US,
+    DATATYPE_FP32,
+    FEATURES,
     QUEUE_US,
     SERVER_US,
     pb,
@@ -114,6 +118,11 @@ class InferenceEngine:
         }
         # fer_attention in inline batches takes requests as they arrived: parsed, validated and answered in the batch's turn.
         self._inline_attention = self.batchers[ATTENTION_MODEL] if ATTENTION_MODEL in served.inline else None
+        self._plain_shape = [1, *self.config.split_shape]
+        self._plain_bytes = 4 * math.prod(self._plain_shape)
+        fixed = pb.ModelInferResponse(model_name=ATTENTION_MODEL, model_version=self.fingerprint)
+        fixed.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=self._plain_shape)
+        self._plain_prefix = fixed.SerializeToString()
         # Image decoding (fer_classifier) runs on a few threads of its own, with a bounded backlog.
         self._decoder = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="fer-decode")
         self._decode_slots = threading.BoundedSemaphore(batching.max_queue_size)
@@ -254,15 +263,39 @@ class InferenceEngine:
     def _prepare_arrival(self, arrival: "_Arrival") -> np.ndarray:
         """In an inline batch's turn: parse and validate a serialized fer_attention request; its input."""
         request, raws = _split(arrival.data)
+        arrival.request = request
         if request.model_name != ATTENTION_MODEL:
             raise _OtherModel(request, raws)
+        if self._is_plain(request, raws):  # what the full validation would accept unchanged, checked in a few steps
+            arrival.encoding, arrival.outputs, arrival.plain = codec.FP32, (FEATURES,), True
+            return np.frombuffer(raws[0], dtype="<f4").reshape(self._plain_shape)
         _, inputs, arrival.encoding, arrival.outputs = self._prepare(request, raws)
-        arrival.request = request
         return inputs
+
+    def _is_plain(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> bool:
+        """The common request: one FP32 face ``[1, C, H, W]`` in raw contents, this version or none, no outputs named."""
+        inputs = request.inputs
+        return (
+            len(inputs) == 1 and len(raws) == 1 and not request.outputs and request.model_version in ("", self.fingerprint)
+            and inputs[0].name == FEATURES and inputs[0].datatype == DATATYPE_FP32 and list(inputs[0].shape) == self._plain_shape
+            and memoryview(raws[0]).nbytes == self._plain_bytes
+        )
 
     def _finish_arrival(self, arrival: "_Arrival", result: BatchResult) -> bytes:
         """In an inline batch's turn: the serialized response to one request of the batch."""
-        return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
+        if not arrival.plain:
+            return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
+        # The plain request's answer: its fixed part serialized once, then what is its own (merged by any parser).
+        refuse_non_finite(result.output[:, -1])
+        self.metrics.queue_seconds.observe(ATTENTION_MODEL, result.queue_seconds)
+        own = pb.ModelInferResponse(id=arrival.request.id)  # type: ignore[union-attr]
+        parameters = own.parameters
+        parameters[QUEUE_US].int64_param = int(result.queue_seconds * 1e6)
+        parameters[COMPUTE_US].int64_param = int(result.compute_seconds * 1e6)
+        parameters[BATCH_SIZE].int64_param = int(result.batch_size)
+        parameters[SERVER_US].int64_param = int((time.perf_counter() - arrival.started) * 1e6)
+        features = result.output[0, : self._plain_bytes // 4]
+        return wire.infer_response_bytes(own, [features.data], prefix=self._plain_prefix)
 
     async def _decode(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         if not self._decode_slots.acquire(blocking=False):
@@ -304,13 +337,14 @@ _ATTENTION_FIRST = b"\x0a" + bytes((len(ATTENTION_MODEL),)) + ATTENTION_MODEL.en
 class _Arrival:
     """A serialized fer_attention request on its way through an inline batch (parsed in the batch's turn)."""
 
-    __slots__ = ("data", "started", "request", "encoding", "outputs")
+    __slots__ = ("data", "started", "request", "encoding", "outputs", "plain")
 
     def __init__(self, data: bytes, started: float) -> None:
         self.data, self.started = data, started
         self.request: pb.ModelInferRequest | None = None
         self.encoding: str | None = None
         self.outputs: tuple[str, ...] = ()
+        self.plain = False  # the common request (InferenceEngine._is_plain)
 
 
 class _OtherModel(Exception):

@@ -112,12 +112,13 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
     return request, raws
 
 
-def infer_response_bytes(metadata: pb.ModelInferResponse, contents: Sequence[bytes | memoryview]) -> bytes:
+def infer_response_bytes(metadata: pb.ModelInferResponse, contents: Sequence[bytes | memoryview], prefix: bytes = b"") -> bytes:
     """A serialized ``ModelInferResponse``: ``metadata`` with ``contents`` as its ``raw_output_contents``, in order.
 
     Each buffer must be C-contiguous (a NumPy array's memoryview will do); it is copied once.
+    ``prefix``: fields serialized beforehand (e.g. those every answer of a kind shares), merged in.
     """
-    parts: list[bytes | memoryview] = [metadata.SerializeToString()]
+    parts: list[bytes | memoryview] = [prefix, metadata.SerializeToString()]
     for buffer in contents:
         parts += (_RAW_OUTPUT_TAG, _varint(memoryview(buffer).nbytes), buffer)
     return b"".join(parts)

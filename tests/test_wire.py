@@ -161,6 +161,9 @@ def test_requests_that_do_not_begin_with_the_model_name_take_the_general_path(in
     assert not tensors_first.startswith(b"\x0a")
     reordered = pb.ModelInferResponse.FromString(raw_unary(tensors_first, timeout=20))
     assert reordered.raw_output_contents[0] == usual.raw_output_contents[0]
+    # The common request's answer (its fixed part serialized once) and the general path's are the same message.
+    assert (usual.model_name, usual.model_version, usual.id, list(usual.outputs)) == (reordered.model_name, reordered.model_version, reordered.id, list(reordered.outputs))
+    assert set(usual.parameters) == set(reordered.parameters) == {"queue_us", "compute_us", "batch_size", "server_us"}
     renamed = request.SerializeToString() + field(1, b"fer_rest")  # begins as fer_attention, names fer_rest last
     rest = pb.ModelInferResponse.FromString(raw_unary(renamed, timeout=20))
     assert rest.model_name == "fer_rest" and rest.outputs[0].name == "probabilities"
