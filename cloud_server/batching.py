@@ -272,9 +272,9 @@ class DynamicBatcher:
         with ``finish`` what ``finish(item, result)`` returns (also computed in
         the batch's turn), or the exception that stopped the request (one from
         ``prepare`` or ``finish`` goes to that request alone). Preparing and
-        answering every request of a batch together, in one tight loop, costs
-        on one busy core half what the same work costs done request by
-        request between everything else the loop runs (docs/server.md).
+        answering every request of a batch together, in one tight loop, is
+        cheaper on a busy core than the same work done request by request
+        between everything else the loop runs (measured in docs/server.md).
 
         Raises :class:`QueueFull` or :class:`BatcherClosed` at once; cancelling
         the future before its batch runs drops the request.

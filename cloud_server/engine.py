@@ -287,15 +287,9 @@ class InferenceEngine:
             return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
         # The plain request's answer: its fixed part serialized once, then what is its own (merged by any parser).
         refuse_non_finite(result.output[:, -1])
-        self.metrics.queue_seconds.observe(ATTENTION_MODEL, result.queue_seconds)
         own = pb.ModelInferResponse(id=arrival.request.id)  # type: ignore[union-attr]
-        parameters = own.parameters
-        parameters[QUEUE_US].int64_param = int(result.queue_seconds * 1e6)
-        parameters[COMPUTE_US].int64_param = int(result.compute_seconds * 1e6)
-        parameters[BATCH_SIZE].int64_param = int(result.batch_size)
-        parameters[SERVER_US].int64_param = int((time.perf_counter() - arrival.started) * 1e6)
         features = result.output[0, : self._plain_bytes // 4]
-        return wire.infer_response_bytes(own, [features.data], prefix=self._plain_prefix)
+        return self._timed_bytes(own, [features.data], ATTENTION_MODEL, result, arrival.started, self._plain_prefix)
 
     async def _decode(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> tuple[str, np.ndarray, str | None, tuple[str, ...]]:
         if not self._decode_slots.acquire(blocking=False):
@@ -315,13 +309,19 @@ class InferenceEngine:
             response, contents = attention_response(request, attention, encoding or "", self.fingerprint, outputs)
         else:
             response, contents = probabilities_response(request, result.output, self.fingerprint)
+        return self._timed_bytes(response, contents, model, result, started)
+
+    def _timed_bytes(
+        self, response: pb.ModelInferResponse, contents: list[Buffer], model: str, result: BatchResult, started: float, prefix: bytes = b""
+    ) -> bytes:
+        """``response`` with the server's timings as parameters (and in the metrics), serialized with its tensors."""
         self.metrics.queue_seconds.observe(model, result.queue_seconds)
         parameters = response.parameters
         parameters[QUEUE_US].int64_param = int(result.queue_seconds * 1e6)
         parameters[COMPUTE_US].int64_param = int(result.compute_seconds * 1e6)
         parameters[BATCH_SIZE].int64_param = int(result.batch_size)
         parameters[SERVER_US].int64_param = int((time.perf_counter() - started) * 1e6)
-        return wire.infer_response_bytes(response, contents)
+        return wire.infer_response_bytes(response, contents, prefix)
 
     def close(self, timeout: float = 30.0) -> None:
         """Answer everything queued, then stop the batchers and the decoder."""

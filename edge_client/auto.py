@@ -285,13 +285,15 @@ class AutoPlanner:
 
     def _predict_parts(self, strategy: str) -> float:
         if strategy == EDGE:
+            return self._without_link_s(strategy)
+        return self._without_link_s(strategy) + self._network_s(strategy) + self._penalty[strategy]
+
+    def _without_link_s(self, strategy: str) -> float:
+        """Its compute on the edge and, for a remote one, on the server: what no link makes shorter."""
+        if strategy == EDGE:
             return self._stage_s("head", "attention", "tail")
-        wire = self._network_s(strategy) + self._server[strategy].get() + self._penalty[strategy]
-        if strategy == CLOUD:
-            return self._stage_s("encode_image") + wire
-        if strategy == SPLIT:
-            return self._stage_s("head", "encode_features", "tail") + wire
-        return self._stage_s("head", "encode_features") + wire
+        local = {CLOUD: ("encode_image",), SPLIT: ("head", "encode_features", "tail"), SPLIT_REST: ("head", "encode_features")}[strategy]
+        return self._stage_s(*local) + self._server[strategy].get()
 
     def _network_s(self, strategy: str) -> float:
         """Its own recent network time; the link model's extrapolation when that is stale or missing."""
@@ -405,8 +407,7 @@ class AutoPlanner:
         """
         if best != EDGE or strategy == EDGE:
             return False
-        without_network = self._predict_parts(strategy) - self._network_s(strategy) - self._penalty[strategy] + self._overhead[strategy].get()
-        return without_network * 1000 < predicted[best]
+        return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
 
     def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float], period: int) -> str | None:
         """Of the strategies due for a re-measurement, the most overdue (relative to its interval)."""

@@ -119,8 +119,8 @@ class NumpyAttention:
         return np.concatenate([y.reshape(batch, -1), spatial, channel], axis=1, dtype=np.float32)
 
 
-# Module orders of the fused kernel.
-_ASP_ONLY, _SFP_ONLY, _ASP_THEN_SFP, _SFP_THEN_ASP, _NONE = range(5)
+# The fused kernel's modules: its first and second steps are each one of these.
+_NO_MODULE, _ASP_MODULE, _SFP_MODULE = range(3)
 _KERNEL: Any = None  # the compiled kernel, once built (False: numba is not installed)
 
 
@@ -138,14 +138,14 @@ def _fused_kernel() -> Any:
     return _KERNEL or None
 
 
-def _attend(x, out, finite, group_weights, starts, pixels, weights, line_group, line_bias, index, sfp_weights, fc, fc_bias, order):  # pragma: no cover (compiled)
+def _attend(x, out, finite, group_weights, starts, pixels, weights, line_group, line_bias, index, sfp_weights, fc, fc_bias, first, second):  # pragma: no cover (compiled)
     """Per face: the attention of ``x[n]`` (C, P) written to ``out[n]`` as ``[x*S*c | S | c]``, and
     ``finite[n]`` 1 where ``x[n]`` holds no NaN or infinity (else 0).
 
     ASP: line sums of the group-weighted channel sum (``starts``/``pixels``/``weights``: each line's
     pixels and averaging weights, CSR), a sigmoid per line, the spatial map the product over directions
     (``index``: each direction's line of each pixel). SFP: the weighted pixel sum of each channel
-    (``sfp_weights``), one C x C layer and a sigmoid. ``order``: which modules run, in which order.
+    (``sfp_weights``), one C x C layer and a sigmoid. ``first``, ``second``: the module of each step.
     """
     items, channels, pixels_per_map = x.shape
     groups = group_weights.shape[0]
@@ -167,9 +167,8 @@ def _attend(x, out, finite, group_weights, starts, pixels, weights, line_group, 
         spatial[:] = one
         channel[:] = one
         for step in range(2):
-            asp = (order == _ASP_ONLY and step == 0) or (order == _ASP_THEN_SFP and step == 0) or (order == _SFP_THEN_ASP and step == 1)
-            sfp = (order == _SFP_ONLY and step == 0) or (order == _SFP_THEN_ASP and step == 0) or (order == _ASP_THEN_SFP and step == 1)
-            if asp:  # on x * channel (channel: ones unless SFP ran first)
+            module = first if step == 0 else second
+            if module == _ASP_MODULE:  # on x * channel (channel: ones unless SFP ran first)
                 weighted[:] = 0.0
                 for c in range(channels):
                     for g in range(groups):
@@ -187,7 +186,7 @@ def _attend(x, out, finite, group_weights, starts, pixels, weights, line_group, 
                     for k in range(directions):
                         product *= line_attention[index[k, p]]
                     spatial[p] = product
-            elif sfp:  # on x * spatial (spatial: ones unless ASP ran first)
+            elif module == _SFP_MODULE:  # on x * spatial (spatial: ones unless ASP ran first)
                 for c in range(channels):
                     total = np.float32(0.0)
                     for p in range(pixels_per_map):
@@ -216,7 +215,8 @@ class _FusedAttention:
 
     def __init__(self, order: tuple[str, ...], a: dict[str, np.ndarray], kernel: Any) -> None:
         self.kernel = kernel
-        self.order = {(): _NONE, (ASP,): _ASP_ONLY, (SFP,): _SFP_ONLY, (ASP, SFP): _ASP_THEN_SFP, (SFP, ASP): _SFP_THEN_ASP}[order]
+        modules = [{ASP: _ASP_MODULE, SFP: _SFP_MODULE}[name] for name in order]
+        self.first, self.second = (modules + [_NO_MODULE, _NO_MODULE])[:2]
         groups = [(a[f"asp_{g}_weight"], a[f"asp_{g}_matrix"], a[f"asp_{g}_bias"]) for g in ("axis", "diagonal") if f"asp_{g}_weight" in a]
         channels = len(a["sfp_fc_bias"]) if "sfp_fc_bias" in a else (len(groups[0][0]) if groups else 1)
         self.group_weights = np.ascontiguousarray(np.stack([w for w, _, _ in groups]) if groups else np.zeros((0, channels)), dtype=np.float32)
@@ -247,7 +247,7 @@ class _FusedAttention:
         self.kernel(
             np.ascontiguousarray(x, dtype=np.float32).reshape(batch, channels, pixels), out[:, :width_out], out[:, width_out],
             self.group_weights, self.starts, self.pixels, self.weights, self.line_group, self.line_bias, self.index, self.sfp_weights,
-            self.fc, self.fc_bias, self.order,
+            self.fc, self.fc_bias, self.first, self.second,
         )
         return out if finite_flags else out[:, :width_out]
 

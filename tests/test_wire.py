@@ -32,6 +32,8 @@ def field(number: int, payload: bytes) -> bytes:
         message.model_name = payload.decode()
     elif number == 3:
         message.id = payload.decode()
+    else:
+        raise ValueError(f"field {number} is not one this helper writes")
     return message.SerializeToString()
 
 
