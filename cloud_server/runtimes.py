@@ -1,4 +1,4 @@
-"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device).
+"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device); the attention stage always on the CPU.
 
 Each model is one batch function, NumPy array in, NumPy array out, run by its batcher:
 
@@ -9,7 +9,8 @@ Each model is one batch function, NumPy array in, NumPy array out, run by its ba
 
 On a CPU, ONNX Runtime runs this network 1.8-4x faster than PyTorch at batch 1
 (`fer-bench edge-runtimes`, docs/network.md), so ``auto`` picks it there when
-it is installed; on CUDA, PyTorch. The ONNX partitions come from an export
+it is installed; on CUDA, PyTorch, except ``fer_attention``, which is
+faster on the CPU (:func:`cpu_attention`). The ONNX partitions come from an export
 folder (``fer-train export``, plus ``attention.npz`` from
 :mod:`shared_model.attention_matrices`: the attention stage as a few matrices,
 run with NumPy; the package ships the export of the default weights), whose
@@ -25,10 +26,12 @@ attention stage in NumPy, tens of microseconds per request.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
@@ -40,7 +43,7 @@ from shared_model.attention_matrices import ATTENTION_FILE, NumpyAttention
 
 __all__ = [
     "RUNTIMES", "BatchFunction", "Runtime", "resolve_device", "resolve_runtime", "softmax", "attention_function",
-    "torch_runtime", "onnx_runtime", "load_runtime",
+    "torch_runtime", "cpu_attention", "onnx_runtime", "load_runtime",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,12 +141,42 @@ def torch_runtime(model: Any, device: str = "cpu", threads: int | None = None) -
     if threads:
         torch.set_num_threads(threads)
     model = model.eval().to(device)
+    attention = cpu_attention(model)
     functions = {
-        ATTENTION_MODEL: attention_function(model, device),
+        ATTENTION_MODEL: attention or attention_function(model, device),
         REST_MODEL: _torch_function(lambda x: model.tail(model.cloud(x)).softmax(dim=1), device),
         CLASSIFIER_MODEL: _torch_function(lambda x: model(x).softmax(dim=1), device),
     }
-    return Runtime("torch", str(device), model.config, model_fingerprint(model), functions, model=model)
+    inline = frozenset({ATTENTION_MODEL}) if attention else frozenset()
+    return Runtime("torch", str(device), model.config, model_fingerprint(model), functions, inline, model, checks_finite=inline)
+
+
+def cpu_attention(model: Any, tolerance: float = 1e-4) -> BatchFunction | None:
+    """``fer_attention`` as :class:`NumpyAttention` on the CPU, computed on the event loop, whatever the device.
+
+    The stage is a few thousand multiply-adds per face (about 9 us here compiled);
+    a GPU only adds its copies and launches: on an H200, fer-cloud served it at
+    2,926 req/s and 0.85 ms p50 on one CPU core against 1,572 req/s and 2.07 ms
+    on CUDA (docs/gpu.md). None, with a warning, where the matrices do not
+    reproduce PyTorch within ``tolerance`` (then PyTorch computes it on the device).
+    """
+    import torch
+
+    from shared_model.attention_matrices import attention_arrays, packed_attention
+
+    try:
+        attention = NumpyAttention(attention_arrays(model))
+    except ValueError as error:
+        log.warning("fer_attention runs under PyTorch: %s", error)
+        return None
+    batch = torch.randn(3, *model.config.split_shape, generator=torch.Generator().manual_seed(0))
+    on_cpu = SimpleNamespace(cloud=copy.deepcopy(model.cloud).cpu())  # the reference in FP32 (cuDNN would use TF32)
+    reference = packed_attention(on_cpu, batch).numpy()
+    error = float(np.abs(attention(batch.numpy()) - reference).max())
+    if not error <= tolerance:
+        log.warning("fer_attention runs under PyTorch: its matrices differ from PyTorch by %.3g", error)
+        return None
+    return partial(attention, finite_flags=True)
 
 
 def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: Any = None) -> Runtime:

@@ -41,7 +41,7 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from shared_model.protocol import DATATYPE_FP32, DATATYPE_UINT8
+    from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32, DATATYPE_UINT8, REST_MODEL
 
     from .network import DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
 
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = commands.add_parser(
         "server", formatter_class=defaults,
-        help="fer-cloud and Triton Inference Server side by side: throughput and latency of fer_attention across concurrency, batching on and off",
+        help="fer-cloud and Triton Inference Server side by side: throughput and latency of fer_attention (or fer_rest) across concurrency, batching on and off",
         description="The same closed-loop tritonclient load (a process of its own, one TCP connection per client) against each engine in turn, "
         "each engine pinned to one core with one compute thread. Per point: requests/s, p50/p90/p99 latency, the server's CPU time per "
         "request and its resident memory. Triton comes from the nvidia-pytriton wheel in .venv-triton (scripts/test.sh installs it).",
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--warmup-seconds", type=float, default=2.0, help="load each engine this long after its start before measuring, unrecorded (lazy initialisation)")
     server.add_argument("--repeats", type=int, default=1, help="measure every point this many times (engines take turns) to show the spread")
     server.add_argument("--batching", type=_names, default="on,off", help="dynamic batching on and/or off, comma-separated")
+    server.add_argument("--model", choices=(ATTENTION_MODEL, REST_MODEL), default=ATTENTION_MODEL, help="the model loaded: the attention stage alone (the split's offload, microseconds of compute) or everything after the head (split-rest's, about two thirds of the network)")
     server.add_argument("--datatype", choices=(DATATYPE_FP32, DATATYPE_UINT8), default=DATATYPE_FP32, help="the split tensor [1, 8, 28, 28] sent: FP32, or UINT8 with request-level scale and zero_point")
     server.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching, both engines: largest batch")
     server.add_argument("--max-queue-delay-ms", type=float, default=6.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
@@ -343,7 +344,7 @@ def _server(args: argparse.Namespace) -> int:
         targets=tuple(targets), concurrencies=args.concurrency, seconds=args.seconds, warmup_seconds=args.warmup_seconds, batching=tuple(b == "on" for b in args.batching),
         repeats=args.repeats, datatype=args.datatype, max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         triton_queue_delay_us=args.triton_queue_delay_us, server_threads=args.server_threads, server_cpu=server_cpu,
-        client_cpu=client_cpu, weights=getattr(args, "weights", None), device=args.device,
+        client_cpu=client_cpu, weights=getattr(args, "weights", None), device=args.device, model=args.model,
     )
     records = server_sweep(settings)
     rows = record_dicts(records)

@@ -1,6 +1,6 @@
 """Server load: ``fer-cloud`` and Triton Inference Server side by side on the same closed-loop client.
 
-Each engine serves ``fer_attention`` on loopback, pinned with ``taskset`` to
+Each engine serves ``fer_attention`` (or ``fer_rest``: ``--model``) on loopback, pinned with ``taskset`` to
 its own core (``--server-cpu``) with one compute thread; the client runs as a
 separate process pinned to another core (``--client-cpu``): tritonclient, from
 its own virtual environment (``.venv-tritonclient``; ``FER_TRITON_PYTHON``
@@ -36,14 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, DATATYPE_FP32, DATATYPE_UINT8, FEATURES, SCALE, ZERO_POINT
+from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, REST_MODEL, DATATYPE_FP32, DATATYPE_UINT8, FEATURES, SCALE, ZERO_POINT
 
 from .processes import cloud_command, stop_process, wait_ready
 
-__all__ = ["TARGETS", "DATATYPES", "LoadRecord", "LoadSettings", "CLIENT", "client_python", "group_pids", "rss_mib", "RunningServer", "STARTERS", "measure", "server_sweep", "summary", "format_table", "plot", "record_dicts"]
+__all__ = ["TARGETS", "MODELS", "DATATYPES", "LoadRecord", "LoadSettings", "CLIENT", "client_python", "group_pids", "rss_mib", "RunningServer", "STARTERS", "measure", "server_sweep", "summary", "format_table", "plot", "record_dicts"]
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("fer-cloud", "triton")
+MODELS = (ATTENTION_MODEL, REST_MODEL)  # both take the split tensor: the attention stage alone, or everything after the head
 DATATYPES = (DATATYPE_FP32, DATATYPE_UINT8)
 
 
@@ -64,6 +65,7 @@ class LoadRecord:
     server_cpu_us_per_request: float
     server_rss_mib: float
     datatype: str
+    model: str = ATTENTION_MODEL
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class LoadSettings:
     client_cpu: str = "1"
     weights: str | None = None
     device: str = "cpu"  # cpu or cuda: fer-cloud's --device, Triton's instance kind (KIND_GPU for cuda)
+    model: str = ATTENTION_MODEL  # one of MODELS
 
 
 # The closed-loop client: one process, one tritonclient (one channel, one TCP connection) per client thread.
@@ -241,10 +244,10 @@ def _start_triton(stack: ExitStack, folder: Path, settings: LoadSettings, batchi
     )
     with warnings.catch_warnings():  # the ONNX exporter's tracer warnings are no news here
         warnings.simplefilter("ignore")
-        triton_repository(checkpoint.build_model(), repository, checkpoint.fingerprint, triton_settings, models=(ATTENTION_MODEL,))
+        triton_repository(checkpoint.build_model(), repository, checkpoint.fingerprint, triton_settings, models=(settings.model,))
     server = TritonServer(repository, cpus=settings.server_cpu)
     stack.callback(server.close)
-    server.start(models=(ATTENTION_MODEL,))
+    server.start(models=(settings.model,))
     assert server.process is not None
     return RunningServer("triton", server.target, server.process.pid)
 
@@ -256,7 +259,7 @@ def measure(server: RunningServer, settings: LoadSettings, concurrency: int, bat
     """One point: ``concurrency`` closed-loop clients against ``server`` for ``settings.seconds``."""
     pids = server.pids()
     command = [
-        client_python(), str(script), server.target, ATTENTION_MODEL, settings.datatype, str(concurrency), str(settings.seconds),
+        client_python(), str(script), server.target, settings.model, settings.datatype, str(concurrency), str(settings.seconds),
         ",".join(map(str, pids)), FEATURES, SCALE, ZERO_POINT, BATCH_SIZE,
     ]
     done = subprocess.run(_pinned(settings.client_cpu, command), capture_output=True, text=True, timeout=settings.seconds + 300)
@@ -269,6 +272,7 @@ def measure(server: RunningServer, settings: LoadSettings, concurrency: int, bat
         seconds=round(result["seconds"], 3), throughput_rps=requests / result["seconds"], p50_ms=result["p50_ms"], p90_ms=result["p90_ms"],
         p99_ms=result["p99_ms"], mean_batch_size=result["mean_batch_size"],
         server_cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6, server_rss_mib=rss_mib(server.pids()), datatype=settings.datatype,
+        model=settings.model,
     )
 
 
@@ -284,6 +288,8 @@ def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadReco
     unknown = [t for t in settings.targets if t not in STARTERS]
     if unknown:
         raise ValueError(f"unknown targets {unknown}; expected some of {', '.join(TARGETS)}")
+    if settings.model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
     if settings.datatype not in DATATYPES:
         raise ValueError(f"datatype must be one of {DATATYPES}, got {settings.datatype!r}")
     client_python()  # fail before starting anything

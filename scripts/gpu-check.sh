@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU readiness in one go, on a GPU machine: the gpu-marked tests (fer-cloud on CUDA against the
-# CPU, batching on the GPU, Triton's Python backend on the GPU) and `fer-bench server` with the
-# server on the GPU; results into a folder. A few minutes.
+# CPU, batching on the GPU, Triton's Python backend on the GPU) and `fer-bench server` for fer_attention
+# and fer_rest with the server on the GPU and on one CPU core; results into a folder. A few minutes.
 #
 #   bash scripts/gpu-check.sh [RESULTS]   results into RESULTS (default: $OUT, else results/gpu-check)
 #   bash scripts/gpu-check.sh --fetch-wheels
@@ -96,7 +96,7 @@ if [ "$tests" -eq 0 ] && ! grep -q " passed" "$RESULTS/pytest.txt"; then
     tests=1
 fi
 
-# 5. Server load with fer-cloud on the GPU (batching on and off), from fer-bench's tritonclient load
+# 5. Server load, fer-cloud on the GPU and then on the CPU (batching on), from fer-bench's tritonclient load
 # client: $FER_TRITON_PYTHON, .venv-tritonclient, or the carried client wheels (a site of its own).
 if [ -z "${FER_TRITON_PYTHON:-}" ] && [ ! -x .venv-tritonclient/bin/python ]; then
     CLIENT_SITE="${TMPDIR:-/tmp}/fer-gpu-check-client"
@@ -116,8 +116,17 @@ if "$PY" -m fer_bench.cli server --help 2>/dev/null | grep -q -- "--device"; the
 else
     echo "note: fer-bench server has no --device option; the fer-cloud it starts runs with --device auto, which is CUDA on this machine" >"$RESULTS/bench.txt"
 fi
-timeout 300 "$PY" -m fer_bench.cli server "${device[@]}" --concurrency 1,4,16,64 --seconds 3 --out "$RESULTS/bench" 2>&1 | tee -a "$RESULTS/bench.txt"
-bench=${PIPESTATUS[0]}
+# Each model that takes the split tensor on the GPU, then on this machine's CPU, right after: what the GPU buys.
+bench=0
+for model in fer_attention fer_rest; do
+    for where in cuda cpu; do
+        if [ "$where" = cuda ]; then flags=("${device[@]}"); else flags=(--device cpu); fi
+        echo "== $model, fer-cloud on $where ==" | tee -a "$RESULTS/bench.txt"
+        timeout 300 "$PY" -m fer_bench.cli server "${flags[@]}" --model "$model" --batching on --concurrency 1,4,16,64 --seconds 2 --warmup-seconds 1 \
+            --out "$RESULTS/bench-$model-$where" 2>&1 | grep -v "server load:" | tee -a "$RESULTS/bench.txt"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || bench=1
+    done
+done
 
 echo "gpu-check: tests exit $tests, bench exit $bench; results in $RESULTS" >&2
 [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -83,7 +83,7 @@ def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
         pytest.skip("the load client is tritonclient: scripts/test.sh makes .venv-tritonclient and sets FER_TRITON_PYTHON")
     assert bench_main(["server", "--targets", "fer-cloud", "--concurrency", "1,4", "--seconds", "0.5", "--warmup-seconds", "0.5", "--out", str(tmp_path), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert [(r["target"], r["batching"], r["concurrency"]) for r in records] == [("fer-cloud", b, c) for b in (True, False) for c in (1, 4)]
+    assert [(r["target"], r["batching"], r["concurrency"], r["model"]) for r in records] == [("fer-cloud", b, c, "fer_attention") for b in (True, False) for c in (1, 4)]
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["server_rss_mib"] > 0 and r["server_cpu_us_per_request"] > 0 for r in records), records
     assert all(r["mean_batch_size"] == 1.0 for r in records if not r["batching"])
     assert (tmp_path / "server.png").stat().st_size > 0 and (tmp_path / "server_summary.csv").stat().st_size > 0
@@ -98,11 +98,11 @@ def test_server_benchmark_puts_triton_beside_fer_cloud(tmp_path: Path, capsys) -
         pytest.skip(f"Triton Inference Server is not installed: {reason}")
     if not Path(os.environ.get("FER_TRITON_PYTHON", ROOT / ".venv-tritonclient" / "bin" / "python")).exists():
         pytest.skip("the load client is tritonclient: scripts/test.sh makes .venv-tritonclient and sets FER_TRITON_PYTHON")
-    args = ["server", "--targets", "fer-cloud,triton", "--batching", "on", "--concurrency", "2", "--seconds", "0.5", "--warmup-seconds", "0.5", "--datatype", "UINT8"]
+    args = ["server", "--targets", "fer-cloud,triton", "--batching", "on", "--concurrency", "2", "--seconds", "0.5", "--warmup-seconds", "0.5", "--datatype", "UINT8", "--model", "fer_rest"]
     assert bench_main([*args, "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["engine", "batching", "clients"]
     assert [line.split()[:3] for line in table[1:]] == [["fer-cloud", "on", "2"], ["triton", "on", "2"]]
     records = json.loads((tmp_path / "server.json").read_text())
-    assert all(r["requests"] > 0 and r["errors"] == 0 and r["datatype"] == "UINT8" for r in records), records
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["datatype"] == "UINT8" and r["model"] == "fer_rest" for r in records), records
     assert next(r for r in records if r["target"] == "triton")["server_rss_mib"] > 20  # tritonserver and its backend stub

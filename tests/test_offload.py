@@ -272,3 +272,39 @@ def test_onnx_runtime_engine_answers_as_pytorch_does(trained_model, sample_face)
 
     with pytest.raises(ValueError, match="ONNX export holds weights"):
         InferenceEngine(FERNet(trained_model.config), runtime="onnx")
+
+
+def test_the_pytorch_runtime_computes_the_attention_on_the_cpu_inline_as_pytorch_does(trained_model) -> None:
+    """Under PyTorch (CPU or CUDA) fer_attention is the matrices on the event loop, with finite flags, equal to PyTorch's attention."""
+    import torch
+
+    from cloud_server.runtimes import torch_runtime
+    from shared_model.attention_matrices import packed_attention
+
+    runtime = torch_runtime(trained_model)
+    assert ATTENTION_MODEL in runtime.inline and ATTENTION_MODEL in runtime.checks_finite
+    assert REST_MODEL not in runtime.inline
+    x = np.random.default_rng(3).normal(0, 1, (4, *trained_model.config.split_shape)).astype(np.float32)
+    x[2, 5, 7, 9] = np.nan
+    answer = runtime.functions[ATTENTION_MODEL](x)
+    assert answer[:, -1].tolist() == [1.0, 1.0, 0.0, 1.0]  # the finite flag of each face
+    finite = [0, 1, 3]
+    reference = packed_attention(trained_model, torch.from_numpy(x[finite])).numpy()
+    assert np.abs(answer[finite, :-1] - reference).max() < 1e-5
+
+
+def test_an_attention_stage_the_matrices_cannot_express_runs_under_pytorch(trained_model, caplog) -> None:
+    """A second channel-attention module (no known name): the matrices refuse it, so PyTorch computes fer_attention, off the loop."""
+    import copy
+
+    import torch
+
+    from cloud_server.runtimes import torch_runtime
+    from shared_model.attention_matrices import packed_attention
+
+    model = copy.deepcopy(trained_model)
+    model.cloud.attention["sfp_again"] = copy.deepcopy(model.cloud.attention["sfp"])
+    runtime = torch_runtime(model)
+    assert ATTENTION_MODEL not in runtime.inline and "fer_attention runs under PyTorch" in caplog.text
+    x = np.random.default_rng(4).normal(0, 1, (2, *model.config.split_shape)).astype(np.float32)
+    assert np.abs(runtime.functions[ATTENTION_MODEL](x) - packed_attention(model, torch.from_numpy(x)).numpy()).max() < 1e-6

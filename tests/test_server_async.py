@@ -15,11 +15,15 @@ from test_server_errors import features_request
 from cloud_server.engine import BatchingSettings
 from shared_model.protocol import pb, pb_grpc
 
+REST_REQUEST = features_request(model="fer_rest")
 HEALTH_REQUEST = health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService")
 
 
-def _slow_forward(server, seconds: float, model: str = "fer_attention") -> list[int]:
-    """Make the model's forward pass take ``seconds`` longer (a slow accelerator); returns the batch sizes it sees."""
+def _slow_forward(server, seconds: float, model: str = "fer_rest") -> list[int]:
+    """Make the model's forward pass take ``seconds`` longer (a slow accelerator); returns the batch sizes it sees.
+
+    fer_rest: it computes in the executor, as on a GPU (fer_attention computes on the event loop).
+    """
     batcher = server.engine.batchers[model]
     fast, sizes = batcher.forward, []
     batcher.forward = lambda x: sizes.append(x.shape[0]) or time.sleep(seconds) or fast(x)
@@ -60,7 +64,7 @@ def test_overload_is_resource_exhausted_at_once_and_admitted_requests_are_answer
     async def call(stub) -> tuple[str, float]:
         started = time.perf_counter()
         try:
-            await stub.ModelInfer(features_request(), timeout=20)
+            await stub.ModelInfer(REST_REQUEST, timeout=20)
             return "OK", time.perf_counter() - started
         except grpc.aio.AioRpcError as error:
             return error.code().name, time.perf_counter() - started
@@ -88,7 +92,7 @@ def test_work_whose_deadline_passed_is_dropped_before_compute_and_counted(traine
 
     async def call(stub, timeout: float) -> str:
         try:
-            await stub.ModelInfer(features_request(), timeout=timeout)
+            await stub.ModelInfer(REST_REQUEST, timeout=timeout)
             return "OK"
         except grpc.aio.AioRpcError as error:
             return error.code().name
@@ -105,8 +109,8 @@ def test_work_whose_deadline_passed_is_dropped_before_compute_and_counted(traine
     try:
         outcomes = asyncio.run(run())
         time.sleep(0.5)  # the worker reaches the expired requests
-        expired = _metric(server, 'fer_expired_requests_total{model="fer_attention"}')
-        refused = _metric(server, 'fer_requests_total{model="fer_attention",status="DEADLINE_EXCEEDED"}')
+        expired = _metric(server, 'fer_expired_requests_total{model="fer_rest"}')
+        refused = _metric(server, 'fer_requests_total{model="fer_rest",status="DEADLINE_EXCEEDED"}')
     finally:
         server.stop_now()
     assert outcomes == ["OK"] + ["DEADLINE_EXCEEDED"] * 5
@@ -173,13 +177,13 @@ def test_unary_and_stream_requests_share_batches(trained_model) -> None:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             await stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
-            busy = asyncio.ensure_future(stub.ModelInfer(features_request(), timeout=10))
+            busy = asyncio.ensure_future(stub.ModelInfer(REST_REQUEST, timeout=10))
             await asyncio.sleep(0.1)  # the model is busy: the next two wait in one queue
 
             async def one_request():
-                yield features_request()
+                yield REST_REQUEST
 
-            unary = asyncio.ensure_future(stub.ModelInfer(features_request(), timeout=10))
+            unary = asyncio.ensure_future(stub.ModelInfer(REST_REQUEST, timeout=10))
             [streamed] = [reply async for reply in stub.ModelStreamInfer(one_request(), timeout=10)]
             await busy
             return (await unary).parameters["batch_size"].int64_param, streamed.infer_response.parameters["batch_size"].int64_param
@@ -198,7 +202,7 @@ def test_drain_answers_everything_queued_and_then_refuses(trained_model) -> None
 
     async def call(stub) -> str:
         try:
-            await stub.ModelInfer(features_request(), timeout=30)
+            await stub.ModelInfer(REST_REQUEST, timeout=30)
             return "OK"
         except grpc.aio.AioRpcError as error:
             return error.code().name
