@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faults import SLOW, BlackholeLink, Fault, FaultyServer  # noqa: E402
-from servers import start_server  # noqa: E402
+from servers import attention_off_the_loop, start_server  # noqa: E402
 
 from cloud_server.engine import BatchingSettings  # noqa: E402
 from edge_client.breaker import CircuitBreaker  # noqa: E402
@@ -101,7 +101,7 @@ OVERLOAD_DELAY_S = 0.05  # the model of the overloaded server: a busy accelerato
 def overload_server(ready: Path) -> None:
     """The overloaded server, in a process of its own (as deployed: its event loop shares no GIL with the edges)."""
     model, _ = load_model()
-    server = start_server(model, batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
+    server = start_server(attention_off_the_loop(model), batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
     batcher = server.engine.batchers["fer_attention"]
     fast = batcher.forward
     batcher.forward = lambda x: time.sleep(OVERLOAD_DELAY_S) or fast(x)

@@ -20,6 +20,17 @@ def start_server(
     return server
 
 
+def attention_off_the_loop(model: FERNet):
+    """The PyTorch runtime with fer_attention computed by PyTorch on its batcher thread, as a stage the
+    matrices cannot express is served (by default it runs inline, on the event loop)."""
+    from dataclasses import replace
+
+    from cloud_server.runtimes import attention_function, torch_runtime
+
+    served = torch_runtime(model)
+    return replace(served, functions={**served.functions, "fer_attention": attention_function(model)}, inline=frozenset(), checks_finite=frozenset())
+
+
 def make_certificates(folder: Path) -> dict[str, Path]:
     """A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made with openssl."""
 

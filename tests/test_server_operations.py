@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from servers import make_certificates, start_server
+from servers import attention_off_the_loop, make_certificates, start_server
 from test_server_errors import features_request
 
 from cloud_server.engine import BatchingSettings
@@ -80,7 +80,7 @@ def test_metrics_count_requests_by_model_and_status(trained_model) -> None:
 
 
 def test_drain_finishes_in_flight_requests_and_refuses_new_ones(trained_model) -> None:
-    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=5))
+    server = start_server(attention_off_the_loop(trained_model), batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=5))
     batcher = server.engine.batchers["fer_attention"]
     fast = batcher.forward
     batcher.forward = lambda x: time.sleep(0.5) or fast(x)  # a slow accelerator: the request stays in flight

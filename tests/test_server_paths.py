@@ -80,13 +80,9 @@ def test_the_onnx_runtime_serves_without_importing_torch() -> None:
 
 def test_inline_and_worker_paths_answer_alike(trained_model) -> None:
     """The same request, served by PyTorch on the batcher's thread and by NumPy on the event loop."""
-    from dataclasses import replace
+    from servers import attention_off_the_loop
 
-    from cloud_server.runtimes import attention_function, torch_runtime
-
-    served = torch_runtime(trained_model)  # as a stage the matrices cannot express is served: PyTorch, off the loop
-    off_the_loop = replace(served, functions={**served.functions, "fer_attention": attention_function(trained_model)}, inline=frozenset(), checks_finite=frozenset())
-    servers = [start_server(off_the_loop), start_server(trained_model, runtime="onnx")]
+    servers = [start_server(attention_off_the_loop(trained_model)), start_server(trained_model, runtime="onnx")]
     assert [s.engine.batchers["fer_attention"].inline for s in servers] == [False, True]
     data = np.random.default_rng(1).standard_normal(2 * 8 * 28 * 28).astype("<f4").tobytes()
     answers = []

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from servers import start_server
+from servers import attention_off_the_loop, start_server
 
 from edge_client.breaker import CircuitBreaker
 from edge_client.daemon import run_source
@@ -141,7 +141,8 @@ def test_server_killed_mid_stream_then_back(trained_model, sample_face) -> None:
 def test_concurrent_clients_are_batched_and_all_answered(trained_model, sample_face) -> None:
     from cloud_server.engine import BatchingSettings
 
-    server = start_server(trained_model, batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=20))
+    # A slow forward on the batcher's thread (a busy accelerator); inline, a sleep would block the loop itself.
+    server = start_server(attention_off_the_loop(trained_model), batching=BatchingSettings(max_batch_size=8, max_queue_delay_ms=20))
     batcher = server.engine.batchers["fer_attention"]
     fast = batcher.forward
     batcher.forward = lambda x: time.sleep(0.05) or fast(x)  # requests arriving meanwhile form the next batch
