@@ -136,6 +136,7 @@ def main() -> int:
     parser.add_argument("--server-cwd", type=Path, default=ROOT, help="checkout whose cloud_server runs")
     parser.add_argument("--label", default="", help="a name for this server in the output")
     parser.add_argument("--server-module", default="cloud_server.cli", help="what runs as the server: fer-cloud, or grpc_floor_server (tests/: a prebuilt answer, Python gRPC's own cost)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable for the server alone (e.g. GRPC_EXPERIMENTS=...); repeatable")
     parser.add_argument("serve_args", nargs="*", help="extra fer-cloud serve options (after --)")
     args = parser.parse_args()
 
@@ -146,6 +147,7 @@ def main() -> int:
         ready = Path(tmp) / "ready.json"
         command = [args.server_python, "-m", args.server_module, "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", "1", "--log-level", "WARNING", *args.serve_args]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.server_cwd), str(Path(__file__).resolve().parent)])}
+        env.update(pair.split("=", 1) for pair in args.server_env)
         started = time.perf_counter()
         server = subprocess.Popen(pinned(args.server_cpu, command), cwd=args.server_cwd, env=env, stdout=subprocess.DEVNULL)
         try:
