@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -142,6 +143,10 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = CloudServer(engine, options, event_loop=args.event_loop)
     port = server.start()
+    # What start-up made (the model, the libraries' objects) lives as long as the process: out of the cyclic
+    # collector's sight, its full collections stop pausing the event loop (p99 at 64 clients: 17.7-19.1 ms
+    # against 22.0-26.7 without, docs/server.md).
+    gc.freeze()
 
     def on_signal(signum: int, frame: object) -> None:
         logging.info("signal %s: draining (up to %.0f s)", signal.Signals(signum).name, args.drain_seconds)
