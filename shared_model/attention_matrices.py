@@ -62,7 +62,11 @@ class NumpyAttention:
             if kernel is None and fused:
                 raise ImportError("the fused attention needs numba: pip install numba")
             if kernel is not None:
-                self._fused = _FusedAttention(self.order, self.a, kernel)
+                try:
+                    self._fused = _FusedAttention(self.order, self.a, kernel)
+                except ValueError:
+                    if fused:
+                        raise
 
     @property
     def fused(self) -> bool:
@@ -121,6 +125,8 @@ class NumpyAttention:
 
 # The fused kernel's modules: its first and second steps are each one of these.
 _NO_MODULE, _ASP_MODULE, _SFP_MODULE = range(3)
+# ASP's line families as the fused kernel walks them (shared_model.asp.line_index numbers their lines).
+_ROWS, _COLUMNS, _FORWARD, _BACKWARD = range(4)
 _KERNEL: Any = None  # the compiled kernel, once built (False: numba is not installed)
 
 
@@ -138,21 +144,26 @@ def _fused_kernel() -> Any:
     return _KERNEL or None
 
 
-def _attend(x, out, group_weights, starts, pixels, weights, line_group, line_bias, index, sfp_weights, fc, fc_bias, first, second):  # pragma: no cover (compiled)
+def _attend(x, out, height, width, group_weights, families, offsets, direction_group, line_scale, line_bias, sfp_weights, fc, fc_bias, first, second):  # pragma: no cover (compiled)
     """Per face: the attention of ``x[n]`` (C, P) written to ``out[n]`` as ``[x*S*c | S | c | finite]``,
     ``finite`` 1 where ``x[n]`` holds no NaN or infinity (else 0). ``out`` is C-contiguous, so that its
     rows are too and the compiler vectorizes the stores.
 
-    ASP: line sums of the group-weighted channel sum (``starts``/``pixels``/``weights``: each line's
-    pixels and averaging weights, CSR), a sigmoid per line, the spatial map the product over directions
-    (``index``: each direction's line of each pixel). SFP: the weighted pixel sum of each channel
-    (``sfp_weights``), one C x C layer and a sigmoid. ``first``, ``second``: the module of each step.
+    ASP: the group-weighted channel sum of each direction's group (``direction_group``), summed along
+    that direction's lines (``families``: rows, columns, forward or backward diagonals, the lines
+    numbered from ``offsets``, as :func:`shared_model.asp.line_index` numbers them), each line's mean
+    (``line_scale``: one over its length) plus its bias through a sigmoid, the spatial map the product
+    over directions. The lines are walked by their geometry, not gathered through an index: rows are
+    contiguous sums and the other families contiguous vector additions. SFP: the weighted pixel sum of
+    each channel (``sfp_weights``), one C x C layer and a sigmoid. ``first``, ``second``: the module of
+    each step.
     """
     items, channels, pixels_per_map = x.shape
     groups = group_weights.shape[0]
     lines = line_bias.shape[0]
-    directions = index.shape[0]
+    directions = families.shape[0]
     weighted = np.zeros((max(groups, 1), pixels_per_map), np.float32)
+    line_sum = np.zeros(max(lines, 1), np.float32)
     line_attention = np.empty(max(lines, 1), np.float32)
     spatial = np.ones(pixels_per_map, np.float32)
     channel = np.ones(channels, np.float32)
@@ -175,17 +186,45 @@ def _attend(x, out, group_weights, starts, pixels, weights, line_group, line_bia
                         scale = group_weights[g, c] * channel[c]
                         for p in range(pixels_per_map):
                             weighted[g, p] += scale * xn[c, p]
+                line_sum[:] = 0.0
+                for k in range(directions):
+                    family, offset, row = families[k], offsets[k], weighted[direction_group[k]]
+                    for i in range(height):
+                        base = i * width
+                        if family == _ROWS:
+                            total = np.float32(0.0)
+                            for j in range(width):
+                                total += row[base + j]
+                            line_sum[offset + i] += total
+                        elif family == _COLUMNS:
+                            for j in range(width):
+                                line_sum[offset + j] += row[base + j]
+                        elif family == _FORWARD:  # i + j
+                            for j in range(width):
+                                line_sum[offset + i + j] += row[base + j]
+                        else:  # backward: i - j + width - 1
+                            for j in range(width):
+                                line_sum[offset + i + width - 1 - j] += row[base + j]
                 for line in range(lines):
-                    total = line_bias[line]
-                    row = weighted[line_group[line]]
-                    for t in range(starts[line], starts[line + 1]):
-                        total += weights[t] * row[pixels[t]]
-                    line_attention[line] = one / (one + np.exp(-total))
-                for p in range(pixels_per_map):
-                    product = one
-                    for k in range(directions):
-                        product *= line_attention[index[k, p]]
-                    spatial[p] = product
+                    line_attention[line] = one / (one + np.exp(-(line_bias[line] + line_scale[line] * line_sum[line])))
+                spatial[:] = one
+                for k in range(directions):
+                    family, offset = families[k], offsets[k]
+                    for i in range(height):
+                        base = i * width
+                        if family == _ROWS:
+                            value = line_attention[offset + i]
+                            for j in range(width):
+                                spatial[base + j] *= value
+                        elif family == _COLUMNS:
+                            for j in range(width):
+                                spatial[base + j] *= line_attention[offset + j]
+                        elif family == _FORWARD:
+                            for j in range(width):
+                                spatial[base + j] *= line_attention[offset + i + j]
+                        else:
+                            for j in range(width):
+                                spatial[base + j] *= line_attention[offset + i + width - 1 - j]
             elif module == _SFP_MODULE:  # on x * spatial (spatial: ones unless ASP ran first)
                 for c in range(channels):
                     total = np.float32(0.0)
@@ -221,22 +260,14 @@ class _FusedAttention:
         groups = [(a[f"asp_{g}_weight"], a[f"asp_{g}_matrix"], a[f"asp_{g}_bias"]) for g in ("axis", "diagonal") if f"asp_{g}_weight" in a]
         channels = len(a["sfp_fc_bias"]) if "sfp_fc_bias" in a else (len(groups[0][0]) if groups else 1)
         self.group_weights = np.ascontiguousarray(np.stack([w for w, _, _ in groups]) if groups else np.zeros((0, channels)), dtype=np.float32)
-        starts, pixels, weights, line_group, line_bias = [0], [], [], [], []
-        for g, (_, matrix, bias) in enumerate(groups):
-            for line in range(matrix.shape[1]):
-                members = np.flatnonzero(matrix[:, line])
-                pixels.extend(members)
-                weights.extend(matrix[members, line])
-                starts.append(len(pixels))
-                line_group.append(g)
-                line_bias.append(float(bias[0]))
-        # 32-bit indices: the gathers read half the bytes (about 12 % of the kernel's time here)
-        self.starts = np.asarray(starts, np.int32)
-        self.pixels = np.asarray(pixels, np.int32)
-        self.weights = np.asarray(weights, np.float32)
-        self.line_group = np.asarray(line_group, np.int32)
-        self.line_bias = np.asarray(line_bias, np.float32)
-        self.index = np.ascontiguousarray(a.get("asp_broadcast_index", np.zeros((0, 1), np.int64)), dtype=np.int32)
+        line_group = np.concatenate([np.full(m.shape[1], g) for g, (_, m, _) in enumerate(groups)]) if groups else np.zeros(0, np.int64)
+        matrix = np.hstack([m for _, m, _ in groups]) if groups else np.zeros((0, 0))  # (H*W, lines), every line's mean
+        self.height, self.width, families, offsets = _line_families(a.get("asp_broadcast_index", np.zeros((0, 0), np.int64)), matrix)
+        self.line_scale = np.ascontiguousarray(matrix.max(axis=0) if matrix.size else np.zeros(0), dtype=np.float32)  # one over each line's length
+        self.line_bias = np.asarray([float(groups[g][2][0]) for g in line_group], np.float32)
+        self.families = np.asarray(families, np.int32)
+        self.offsets = np.asarray(offsets, np.int32)
+        self.direction_group = np.asarray([line_group[offset] for offset in offsets], np.int32)
         self.sfp_weights = np.ascontiguousarray(a["sfp_weights"][:, :, 0] if "sfp_weights" in a else np.zeros((channels, 1)), dtype=np.float32)
         self.fc = np.ascontiguousarray(a.get("sfp_fc_weight", np.zeros((channels, channels))), dtype=np.float32)
         self.fc_bias = np.ascontiguousarray(a.get("sfp_fc_bias", np.zeros(channels)), dtype=np.float32)
@@ -246,11 +277,46 @@ class _FusedAttention:
         pixels = height * width
         width_out = channels * pixels + pixels + channels
         out = np.empty((batch, width_out + 1), np.float32)  # the last column: the finite flags
+        if self.families.size and (height, width) != (self.height, self.width):
+            raise ValueError(f"the attention holds lines of a {self.height}x{self.width} map, the input is {height}x{width}")
         self.kernel(
-            np.ascontiguousarray(x, dtype=np.float32).reshape(batch, channels, pixels), out, self.group_weights, self.starts, self.pixels, self.weights, self.line_group, self.line_bias, self.index, self.sfp_weights,
-            self.fc, self.fc_bias, self.first, self.second,
+            np.ascontiguousarray(x, dtype=np.float32).reshape(batch, channels, pixels), out, height, width, self.group_weights, self.families,
+            self.offsets, self.direction_group, self.line_scale, self.line_bias, self.sfp_weights, self.fc, self.fc_bias, self.first, self.second,
         )
         return out if finite_flags else out[:, :width_out]
+
+
+def _family_lines(family: int, height: int, width: int) -> tuple[np.ndarray, int]:
+    """Each pixel's line in ``family`` on a height x width map, and the number of lines (as shared_model.asp numbers them)."""
+    i, j = np.divmod(np.arange(height * width), width)
+    return [(i, height), (j, width), (i + j, height + width - 1), (i - j + width - 1, height + width - 1)][family]
+
+
+def _line_families(index: np.ndarray, matrix: np.ndarray) -> tuple[int, int, list[int], list[int]]:
+    """The map size, each direction's line family and its first line, read off ``index`` (directions, H*W) and
+    checked against the averaging ``matrix`` (H*W, lines); ValueError where they are not ASP's four families."""
+    if index.size == 0:
+        return 0, 0, [], []
+    pixels = index.shape[1]
+    for height in (h for h in range(1, pixels + 1) if pixels % h == 0):
+        width = pixels // height
+        families, offsets = [], []
+        for row in index:
+            offset = int(row.min())
+            found = [f for f in range(4) if np.array_equal(row - offset, _family_lines(f, height, width)[0])]
+            if not found:
+                break
+            families.append(found[0])
+            offsets.append(offset)
+        else:
+            expected = np.zeros_like(matrix)
+            for family, offset in zip(families, offsets):
+                lines, count = _family_lines(family, height, width)
+                expected[np.arange(pixels), offset + lines] = 1.0
+                expected[:, offset : offset + count] /= expected[:, offset : offset + count].sum(axis=0, keepdims=True)
+            if np.allclose(expected, matrix, rtol=1e-6, atol=1e-7):
+                return height, width, families, offsets
+    raise ValueError("the ASP lines are not rows, columns and diagonals of one map: the fused kernel cannot walk them")
 
 
 def attention_arrays(model: Any) -> dict[str, np.ndarray]:

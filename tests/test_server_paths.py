@@ -53,6 +53,19 @@ def test_numpy_attention_equals_pytorch(config: ModelConfig, fused: bool) -> Non
     np.testing.assert_allclose(flagged[[0, 2], :-1], expected[[0, 2]], atol=2e-6, rtol=1e-5)
 
 
+def test_lines_that_are_not_rows_columns_and_diagonals_are_computed_by_numpy() -> None:
+    """The fused kernel walks ASP's four line families; any other lines (here: the pixels shuffled) fall back to NumPy."""
+    model = FERNet(ModelConfig()).eval()
+    arrays = attention_arrays(model)
+    shuffled = np.random.default_rng(0).permutation(arrays["asp_broadcast_index"].shape[1])
+    arrays["asp_broadcast_index"] = arrays["asp_broadcast_index"][:, shuffled]
+    for group in ("axis", "diagonal"):
+        arrays[f"asp_{group}_matrix"] = arrays[f"asp_{group}_matrix"][shuffled]
+    assert not NumpyAttention(arrays).fused
+    with pytest.raises(ValueError, match="rows, columns and diagonals"):
+        NumpyAttention(arrays, fused=True)
+
+
 def test_export_refuses_a_folder_of_other_weights(tmp_path: Path, trained_model) -> None:
     (tmp_path / "model.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "config": {}, "files": []}))
     with pytest.raises(ValueError, match="0123456789abcdef"):
