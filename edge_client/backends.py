@@ -75,7 +75,8 @@ def shipped_onnx_dir() -> Path:
 class OnnxBackend(Backend):
     """The partitions exported by ``fer-train export``, run by ONNX Runtime on the CPU."""
 
-    def __init__(self, folder: Path | None = None, threads: int | None = None) -> None:
+    def __init__(self, folder: Path | None = None, threads: int | None = None, spin: bool = False) -> None:
+        """``spin``: let ONNX Runtime's worker threads spin between runs (its default; off here, see below)."""
         try:
             import onnxruntime
         except ImportError as error:
@@ -90,6 +91,10 @@ class OnnxBackend(Backend):
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # ONNX Runtime's worker threads spin after each run by default, waiting for the next. With a session
+        # per partition, three pools spun on two cores and slowed each other: 7.95 against 4.39 ms per face
+        # back to back, 26.8 against 4.7 ms of CPU per face with 5 ms between faces (docs/network.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self._sessions = {
             part: onnxruntime.InferenceSession(str(folder / f"{part}.onnx"), options, providers=["CPUExecutionProvider"])
             for part in ("head", "cloud", "tail")

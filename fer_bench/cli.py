@@ -40,10 +40,13 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+BLOCK_HELP = "faces in a row per strategy turn, the first untimed: under a CPU quota a face's time depends on what ran just before it, and a device runs one strategy at a time (1: strategies alternate face by face, every face timed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32, DATATYPE_UINT8, REST_MODEL
 
-    from .network import DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
+    from .network import BLOCK, DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="fer-bench", description="Benchmarks of the split FER system; each writes CSV, JSON and PNG to --out and prints a table.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     network.add_argument("--strategies", type=_names, default=",".join(DEFAULT_STRATEGIES), help=f"comma-separated, from {', '.join(STRATEGIES)}")
     network.add_argument("--shapers", type=_names, default=",".join(SHAPERS), help="netns (tc in a network namespace; root) and/or proxy (userspace token bucket)")
     network.add_argument("--profiles", type=_names, default=",".join(PROFILES), help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()) + " (the quotas need root)")
-    network.add_argument("--requests", type=int, default=20, help="timed faces per strategy and bandwidth; the strategies take turns face by face")
+    network.add_argument("--requests", type=int, default=20, help="timed faces per strategy and bandwidth; the strategies take turns, a block of faces each (--block)")
+    network.add_argument("--block", type=int, default=BLOCK, help=BLOCK_HELP)
     network.add_argument("--warmup", type=int, default=2, help="untimed rounds of every strategy at each bandwidth")
     network.add_argument("--adapt", type=int, default=25, help="then untimed faces of auto alone, so that each static point measures its steady state (the trace measures adaptation)")
     network.add_argument("--runtime", choices=("onnx", "torch"), default="onnx", help="what runs the edge's partitions (ONNX Runtime measured faster on this CPU)")
@@ -100,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--kill-at", type=float, default=None, help="kill the cloud (SIGKILL) this many seconds into the trace ...")
     trace.add_argument("--restart-after", type=float, default=20.0, help="... and restart it on the same port this much later")
     trace.add_argument("--timeout-ms", type=float, default=1000.0, help="the edge's remote deadline")
+    trace.add_argument("--block", type=int, default=BLOCK, help=BLOCK_HELP)
     trace.add_argument("--runtime", choices=("onnx", "torch"), default="onnx")
     trace.add_argument("--weights")
     trace.add_argument("--out", type=Path, default=Path("results/trace"))
@@ -204,7 +209,7 @@ def _network(args: argparse.Namespace) -> int:
     _check_root(args.shapers, args.profiles)
     settings = NetworkSettings(
         args.bandwidths, args.strategies, args.shapers, args.profiles, args.requests, args.warmup, args.adapt, args.rtt_ms, args.loss,
-        args.cloud_threads, weights=args.weights, runtime=args.runtime,
+        args.cloud_threads, weights=args.weights, runtime=args.runtime, block=args.block,
     )
     records, compute = run_network_benchmark(settings)
     rows = record_dicts(records)
@@ -300,7 +305,7 @@ def _trace(args: argparse.Namespace) -> int:
     _check_root(args.shapers, (args.profile,))
     settings = TraceSettings(
         args.profile, args.shapers, args.strategies, args.steps, args.dwell_s, args.kill_at, args.restart_after,
-        timeout_ms=args.timeout_ms, weights=args.weights, runtime=args.runtime,
+        timeout_ms=args.timeout_ms, weights=args.weights, runtime=args.runtime, block=args.block,
     )
     records, events = run_trace(settings)
     summary = trace_summary(records, settings)

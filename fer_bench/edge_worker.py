@@ -6,11 +6,11 @@ line is a JSON command; each answer is one JSON line on stdout.
 - ``{"op": "compute", "runs": N}``: median head / cloud / tail / whole milliseconds
   on this device, the stages measured in turn (round robin).
 - ``{"op": "run", "target": "host:port", "strategies": [spec, ...], "rounds": N,
-  "warmup": W, "adapt": A, "timeout_ms": T}``: W untimed rounds of every
+  "warmup": W, "adapt": A, "timeout_ms": T, "block": B}``: W untimed rounds of every
   strategy and A more of ``auto`` alone (its steady state at this link), then N rounds in which every strategy classifies
-  the sample face once, in a new random order each round, so that all strategies meet the
-  same link and the same CPU at the same time; one record per classification,
-  keyed by strategy name. A spec is ``{"name", "strategy", "encoding",
+  the sample face B times in a row (the first untimed when B > 1), in a new random order each round, so that all
+  strategies meet the same link at the same time, each in the CPU state it leaves itself; one record per timed
+  classification, keyed by strategy name. A spec is ``{"name", "strategy", "encoding",
   "image_format", "image_size", "split_returns"}``.
 - ``{"op": "trace", ...same..., "seconds": S}``: the same round robin for S
   seconds (while the parent changes the link), each record with its time.
@@ -106,15 +106,20 @@ class EdgeWorker:
                     runner.classify(self.pixels, self.crop)
         records: dict[str, list[dict]] = {name: [] for name, _ in runners}
         # A new random order every round (seeded: the same for every run), so that no strategy always
-        # follows the same one: what ran just before changes what is left of a CPU quota's period and
-        # of a token bucket's burst.
+        # follows the same one. Each turn is a block of consecutive faces, the first untimed: what ran
+        # just before changes what is left of a CPU quota's period and of a token bucket's burst, and a
+        # device runs one strategy at a time, so each is timed in the state it leaves them itself.
+        block = max(1, int(command.get("block", 1)))
         order = random.Random(command.get("seed", 0))
         started = time.perf_counter()
         turn = 0
         while (rounds is not None and turn < rounds) or (seconds is not None and time.perf_counter() - started < seconds):
             for name, runner in order.sample(runners, len(runners)):
-                at = time.perf_counter() - started
-                records[name].append({"t": round(at, 4), **_record(runner.classify(self.pixels, self.crop))})
+                for face in range(block):
+                    at = time.perf_counter() - started
+                    result = runner.classify(self.pixels, self.crop)
+                    if face > 0 or block == 1:
+                        records[name].append({"t": round(at, 4), **_record(result)})
             turn += 1
         return records
 

@@ -96,6 +96,12 @@ class DeviceProfile:
     description: str = ""
 
 
+# Faces in a row per strategy turn, the first untimed. Under a CPU quota a face's time depends on what
+# ran before it: on the phone profile, the edge strategy took 5.0-5.3 ms (p50) right after a cloud call
+# (whose network wait refills the quota) and 8.4-9.2 ms right after another local inference
+# (docs/network.md). A device runs one strategy at a time; so is each timed.
+BLOCK = 5
+
 PROFILES = {
     "laptop": DeviceProfile("laptop", os.cpu_count() or 1, None, "all cores"),
     "phone": DeviceProfile("phone", 1, 0.5, "1 thread, cgroup quota of half a core"),
@@ -257,6 +263,12 @@ class NetworkSettings:
     timeout_ms: float = 30_000
     weights: str | None = None
     runtime: str = "onnx"
+    block: int = BLOCK  # faces in a row per strategy turn, the first untimed
+
+
+def _rounds(requests: int, block: int) -> int:
+    """Turns of every strategy that time ``requests`` faces each (a block of B > 1 faces times B - 1)."""
+    return -(-requests // max(1, block - 1)) if block > 1 else requests
 
 
 def _specs(names: tuple[str, ...]) -> list[dict]:
@@ -283,7 +295,8 @@ def run_network_benchmark(settings: NetworkSettings, progress: bool = True) -> t
                             cloud.shape(spec)
                             samples = edge.ask({
                                 "op": "run", "target": cloud.target, "strategies": _specs(settings.strategies),
-                                "rounds": settings.requests, "warmup": settings.warmup, "adapt": settings.adapt, "timeout_ms": settings.timeout_ms,
+                                "rounds": _rounds(settings.requests, settings.block), "warmup": settings.warmup, "adapt": settings.adapt,
+                                "timeout_ms": settings.timeout_ms, "block": settings.block,
                             })
                             for name in settings.strategies:
                                 records.append(summarize(samples[name], profile_name, shaper, spec, name))  # type: ignore[index]
@@ -330,6 +343,7 @@ class TraceSettings:
     timeout_ms: float = 1_000
     weights: str | None = None
     runtime: str = "onnx"
+    block: int = BLOCK  # faces in a row per strategy turn, the first untimed
 
 
 @dataclass
@@ -373,7 +387,7 @@ def run_trace(settings: TraceSettings, progress: bool = True) -> tuple[list[dict
                 driver = threading.Thread(target=_drive_link, args=(cloud, settings, started, shaper_events, stop), daemon=True)
                 driver.start()
                 try:
-                    samples = edge.ask({**command, "op": "trace", "seconds": seconds, "warmup": 0})
+                    samples = edge.ask({**command, "op": "trace", "seconds": seconds, "warmup": 0, "block": settings.block})
                 finally:
                     stop.set()
                     driver.join(timeout=60)
