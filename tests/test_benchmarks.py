@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import itertools
 import json
 import os
 from pathlib import Path
@@ -106,3 +108,26 @@ def test_server_benchmark_puts_triton_beside_fer_cloud(tmp_path: Path, capsys) -
     records = json.loads((tmp_path / "server.json").read_text())
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["datatype"] == "UINT8" and r["model"] == "fer_rest" for r in records), records
     assert next(r for r in records if r["target"] == "triton")["server_rss_mib"] > 20  # tritonserver and its backend stub
+
+
+def test_strategies_take_turns_in_blocks_whose_first_face_is_untimed() -> None:
+    """The edge worker runs B faces of a strategy in a row and times B - 1; the blocks take turns."""
+    from fer_bench.edge_worker import EdgeWorker
+    from fer_bench.network import STRATEGIES, _rounds
+
+    worker = EdgeWorker(1)
+    edge = {**dataclasses.asdict(STRATEGIES["edge"]), "name": "edge"}
+    also = {**edge, "name": "edge-again"}
+    command = {"target": "127.0.0.1:1", "strategies": [edge, also], "warmup": 0, "timeout_ms": 1000}
+    try:
+        blocks = worker.run({**command, "rounds": 2, "block": 3})
+        alternating = worker.run({**command, "rounds": 2, "block": 1})
+    finally:
+        worker.close()
+    assert {name: len(rows) for name, rows in blocks.items()} == {"edge": 4, "edge-again": 4}
+    assert {name: len(rows) for name, rows in alternating.items()} == {"edge": 2, "edge-again": 2}
+    times = sorted((row["t"], name) for name, rows in blocks.items() for row in rows)
+    runs = [name for _, name in times]
+    lengths = [len(list(group)) for _, group in itertools.groupby(runs)]
+    assert all(length % 2 == 0 for length in lengths), runs  # timed faces come two by two: blocks, not alternation
+    assert _rounds(40, 5) == 10 and _rounds(41, 5) == 11 and _rounds(20, 1) == 20
