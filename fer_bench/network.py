@@ -5,8 +5,9 @@ profiles with one thread inside a cgroup CPU quota) with the edge's faster
 runtime (ONNX Runtime unless told otherwise). For each shaper a ``fer-cloud``
 process runs behind the throttled link (inside the cloud's network namespace
 for ``netns``, behind the token-bucket proxy for ``proxy``). At each bandwidth
-point the strategies take turns face by face (this host's speed drifts), each
-classifying the sample face ``requests`` times; each point reports p50/p90/p99
+point the strategies take turns in blocks of :data:`BLOCK` faces, the first
+of each untimed (this host's speed drifts, and under a CPU quota a face's time
+depends on what ran before it), each timing the sample face ``requests`` times; each point reports p50/p90/p99
 end-to-end latency, its breakdown, bytes per request, fallbacks, and the
 physical floor: compute + bytes / bandwidth + RTT.
 
@@ -276,7 +277,7 @@ def _specs(names: tuple[str, ...]) -> list[dict]:
 
 
 def run_network_benchmark(settings: NetworkSettings, progress: bool = True) -> tuple[list[PointRecord], dict[str, dict[str, float]]]:
-    """All points of the sweep (strategies taking turns face by face at each point), and each profile's compute times."""
+    """All points of the sweep (strategies taking turns in blocks at each point), and each profile's compute times."""
     from tqdm import tqdm
 
     records: list[PointRecord] = []
