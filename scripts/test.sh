@@ -17,11 +17,17 @@ fi
 .venv-edge-lite/bin/python -m pip install --quiet -e '.[edge-lite]'
 export FER_LITE_PYTHON="$PWD/.venv-edge-lite/bin/python"
 # pytorch_wavelets (the optional DWT backend) imports pkg_resources, so it needs
-# setuptools below 81: a venv of its own, with the project's torch, for its test.
+# setuptools below 81, while torch brings a newer one into .venv. Its venv holds only
+# pytorch_wavelets and the older setuptools, and reads everything else (torch above all:
+# 5.5 GB, not to be installed twice) from .venv's site-packages, which a .pth file adds
+# after its own.
 if [ ! -x .venv-pytorch-wavelets/bin/python ]; then
     "${PYTHON:-$(command -v python3.11 || command -v python3)}" -m venv .venv-pytorch-wavelets
 fi
-.venv-pytorch-wavelets/bin/python -m pip install --quiet -e '.[full,pytorch-wavelets]'
+MAIN_SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+PW_SITE="$(.venv-pytorch-wavelets/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+echo "import site; site.addsitedir('$MAIN_SITE')" > "$PW_SITE/fer-main-venv.pth"
+.venv-pytorch-wavelets/bin/python -m pip install --quiet 'pytorch_wavelets>=1.3' 'setuptools<81'
 export FER_PYTORCH_WAVELETS_PYTHON="$PWD/.venv-pytorch-wavelets/bin/python"
 # The KServe SDK's API models (the schema check of deploy/kserve): only its wheel is read, never
 # installed (its dependencies pin protobuf below 7).
