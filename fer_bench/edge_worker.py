@@ -12,6 +12,9 @@ line is a JSON command; each answer is one JSON line on stdout.
   strategies meet the same link at the same time, each in the CPU state it leaves itself; one record per timed
   classification, keyed by strategy name. A spec is ``{"name", "strategy", "encoding",
   "image_format", "image_size", "split_returns"}``.
+- ``{"op": "round_trip", "target": "host:port", "calls": N}``: the least and the median
+  milliseconds of N tiny calls (``ServerLive``, about 100 bytes), one after the other: what any
+  call pays on this link from this device, whatever it carries (the least is the floor's round trip).
 - ``{"op": "trace", ...same..., "seconds": S}``: the same round robin for S
   seconds (while the parent changes the link), each record with its time.
 - ``{"op": "video", "target", "strategy": spec, "path": VIDEO, "in_flight": N,
@@ -59,6 +62,18 @@ class EdgeWorker:
         self.crop = FaceDetector.crop(image, box)
         self.pixels = prepare_face(self.crop, self.backend.config.input_size)
         self._runners: dict[tuple[str, str], EdgeRunner] = {}
+
+    def round_trip(self, command: dict) -> dict[str, float]:
+        """Least and median milliseconds of a tiny call on this link (after three unrecorded ones)."""
+        client = CloudClient(command["target"], self.fingerprint, timeout_s=command.get("timeout_ms", 10_000) / 1000)
+        try:
+            times = [client.round_trip() for _ in range(3 + command.get("calls", 20))][3:]
+        finally:
+            client.close()
+        answered = [t * 1000 for t in times if t is not None]
+        if not answered:
+            return {"round_trip_ms": float("nan"), "round_trip_median_ms": float("nan")}
+        return {"round_trip_ms": min(answered), "round_trip_median_ms": statistics.median(answered)}
 
     def compute(self, runs: int) -> dict[str, float]:
         """Median milliseconds per stage on this device, the stages taking turns."""
@@ -171,7 +186,7 @@ def main() -> int:
     runtime = sys.argv[3] if len(sys.argv) > 3 else "onnx"
     worker = EdgeWorker(threads, weights, runtime)
     print(json.dumps({"ready": True, "runtime": runtime, "threads": threads}), flush=True)
-    operations = {"compute": lambda c: worker.compute(c.get("runs", 30)), "run": worker.run, "trace": worker.trace, "video": worker.video}
+    operations = {"compute": lambda c: worker.compute(c.get("runs", 30)), "run": worker.run, "round_trip": worker.round_trip, "trace": worker.trace, "video": worker.video}
     try:
         for line in sys.stdin:
             command = json.loads(line)

@@ -9,7 +9,8 @@ point the strategies take turns in blocks of :data:`BLOCK` faces, the first
 of each untimed (this host's speed drifts, and under a CPU quota a face's time
 depends on what ran before it), each timing the sample face ``requests`` times; each point reports p50/p90/p99
 end-to-end latency, its breakdown, bytes per request, fallbacks, and the
-physical floor: compute + bytes / bandwidth + RTT.
+physical floor (:func:`floor_ms`): compute + the link's least round trip + bytes
+beyond the burst / bandwidth, and at least the bucket's time to earn a face's bytes.
 
 :func:`run_trace` replays the paper's experiment: the bandwidth steps up and back
 down while the strategies keep taking turns, optionally with the cloud killed
@@ -49,7 +50,7 @@ from .shaping import (
 
 __all__ = [
     "KB", "StrategySpec", "STRATEGIES", "DEFAULT_STRATEGIES", "TRACE_STRATEGIES", "DeviceProfile", "PROFILES",
-    "PointRecord", "percentile", "transfer_floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
+    "PointRecord", "percentile", "transfer_floor_ms", "floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
     "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
     "TraceEvent", "run_trace", "trace_summary", "outage_report", "plot_trace", "format_table", "auto_against_best",
     "auto_summary", "format_auto_summary", "format_auto_table", "winners", "plot", "record_dicts",
@@ -138,6 +139,7 @@ class PointRecord:
     mean_ms: float = 0.0
     auto_choices: str = ""  # auto only: how often it chose each strategy, e.g. "edge:18 cloud:2"
     explorations: int = 0  # auto only: faces spent re-measuring a strategy it was not using
+    round_trip_ms: float | None = None  # the least round trip of 20 tiny calls on this link after the point (the floor's)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -147,27 +149,41 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (index - low)
 
 
-def transfer_floor_ms(bytes_up: float, bytes_down: float, spec: LinkSpec) -> float:
+def transfer_floor_ms(bytes_up: float, bytes_down: float, spec: LinkSpec, round_trip_ms: float | None = None) -> float:
     """Least time the link needs for one exchange: bytes / rate each way, less the token bucket's
-    burst (an idle shaped link sends that much at line rate), plus one round trip."""
+    burst (an idle shaped link sends that much at line rate), plus one round trip (``round_trip_ms``,
+    the least measured round trip of a tiny call on this link, which includes the added RTT; else the
+    added RTT alone)."""
     if not bytes_up and not bytes_down:
         return 0.0
     serialization = sum(max(0.0, b - TBF_BURST_BYTES) for b in (bytes_up, bytes_down)) / spec.rate_bytes_per_s
-    return serialization * 1000 + spec.rtt_ms
+    return serialization * 1000 + (spec.rtt_ms if round_trip_ms is None else round_trip_ms)
 
 
-def summarize(samples: list[dict], profile: str, shaper: str, spec: LinkSpec, strategy: str) -> PointRecord:
+def floor_ms(compute_ms: float, bytes_up: float, bytes_down: float, spec: LinkSpec, round_trip_ms: float | None = None) -> float:
+    """Least latency of one face among faces sent back to back (as each strategy's block is): its
+    compute plus :func:`transfer_floor_ms`, and never less than the time the token bucket needs to
+    earn a face's bytes in either direction. The burst is only free when the bucket had time to refill
+    it: in a closed loop it refills during the face before, so at 200 KB/s a 6.4 KB split tensor
+    takes 32 ms per face however short the compute is."""
+    if not bytes_up and not bytes_down:
+        return compute_ms
+    earned = max(bytes_up, bytes_down) / spec.rate_bytes_per_s * 1000
+    return max(compute_ms + transfer_floor_ms(bytes_up, bytes_down, spec, round_trip_ms), earned)
+
+
+def summarize(samples: list[dict], profile: str, shaper: str, spec: LinkSpec, strategy: str, round_trip_ms: float | None = None) -> PointRecord:
     totals = [s["total"] for s in samples]
     median = {k: statistics.median(s[k] for s in samples) for k in ("head", "encode", "network", "server", "tail", "bytes_up", "bytes_down")}
     compute = statistics.median(s["total"] - s["network"] for s in samples)
-    floor = compute + transfer_floor_ms(median["bytes_up"], median["bytes_down"], spec)
+    floor = floor_ms(compute, median["bytes_up"], median["bytes_down"], spec, round_trip_ms)
     p50 = statistics.median(totals)
     return PointRecord(
         profile=profile, shaper=shaper, bandwidth_kbps=spec.rate_bytes_per_s / KB, rtt_ms=spec.rtt_ms, loss_percent=spec.loss_percent,
         strategy=strategy, requests=len(samples), p50_ms=p50, p90_ms=percentile(totals, 0.9), p99_ms=percentile(totals, 0.99),
         head_ms=median["head"], encode_ms=median["encode"], network_ms=median["network"], server_ms=median["server"], tail_ms=median["tail"],
         bytes_up=median["bytes_up"], bytes_down=median["bytes_down"], fallbacks=sum(bool(s["fallback"]) for s in samples),
-        floor_ms=floor, ratio_to_floor=p50 / floor if floor else float("nan"), mean_ms=statistics.fmean(totals),
+        floor_ms=floor, ratio_to_floor=p50 / floor if floor else float("nan"), mean_ms=statistics.fmean(totals), round_trip_ms=round_trip_ms,
         auto_choices=" ".join(f"{k}:{v}" for k, v in sorted(Counter(s["auto_choice"] for s in samples if s.get("auto_choice")).items())),
         explorations=sum(s.get("auto_reason") == "exploring" for s in samples),
     )
@@ -299,8 +315,9 @@ def run_network_benchmark(settings: NetworkSettings, progress: bool = True) -> t
                                 "rounds": _rounds(settings.requests, settings.block), "warmup": settings.warmup, "adapt": settings.adapt,
                                 "timeout_ms": settings.timeout_ms, "block": settings.block,
                             })
+                            round_trip = edge.ask({"op": "round_trip", "target": cloud.target, "calls": 20})["round_trip_ms"]  # type: ignore[index]
                             for name in settings.strategies:
-                                records.append(summarize(samples[name], profile_name, shaper, spec, name))  # type: ignore[index]
+                                records.append(summarize(samples[name], profile_name, shaper, spec, name, round_trip))  # type: ignore[index]
                             bar.update(1)
             finally:
                 edge.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fer_bench.cli import main as bench_main
-from fer_bench.network import transfer_floor_ms
+from fer_bench.network import floor_ms, transfer_floor_ms
 from fer_bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +23,21 @@ def test_transfer_floor_counts_both_directions_less_the_burst() -> None:
     assert transfer_floor_ms(0, 0, spec) == 0
     expected = ((6374 - TBF_BURST_BYTES) + (6447 - TBF_BURST_BYTES)) / 200_000 * 1000 + 10
     assert transfer_floor_ms(6374, 6447, spec) == pytest.approx(expected)
+
+
+def test_transfer_floor_takes_the_measured_round_trip_when_given() -> None:
+    spec = LinkSpec(1_000_000, rtt_ms=10)
+    assert transfer_floor_ms(3000, 100, spec, round_trip_ms=0.7) == pytest.approx(0.7)
+
+
+def test_floor_of_faces_back_to_back_is_at_least_what_the_bucket_earns_per_face() -> None:
+    """At 200 KB/s a 6,400-byte message per face needs 32 ms of tokens, however short the compute:
+    the burst is free only if the bucket refilled it; with a long compute it did, and the burst counts."""
+    spec = LinkSpec(200_000)
+    assert floor_ms(5.0, 6400, 1000, spec, round_trip_ms=1.0) == pytest.approx(32.0)
+    long_compute = 40.0
+    assert floor_ms(long_compute, 6400, 1000, spec, round_trip_ms=1.0) == pytest.approx(long_compute + (6400 - TBF_BURST_BYTES) / 200 + 1.0)
+    assert floor_ms(5.0, 0, 0, spec, round_trip_ms=1.0) == 5.0  # nothing on the wire: compute alone
 
 
 def test_model_benchmark_writes_table_files(tmp_path: Path, capsys) -> None:
