@@ -91,6 +91,12 @@ class CircuitBreaker:
             self.failures = 0
             self._trial_started = None
 
+    def release_trial(self) -> None:
+        """A call was admitted but never made (the edge could not build its request): free the trial slot."""
+        with self._lock:
+            if self.state == HALF_OPEN:
+                self._trial_started = None
+
     def record_failure(self) -> None:
         """A cloud call failed (error, timeout or unusable answer): count it; a failed trial reopens at once."""
         with self._lock:

@@ -206,8 +206,8 @@ class EdgeRunner:
         self._discovery_lock = threading.Lock()
         if strategy == AUTO:
             self._start_auto(rtt_interval_s, auto_objective, auto_far)
-        self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None], FaceResult]] = {
-            EDGE: lambda pixels, crop: self._local(pixels_to_array(pixels), Latency()),
+        self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None, float], FaceResult]] = {
+            EDGE: lambda pixels, crop, deadline: self._local(pixels_to_array(pixels), Latency()),
             CLOUD: self._cloud,
             SPLIT: self._split,
             SPLIT_REST: self._split_rest,
@@ -238,7 +238,8 @@ class EdgeRunner:
         if self.strategy == AUTO and not self._warm:
             self._warm_up()  # once: a first inference is no measure of the next, so not part of any face's latency
         started = time.perf_counter()
-        known = self.strategy == EDGE or self._discover()  # the first face waits for ModelMetadata, within its deadline
+        deadline = started + self.timeout_s  # one deadline for the whole face, the wait for ModelMetadata included
+        self._start_discovery()
         decision: Decision | None = None
         strategy = self.strategy
         if strategy == AUTO:
@@ -246,23 +247,31 @@ class EdgeRunner:
                 self.breaker.allow()  # starts the health probe when it is due; never blocks
             decision = self.planner.choose(cloud_on_trial=self.breaker.state == HALF_OPEN)  # type: ignore[union-attr]
             strategy = decision.strategy
+        known = strategy == EDGE or self._discovery_known(deadline)  # the first remote face waits for ModelMetadata, within its deadline
+        waited = time.perf_counter() - started
+        if decision is not None and strategy not in self.planner.candidates:  # type: ignore[union-attr]
+            # what the cloud said meanwhile rules this strategy out (other weights, model not served)
+            decision = self.planner.choose(cloud_on_trial=False)  # type: ignore[union-attr]
+            strategy = decision.strategy
         try:
-            if not known and strategy != EDGE:  # the cloud did not say what it serves within the deadline
+            if not known:  # the cloud did not say what it serves within the deadline
                 result = self._local(pixels_to_array(pixels), Latency(), "timeout")
-            elif self._refusal is not None:  # the cloud holds other weights or lacks the model: never call it
+            elif self._refusal is not None and strategy != EDGE:  # the cloud holds other weights or lacks the model: never call it
                 result = self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
             else:
-                result = self._run_strategy[strategy](pixels, crop)
+                result = self._run_strategy[strategy](pixels, crop, deadline)
         except Exception as error:  # a bug on the remote path must not lose the face
             if strategy == EDGE:
                 raise
             log.exception("the %s path failed; answering locally", strategy)
+            self.breaker.release_trial()  # a trial this face held is not left taken
             result = self._local(pixels_to_array(pixels), Latency(), f"edge_error: {type(error).__name__}")
         result.requested_strategy = self.strategy
         result.latency.total = _ms(time.perf_counter() - started)
         if decision is not None:
             result.auto = decision.to_dict()
-            self.planner.observe(_observation(strategy, result))  # type: ignore[union-attr]
+            # What the strategy costs, without this face's one-off wait for the cloud's metadata.
+            self.planner.observe(_observation(strategy, result, waited_ms=_ms(waited)))  # type: ignore[union-attr]
         return result
 
     def close(self) -> None:
@@ -282,7 +291,7 @@ class EdgeRunner:
         self.backend.tail(self.backend.cloud(z))
         self._warm = True
 
-    def _discover(self) -> bool:
+    def _start_discovery(self) -> None:
         """Once per connection: does the cloud serve what we need, with our weights (ModelMetadata)?
 
         For ``auto``, the strategies it may choose from; for a fixed remote strategy,
@@ -290,16 +299,21 @@ class EdgeRunner:
         again 5 s later; meanwhile calls go ahead and fail over as usual. The first
         face waits for the first answer, up to its own deadline: an engine whose
         versions are its own (Triton) is only known to hold these weights, and
-        which version to name, once it has answered. False while that first
-        answer has not come (the face is then answered locally, reason ``timeout``).
+        which version to name, once it has answered (:meth:`_discovery_known`).
+        Asked in the background: a silent link must not hold a face longer than its deadline.
         """
         if self._discovered.is_set() or self.client is None:
-            return True
+            return
         if time.monotonic() >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
-            # in the background: a silent link must not hold a face longer than its deadline
             self._next_discovery = time.monotonic() + 5.0
             threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
-        return self._first_discovery.wait(self.timeout_s)  # at once after the first attempt, whatever its outcome
+
+    def _discovery_known(self, deadline: float) -> bool:
+        """Has the first answer about what the cloud serves come? Waits for it until ``deadline``
+        (a ``perf_counter`` value); at once after the first attempt, whatever its outcome."""
+        if self._discovered.is_set() or self.client is None:
+            return True
+        return self._first_discovery.wait(max(0.0, deadline - time.perf_counter()))
 
     def _discover_now(self) -> None:
         try:
@@ -376,7 +390,7 @@ class EdgeRunner:
         latency.tail = _ms(time.perf_counter() - t1)
         return self._result(softmax(scores)[0], EDGE, latency, reason)
 
-    def _send_features(self, model: str, z: np.ndarray, latency: Latency, outputs: tuple[str, ...] = ()) -> RemoteCall | str:
+    def _send_features(self, model: str, z: np.ndarray, latency: Latency, deadline: float, outputs: tuple[str, ...] = ()) -> RemoteCall | str:
         """The split tensor to ``model``: the call, or the reason it produced nothing usable."""
         if not self.breaker.allow():
             return "circuit_open"
@@ -384,18 +398,19 @@ class EdgeRunner:
         try:
             request = self.client.features_request(model, z, self.encoding, outputs)  # type: ignore[union-attr]
         except codec.CodecError as error:
+            self.breaker.release_trial()
             return f"encode_error: {error}"
         latency.encode = _ms(time.perf_counter() - t0)
         try:
-            return self._call(request)
+            return self._call(request, deadline)
         except RemoteError as error:
             return error.reason
 
-    def _split(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+    def _split(self, pixels: np.ndarray, crop: np.ndarray | None, deadline: float) -> FaceResult:
         latency = Latency()
         z = self._head(pixels_to_array(pixels), latency)
         lean = self.split_returns == "attention"
-        call = self._send_features(ATTENTION_MODEL, z, latency, (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if lean else ())
+        call = self._send_features(ATTENTION_MODEL, z, latency, deadline, (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if lean else ())
         if isinstance(call, str):
             return self._finish_locally(z, latency, call)
         t0 = time.perf_counter()
@@ -404,10 +419,10 @@ class EdgeRunner:
         latency.tail = _ms(time.perf_counter() - t0)
         return self._remote_result(softmax(scores)[0], SPLIT, latency, call)
 
-    def _split_rest(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+    def _split_rest(self, pixels: np.ndarray, crop: np.ndarray | None, deadline: float) -> FaceResult:
         latency = Latency()
         z = self._head(pixels_to_array(pixels), latency)
-        call = self._send_features(REST_MODEL, z, latency)
+        call = self._send_features(REST_MODEL, z, latency, deadline)
         if isinstance(call, str):
             return self._finish_locally(z, latency, call)
         probabilities = call.outputs[PROBABILITIES][0]
@@ -416,7 +431,7 @@ class EdgeRunner:
             return self._finish_locally(z, latency, "invalid_response")
         return self._remote_result(probabilities, SPLIT_REST, latency, call)
 
-    def _cloud(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> FaceResult:
+    def _cloud(self, pixels: np.ndarray, crop: np.ndarray | None, deadline: float) -> FaceResult:
         latency = Latency()
         if not self.breaker.allow():
             return self._local(pixels_to_array(pixels), latency, "circuit_open")
@@ -424,7 +439,7 @@ class EdgeRunner:
         request = self.client.image_request(self.encode_image(pixels, crop))  # type: ignore[union-attr]
         latency.encode = _ms(time.perf_counter() - t0)
         try:
-            call = self._call(request)
+            call = self._call(request, deadline)
         except RemoteError as error:
             return self._local(pixels_to_array(pixels), latency, error.reason)
         probabilities = call.outputs[PROBABILITIES][0]
@@ -439,10 +454,15 @@ class EdgeRunner:
         """What the cloud strategy sends (see :func:`encode_face_image`)."""
         return encode_face_image(pixels, self.image_format, self.image_size, self.jpeg_quality, crop)
 
-    def _call(self, request: Any) -> RemoteCall:
-        """One remote call; a failure is recorded here, a success only once its answer proved usable."""
+    def _call(self, request: Any, deadline: float) -> RemoteCall:
+        """One remote call within what is left of the face's deadline; a failure is recorded here, a
+        success only once its answer proved usable."""
+        left = deadline - time.perf_counter()
+        if left <= 0.001:  # the wait for the cloud's metadata used it up: no call that could not answer in time
+            self.breaker.release_trial()
+            raise RemoteError("timeout", "the face's deadline passed before the call")
         try:
-            return self.client.infer(request, self.timeout_s, self.use_stream)  # type: ignore[union-attr]
+            return self.client.infer(request, left, self.use_stream)  # type: ignore[union-attr]
         except RemoteError:
             self.breaker.record_failure()
             raise
@@ -473,8 +493,9 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
 
 
-def _observation(strategy: str, result: FaceResult) -> Observation:
-    """What auto learns from one result of ``strategy`` (a stage that did not run reads 0 and is skipped)."""
+def _observation(strategy: str, result: FaceResult, waited_ms: float = 0.0) -> Observation:
+    """What auto learns from one result of ``strategy`` (a stage that did not run reads 0 and is skipped),
+    less ``waited_ms`` the face spent waiting for the cloud's metadata."""
     lat = result.latency
     remote_ok = strategy != EDGE and not result.fallback
     return Observation(
@@ -483,7 +504,7 @@ def _observation(strategy: str, result: FaceResult) -> Observation:
         attention_ms=lat.attention or None,
         tail_ms=lat.tail or None,
         encode_ms=lat.encode or None,
-        total_ms=lat.total,
+        total_ms=max(lat.total - waited_ms, 0.0),
         network_ms=lat.network if remote_ok else None,
         server_ms=lat.server if remote_ok else None,
         bytes_up=result.bytes_up,

@@ -43,6 +43,7 @@ class Fault:
     kind: str = OK
     delay_s: float = 0.0
     close_after: int = 3
+    metadata_delay_s: float = 0.0  # ModelMetadata answers this late (whatever ``kind``)
 
 
 def _elements(shape: list[int]) -> int:
@@ -104,6 +105,7 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=request.name in MODELS)
 
     def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
+        self.stopping.wait(self.fault.metadata_delay_s)
         if request.name not in MODELS:
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r}")
         return model_metadata(request.name, self.engine.config, self.engine.fingerprint)

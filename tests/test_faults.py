@@ -55,6 +55,59 @@ def test_a_slow_server_is_answered_locally_within_the_deadline(trained_model, sa
     assert worst < TIMEOUT_S * 1000 + MARGIN_MS, f"a face waited {worst:.0f} ms"
 
 
+def test_the_first_face_waits_for_metadata_and_the_call_within_one_deadline(trained_model, sample_face, faulty) -> None:
+    """Metadata answering after 80 % of the deadline, inference after 3 deadlines: the first face is still
+    answered locally within one deadline (its call gets only what the wait for metadata left), not two."""
+    timeout_s = 1.0
+    faulty.fault = Fault(SLOW, delay_s=3 * timeout_s, metadata_delay_s=0.8 * timeout_s)
+    client = CloudClient(faulty.address, model_fingerprint(trained_model), timeout_s=timeout_s)
+    runner = EdgeRunner(trained_model, "split", client, CircuitBreaker(**NEVER_OPENS), timeout_s=timeout_s)
+    try:
+        first = runner.classify(sample_face)
+    finally:
+        runner.close()
+    assert first.fallback_reason == "timeout" and first.strategy == "edge"
+    assert _waited_ms(asdict(first.latency)) < timeout_s * 1000 + MARGIN_MS, first.latency
+
+
+def test_auto_does_not_count_the_wait_for_metadata_as_the_edges_cost(trained_model, sample_face, faulty) -> None:
+    """auto's first face runs on the edge (calibration): it does not wait for the slow metadata, and
+    the edge's predicted latency stays its compute."""
+    faulty.fault = Fault(metadata_delay_s=0.8)
+    client = CloudClient(faulty.address, model_fingerprint(trained_model), timeout_s=2.0)
+    runner = EdgeRunner(trained_model, "auto", client, CircuitBreaker(**NEVER_OPENS), timeout_s=2.0)
+    try:
+        first = runner.classify(sample_face)
+        predicted_edge_ms = runner.planner.predictions_ms()["edge"]
+    finally:
+        runner.close()
+    assert first.strategy == "edge" and first.auto["reason"] == "calibrating"
+    assert _waited_ms(asdict(first.latency)) < 300, first.latency
+    assert predicted_edge_ms < 300, predicted_edge_ms  # the wait alone would be 800
+
+
+def test_a_trial_whose_request_cannot_be_built_frees_the_half_open_slot(trained_model, sample_face, faulty) -> None:
+    """Half-open, the one trial goes to a face whose split tensor cannot be encoded (the edge's head gives
+    integers, which the codec refuses): the slot is freed at once, so the next face is the trial, not
+    ``circuit_open`` for the 30 s a trial may stay out."""
+    breaker = CircuitBreaker(failure_threshold=1, reset_timeout_s=0.0)
+    runner = _runner(trained_model, faulty.address, "split", breaker)
+    head = runner.backend.head
+    try:
+        breaker.record_failure()
+        assert not breaker.allow()  # open: starts the (healthy) probe
+        breaker.wait_for_probe(5)
+        runner.backend.head = lambda x: np.zeros((1, 8, 28, 28), dtype=np.int64)
+        spoiled = runner.classify(sample_face)
+        runner.backend.head = head
+        after = runner.classify(sample_face)
+    finally:
+        runner.backend.head = head
+        runner.close()
+    assert spoiled.fallback_reason.startswith("encode_error"), spoiled.fallback_reason
+    assert after.fallback_reason is None and after.strategy == "split" and breaker.state == "closed"
+
+
 @pytest.mark.parametrize("kind", [WRONG_SHAPE, GARBAGE])
 @pytest.mark.parametrize("strategy", ["split", "split-rest", "cloud"])
 def test_an_unusable_answer_falls_back_and_opens_the_breaker(trained_model, sample_face, faulty, kind: str, strategy: str) -> None:
