@@ -26,10 +26,10 @@ from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_s
 from .faces import BlazeFaceDetector, FaceDetector
 from .samples import sample_image
 from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
-from .sources import SourceError, open_source
+from .sources import Source, SourceError, open_source
 from .transport import ClientSecurity, CloudClient, RemoteError
 
-__all__ = ["build_parser", "make_runner", "DETECTORS", "make_detector", "loopback_cloud", "main"]
+__all__ = ["Token", "build_parser", "make_runner", "DETECTORS", "make_detector", "loopback_cloud", "main"]
 
 EXAMPLES = """examples:
   fer-edge run photo.jpg                                  # everything on this device
@@ -43,9 +43,21 @@ EXAMPLES = """examples:
 """
 
 
+class Token(str):
+    """A bearer token: the text itself on the wire, masked in every ``repr`` (of the parsed arguments too)."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
 def _token_or_environment(text: str) -> str | None:
-    """``--token``'s value; its default, the text ``$FER_CLOUD_TOKEN``, reads that variable."""
-    return os.environ.get("FER_CLOUD_TOKEN") or None if text == "$FER_CLOUD_TOKEN" else text
+    """``--token``'s value; its default, the text ``$FER_CLOUD_TOKEN``, reads that variable.
+
+    Surrounding whitespace is dropped (a secret mounted as a variable often ends in a newline);
+    characters no gRPC header can carry are refused when the client is made (``check_token``).
+    """
+    value = os.environ.get("FER_CLOUD_TOKEN", "") if text == "$FER_CLOUD_TOKEN" else text
+    return Token(value.strip()) if value.strip() else None
 
 
 def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +74,10 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-ms", type=_positive_float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
     parser.add_argument("--failures-to-open", type=int, default=3, help="consecutive failures that open the circuit breaker")
     parser.add_argument("--probe-after-s", type=float, default=2.0, help="how long an open circuit waits before probing the health service")
-    parser.add_argument("--tls-ca", type=Path, help="CA certificate of the cloud (enables TLS)")
-    parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", type=Path, help="client key (mutual TLS)")
-    parser.add_argument("--tls-server-name", help="name to verify in the server certificate")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate of the cloud; any --tls-* option means TLS, verified against the system's roots without this one (plaintext only with none)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS; needs --tls-key)")
+    parser.add_argument("--tls-key", type=Path, help="client key (mutual TLS; needs --tls-cert)")
+    parser.add_argument("--tls-server-name", help="name to verify in the server certificate (means TLS)")
     # The default is the variable's name, resolved by `type` after parsing, so --help never shows the secret.
     parser.add_argument("--token", default="$FER_CLOUD_TOKEN", type=_token_or_environment, help="bearer token (prefer the variable: arguments show in ps)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the edge's runtime")
@@ -105,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--whole-image", action="store_true", help="treat each image as one pre-cropped face (no detection)")
     run.add_argument("--detector", choices=DETECTORS, default="haar", help="face detector: OpenCV's Haar cascade, or MediaPipe's BlazeFace (short or full range; pip install 'fer-split[blazeface]'), faster and fewer false faces (docs/faces.md)")
     run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
-    run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video or image file")
+    run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video (.mp4, .m4v, .mov, .avi, .mkv; every frame scaled to the first one's size) or image (.png, .jpg, ...: only for a source of one frame; refused for a video or several images); checked before anything runs")
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames (any source: video, camera, stream, folder)")
     run.add_argument("--in-flight", type=_positive_int, default=None, help=f"frames classified at once: while one frame is on the wire the next one's head runs; records stay in frame order, one per face; default: {DEFAULT_IN_FLIGHT} with cloud, split or split-rest, 1 with edge and auto (where more measured no gain: docs/network.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -119,11 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, model: Any = None, use_stream: bool = False) -> EdgeRunner:
+    remote = bool(cloud and strategy != EDGE)
+    security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.tls_server_name) if remote else None  # checked first
     backend: Backend = as_backend(model) if model is not None else load_backend(args.runtime, args.weights, args.onnx_dir, args.threads)
-    client = None
-    if cloud and strategy != EDGE:
-        security = ClientSecurity(args.tls_ca, args.tls_cert, args.tls_key, args.token, args.tls_server_name)
-        client = CloudClient(cloud, backend.fingerprint, security, args.timeout_ms / 1000)
+    client = CloudClient(cloud, backend.fingerprint, security, args.timeout_ms / 1000) if remote else None
     probe_timeout = min(0.25, args.timeout_ms / 1000)  # a probe delays one locally answered face at most this long
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
     return EdgeRunner(
@@ -154,8 +165,8 @@ def _run(args: argparse.Namespace) -> int:
     if strategy not in (EDGE, AUTO) and not args.cloud:
         raise ValueError(f"--strategy {strategy} needs --cloud HOST:PORT")
     source = open_source(args.source, args.max_frames)
+    writer = _annotated_writer(args.annotate, source) if args.annotate else None  # refused before anything runs
     runner = make_runner(args, strategy, args.cloud, use_stream=source.is_video)
-    writer = AnnotatedWriter(args.annotate, source.fps) if args.annotate else None
     frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
     try:
         for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight or default_in_flight(strategy)):
@@ -165,6 +176,14 @@ def _run(args: argparse.Namespace) -> int:
         frames_bar.close()
         runner.close()
     return 0
+
+
+def _annotated_writer(path: Path, source: Source) -> AnnotatedWriter:
+    """The writer of ``--annotate``; an output it cannot write is a ValueError naming the option."""
+    try:
+        return AnnotatedWriter.for_source(path, source)
+    except ValueError as error:
+        raise ValueError(f"--annotate {path}: {error}") from None
 
 
 @contextmanager

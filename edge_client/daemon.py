@@ -19,7 +19,7 @@ from .sources import Frame, Source
 
 __all__ = [
     "DEFAULT_IN_FLIGHT", "default_in_flight", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
-    "AnnotatedWriter", "run_source", "FrameFaces", "Classified",
+    "AnnotatedWriter", "VIDEO_CODECS", "IMAGE_OUTPUTS", "run_source", "FrameFaces", "Classified",
 ]
 
 # Frames classified at once by default with a fixed remote strategy (fer-edge run --in-flight):
@@ -86,28 +86,78 @@ def annotate(image: np.ndarray, annotations: list[Annotation]) -> np.ndarray:
     return out
 
 
+# What --annotate can write: a video (its codec by suffix) or, for a source of one frame, an image.
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+IMAGE_OUTPUTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
 class AnnotatedWriter:
-    """Writes annotated frames: a video (mp4/avi) for video sources, an image otherwise."""
+    """Writes annotated frames: a video (.mp4, .m4v, .mov, .avi, .mkv), or one image (.png, .jpg, ...).
+
+    Every frame of a video is scaled to the first frame's size (a video has one
+    size). An image holds one frame: a second one is refused, not written over
+    the first (:meth:`for_source` refuses an image path for a video or a folder
+    of several images up front). An output that cannot be written is refused
+    when the writer is made, before anything is classified (ValueError).
+    """
 
     def __init__(self, path: Path, fps: float | None) -> None:
         self.path = path
         self.fps = fps or 25.0
+        self.is_image = path.suffix.lower() in IMAGE_OUTPUTS
         self._video: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self._written = 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._check_output()
+
+    @classmethod
+    def for_source(cls, path: Path, source: Source) -> "AnnotatedWriter":
+        """A writer for ``source``'s frames; an image path is refused for a source of more than one frame."""
+        if path.suffix.lower() in IMAGE_OUTPUTS and (source.is_video or (source.length or 0) > 1):
+            what = "a video" if source.is_video else f"{source.length} images"
+            raise ValueError(f"{path} is an image, which holds one frame, but {source.description} is {what}: give a video path ({', '.join(VIDEO_CODECS)})")
+        return cls(path, source.fps)
+
+    def _check_output(self) -> None:
+        """Refuse a suffix nothing here writes, or a video the codecs cannot open (probed with a tiny frame size)."""
+        suffixes = ", ".join([*VIDEO_CODECS, *sorted(IMAGE_OUTPUTS)])
+        if self.is_image:
+            if not cv2.haveImageWriter(str(self.path)):
+                raise ValueError(f"cannot write images like {self.path.name}: OpenCV has no writer for {self.path.suffix}")
+            return
+        if self.path.suffix.lower() not in VIDEO_CODECS:
+            raise ValueError(f"cannot write annotated frames to {self.path.name}: use one of {suffixes}")
+        probe = self._open_video((16, 16))
+        probe.release()
+        self.path.unlink(missing_ok=True)
+
+    def _open_video(self, size: tuple[int, int]) -> cv2.VideoWriter:
+        video = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()]), self.fps, size)
+        if not video.isOpened():
+            raise ValueError(f"cannot write the video {self.path} ({self.path.suffix} with {VIDEO_CODECS[self.path.suffix.lower()]}, {size[0]}x{size[1]})")
+        return video
 
     def write(self, image: np.ndarray) -> None:
-        if self.path.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"}:
-            cv2.imwrite(str(self.path), image)
-            return
-        if self._video is None:
-            height, width = image.shape[:2]
-            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.path.suffix.lower() in {".mp4", ".m4v", ".mov"} else "MJPG"))
-            self._video = cv2.VideoWriter(str(self.path), fourcc, self.fps, (width, height))
-        self._video.write(image)
+        """Add one annotated frame (scaled to the first frame's size in a video)."""
+        if self.is_image:
+            if self._written:
+                raise RuntimeError(f"{self.path} is an image and already holds a frame")
+            if not cv2.imwrite(str(self.path), image):
+                raise RuntimeError(f"could not write {self.path}")
+        else:
+            if self._video is None:
+                self._size = (image.shape[1], image.shape[0])
+                self._video = self._open_video(self._size)
+            if (image.shape[1], image.shape[0]) != self._size:
+                image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+            self._video.write(image)
+        self._written += 1
 
     def close(self) -> None:
         if self._video is not None:
             self._video.release()
+            self._video = None
 
 
 def _tracked_faces(frames: Iterator[Frame], detector: FaceDetector, tracker: FaceTracker) -> Iterator[tuple[Frame, list[tuple[Box, int | None]]]]:
@@ -147,9 +197,9 @@ def run_source(
         faces = ((frame, find_faces(frame.image, detector) if frame.image is not None else []) for frame in source.frames)
     try:
         for frame, (records, annotations) in _classified(faces, runner, in_flight):
+            yield from records  # before the annotated frame: a writer that fails loses no record
             if writer is not None and frame.image is not None:
                 writer.write(annotate(frame.image, annotations))
-            yield from records
     finally:
         if writer is not None:
             writer.close()
@@ -168,15 +218,25 @@ def _classified(faces: Iterable[FrameFaces], runner: EdgeRunner, in_flight: int)
     pending: deque[tuple[Frame, Future[Classified]]] = deque()
     pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="fer-frame")
     try:
-        for frame, found in faces:
-            if len(pending) == in_flight:
-                done, future = pending.popleft()
-                yield done, future.result()
-            pending.append((frame, pool.submit(classify_faces, frame, found, runner)))
+        failure: Exception | None = None
+        try:
+            for frame, found in faces:
+                if len(pending) == in_flight:
+                    yield _done(pending)
+                pending.append((frame, pool.submit(classify_faces, frame, found, runner)))
+        except Exception as error:  # the source failed (a camera unplugged): the frames read before still come out
+            failure = error
         while pending:
-            done, future = pending.popleft()
-            yield done, future.result()
+            yield _done(pending)
+        if failure is not None:
+            raise failure
     finally:
         for _, future in pending:  # the consumer stopped early (Ctrl-C, a closed pipe): drop what has not started
             future.cancel()
         pool.shutdown(wait=True)
+
+
+def _done(pending: deque[tuple[Frame, Future[Classified]]]) -> tuple[Frame, Classified]:
+    """The oldest frame in flight with its records, once classified."""
+    frame, future = pending.popleft()
+    return frame, future.result()

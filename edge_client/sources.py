@@ -1,11 +1,15 @@
 """Where frames come from: an image file, a folder of images, a video file, a camera, a stream URL.
 
 Every input item yields exactly one :class:`Frame`; an unreadable image yields
-a frame carrying the error instead of being dropped.
+a frame carrying the error instead of being dropped, and so does a video, camera
+or stream that yields no frame at all. A camera or stream whose read fails is
+read again a few times (about a second) before it is given up.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +21,11 @@ __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "SourceError", "Frame", "Source",
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+# A camera or stream whose read fails is read this many times, this far apart, before it is given up.
+LIVE_READ_ATTEMPTS = 5
+LIVE_READ_RETRY_S = 0.25
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(ValueError):
@@ -43,11 +52,40 @@ class Source:
 
 
 def read_image(path: Path) -> Frame:
-    data = np.fromfile(str(path), dtype=np.uint8) if path.is_file() else np.empty(0, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    """The image at ``path``, or a frame carrying the error (unreadable, undecodable, too large) instead."""
+    try:
+        data = _read_bytes(path)
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error as error:
+        return Frame(str(path), 0, None, f"cannot decode {path}: {_decode_problem(error)}")
+    except (OSError, ValueError, MemoryError) as error:
+        return Frame(str(path), 0, None, f"cannot read {path}: {_read_problem(path, error)}")
     if image is None:
-        return Frame(str(path), 0, None, f"cannot decode {path} as an image")
+        return Frame(str(path), 0, None, f"cannot decode {path} as an image" + ("" if data.size else " (empty file)"))
     return Frame(str(path), 0, image)
+
+
+def _read_bytes(path: Path) -> np.ndarray:
+    """The file's bytes; a FIFO, socket or device is refused before it is opened (reading one could block)."""
+    if path.exists() and not path.is_file():
+        raise OSError("not a regular file")
+    return np.fromfile(str(path), dtype=np.uint8)
+
+
+def _read_problem(path: Path, error: BaseException) -> str:
+    """Why a file could not be read, in a few words."""
+    if isinstance(error, MemoryError):
+        return "the file is too large to read into memory"
+    text = (error.strerror if isinstance(error, OSError) else None) or str(error) or type(error).__name__
+    return text + (" (a link to a missing file)" if path.is_symlink() and not path.exists() else "")
+
+
+def _decode_problem(error: cv2.error) -> str:
+    """Why OpenCV refused to decode an image, in a few words rather than its assertion text."""
+    text = str(error)
+    if "CV_IO_MAX_IMAGE" in text or "validateInputImageSize" in text:
+        return "the image is too large (its header claims more pixels than OpenCV decodes)"
+    return "OpenCV failed: " + (getattr(error, "err", "") or text.strip().splitlines()[-1])
 
 
 def _folder_frames(files: list[Path]) -> Iterator[Frame]:
@@ -55,17 +93,40 @@ def _folder_frames(files: list[Path]) -> Iterator[Frame]:
         yield read_image(path)
 
 
-def _capture_frames(capture: cv2.VideoCapture, name: str, max_frames: int | None) -> Iterator[Frame]:
+def _capture_frames(capture: cv2.VideoCapture, name: str, max_frames: int | None, live: bool = False) -> Iterator[Frame]:
+    """The frames of a video, camera or stream; one frame carrying an error when there is none at all."""
     index = 0
     try:
         while max_frames is None or index < max_frames:
-            ok, image = capture.read()
-            if not ok:
+            image = _read_frame(capture, name, live)
+            if image is None:
                 break
             yield Frame(name, index, image)
             index += 1
     finally:
         capture.release()
+    if index == 0:
+        kind = "camera or stream" if live else "video"
+        yield Frame(name, 0, None, f"no frame could be read from {kind} {name}" + ("" if live else " (empty or unreadable)"))
+    elif live and (max_frames is None or index < max_frames):
+        log.warning("%s: given up after %d frames: no frame in %d reads", name, index, LIVE_READ_ATTEMPTS)
+
+
+def _read_frame(capture: cv2.VideoCapture, name: str, live: bool) -> np.ndarray | None:
+    """The next frame, or None at the end; a live source's failed read is tried again, a bounded number of times."""
+    attempts = LIVE_READ_ATTEMPTS if live else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ok, image = capture.read()
+        except cv2.error as error:
+            log.warning("%s: reading a frame failed: %s", name, _decode_problem(error))
+            ok, image = False, None
+        if ok and image is not None:
+            return image
+        if attempt < attempts:
+            log.warning("%s: no frame; read again in %.2f s (attempt %d of %d)", name, LIVE_READ_RETRY_S, attempt + 1, attempts)
+            time.sleep(LIVE_READ_RETRY_S)
+    return None
 
 
 def open_source(spec: str, max_frames: int | None = None) -> Source:
@@ -75,11 +136,12 @@ def open_source(spec: str, max_frames: int | None = None) -> Source:
         if not capture.isOpened():
             raise SourceError(f"cannot open {'camera' if spec.isdigit() else 'stream'} {spec}")
         fps = capture.get(cv2.CAP_PROP_FPS) or None
-        return Source(spec, _capture_frames(capture, spec, max_frames), True, max_frames, fps)
+        return Source(spec, _capture_frames(capture, spec, max_frames, live=True), True, max_frames, fps)
     path = Path(spec)
     if path.is_dir():
         # Recursively, so a dataset laid out as class subfolders is walked; each record names its file.
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        # Whatever is named like an image and is not a folder (a broken link too) gets its line.
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
         if not files:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its subfolders")
         return Source(spec, _folder_frames(files[:max_frames]), False, len(files[:max_frames]))

@@ -14,7 +14,7 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -53,7 +53,7 @@ from shared_model.protocol import (
 )
 
 __all__ = [
-    "RemoteError", "remote_error", "SERVICE_CONFIG", "channel_target", "RemoteCall", "ClientSecurity",
+    "RemoteError", "remote_error", "SERVICE_CONFIG", "channel_target", "RemoteCall", "check_token", "ClientSecurity",
     "CloudClient", "StreamSession",
 ]
 
@@ -131,22 +131,49 @@ class RemoteCall:
         return next(iter(self.outputs.values()))
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a bearer token no HTTP/2 header value can carry (ValueError); the message never shows the token.
+
+    gRPC would otherwise fail every call with a misleading INTERNAL "Invalid metadata".
+    """
+    bad = next((c for c in token or "" if not " " <= c <= "~"), None)  # HTTP/2 header values: printable ASCII
+    if bad is not None:
+        what = "a control character (a line break?)" if bad.isascii() else "a non-ASCII character"
+        raise ValueError(f"the bearer token (--token or $FER_CLOUD_TOKEN) contains {what}, which no gRPC header can carry; the token is not shown here")
+
+
 @dataclass(frozen=True)
 class ClientSecurity:
-    """TLS (server CA, optional client certificate for mTLS) and bearer token."""
+    """TLS (server CA, optional client certificate for mTLS) and bearer token.
+
+    Any TLS option means TLS: without ``ca_cert`` the server is verified against
+    the system's roots. Only with none at all is the channel plaintext. The
+    token is checked (:func:`check_token`) and never shown by ``repr``.
+    """
 
     ca_cert: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     server_name: str | None = None  # override the name checked against the certificate
 
+    def __post_init__(self) -> None:
+        if bool(self.client_cert) != bool(self.client_key):
+            raise ValueError("mutual TLS needs both a client certificate (--tls-cert) and its key (--tls-key)")
+        check_token(self.token)
+
+    @property
+    def uses_tls(self) -> bool:
+        return any((self.ca_cert, self.client_cert, self.client_key, self.server_name))
+
     def channel_credentials(self) -> grpc.ChannelCredentials | None:
-        if not self.ca_cert:
+        """TLS credentials (the system's roots without a CA file); None, meaning plaintext, only without any TLS option."""
+        if not self.uses_tls:
             return None
+        roots = Path(self.ca_cert).read_bytes() if self.ca_cert else None
         key = Path(self.client_key).read_bytes() if self.client_key else None
         chain = Path(self.client_cert).read_bytes() if self.client_cert else None
-        return grpc.ssl_channel_credentials(Path(self.ca_cert).read_bytes(), key, chain)
+        return grpc.ssl_channel_credentials(roots, key, chain)
 
 
 class CloudClient:

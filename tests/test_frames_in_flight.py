@@ -85,3 +85,23 @@ def test_the_cli_streams_a_video_with_frames_in_flight_to_the_real_cloud(server,
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert [r["frame"] for r in records] == list(range(8))
     assert all(r["strategy"] == "split" and not r["fallback"] and r["track_id"] is not None for r in records)
+
+
+def _failing_video(face: np.ndarray, count: int) -> Source:
+    """A video whose reader fails after ``count`` frames (a camera unplugged, a decoder that raises)."""
+
+    def frames():
+        yield from (Frame("video", index, np.ascontiguousarray(face)) for index in range(count))
+        raise RuntimeError("the camera went away")
+
+    return Source("video", frames(), True, None)
+
+
+@pytest.mark.parametrize("in_flight", [1, 3])
+def test_a_source_that_fails_midway_keeps_the_frames_already_read(trained_model, sample_face, in_flight: int) -> None:
+    records = run_source(_failing_video(sample_face, 5), FaceDetector(whole_image=True), EdgeRunner(trained_model), in_flight=in_flight)
+    got = []
+    with pytest.raises(RuntimeError, match="camera went away"):
+        for record in records:
+            got.append(record)
+    assert [r["frame"] for r in got] == list(range(5))
