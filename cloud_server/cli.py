@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (0: any free port)")
     serve.add_argument("--ready-file", type=Path, help="write {port, metrics_port, version} as JSON here once serving")
     serve.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
-    serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where fer_rest and fer_classifier compute (fer_attention, microseconds of work, always on the CPU)")
+    serve.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda[:N]: where fer_rest and fer_classifier compute. fer_attention (microseconds of work) runs on the CPU, on the event loop, where its matrices reproduce the model; where they do not (a warning says so), PyTorch computes it: on this device under --runtime torch, on the CPU under onnx")
     serve.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the runtime")
     serve.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what computes the models: onnx (ONNX Runtime, CPU only; several times faster than PyTorch there, and the process never loads PyTorch), torch, or auto (torch on CUDA or for --weights without --onnx-dir, else onnx where installed)")
     serve.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: the export of --weights from `fer-train export` (which writes attention.npz too) (default: the shipped export of the shipped weights)")

@@ -45,6 +45,7 @@ from shared_model.protocol import (
 from .batching import BatcherClosed, BatchResult, DeadlineExpired, DynamicBatcher, QueueFull
 from . import wire
 from .inference import (
+    MAX_INPUTS,
     AttentionOutputs,
     Buffer,
     InferenceError,
@@ -162,6 +163,14 @@ class InferenceEngine:
 
     def _counted(self, request: pb.ModelInferRequest) -> str:
         return request.model_name if request.model_name in self.batchers else "unknown"
+
+    def count_refusal(self, data: bytes, status: str) -> None:
+        """A serialized request the service refused before the engine saw it (e.g. while draining), counted like the others."""
+        try:
+            model_name = self._counted(_split(data)[0])
+        except InferenceError:
+            model_name = "unknown"
+        self.metrics.request_done(model_name, status)
 
     def infer(self, request: pb.ModelInferRequest, timeout: float | None = None) -> pb.ModelInferResponse:
         """Blocking: validate, run (batched, on the worker thread) and answer one request; raises :class:`InferenceError`."""
@@ -361,7 +370,7 @@ class _OtherModel(Exception):
 
 def _split(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
     try:
-        return wire.split_infer_request(data)
+        return wire.split_infer_request(data, max_raws=MAX_INPUTS)
     except wire.MalformedMessage as error:
         raise InferenceError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {error}") from None
 

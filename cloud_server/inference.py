@@ -16,6 +16,7 @@ status to answer with and a message that says what is wrong.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
@@ -51,12 +52,15 @@ from shared_model.protocol import (
 )
 
 __all__ = [
-    "MODELS", "InferenceError", "invalid", "Limits", "check_model", "requested_outputs", "parse_features", "refuse_non_finite",
+    "MODELS", "MAX_INPUTS", "ECHO_CHARS", "ECHO_ITEMS", "echoed", "InferenceError", "invalid", "Limits", "check_model", "requested_outputs", "parse_features", "refuse_non_finite",
     "AttentionOutputs", "attention_response", "decode_image", "parse_images", "probabilities_response",
     "model_metadata",
 ]
 
 MODELS = (ATTENTION_MODEL, REST_MODEL, CLASSIFIER_MODEL)
+MAX_INPUTS = 1  # every served model takes exactly one input tensor
+ECHO_CHARS = 100  # of a client's string shown in an error message (gRPC's trailers hold ~8 KB in all)
+ECHO_ITEMS = 4  # of a client's list shown in an error message
 Buffer = Union[bytes, memoryview]  # a tensor's bytes: received (a view of the request) or to send
 Response = tuple[pb.ModelInferResponse, list[Buffer]]  # metadata, and the raw_output_contents in order
 
@@ -74,6 +78,24 @@ def invalid(message: str) -> InferenceError:
     return InferenceError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def echoed(value: Any) -> str:
+    """A value a client sent, as an error message shows it: bounded whatever its size.
+
+    Strings and bytes as their repr, cut after :data:`ECHO_CHARS` characters
+    (with an ellipsis and the length); sequences as their first
+    :data:`ECHO_ITEMS` items, each echoed, and their length.
+    """
+    if isinstance(value, (str, bytes)):
+        if len(value) <= ECHO_CHARS:
+            return repr(value)
+        return f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+    if isinstance(value, SequenceABC):
+        items = ", ".join(echoed(item) for item in value[:ECHO_ITEMS])
+        return f"[{items}]" if len(value) <= ECHO_ITEMS else f"[{items}, ...] ({len(value)} items)"
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}..."
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask of the server."""
@@ -88,12 +110,12 @@ def check_model(request: Any, fingerprint: str) -> str:
     """The requested model name; unknown names and versions are NOT_FOUND."""
     name = request.model_name
     if name not in MODELS:
-        raise InferenceError(grpc.StatusCode.NOT_FOUND, f"unknown model {name!r}; this server serves {', '.join(MODELS)}")
+        raise InferenceError(grpc.StatusCode.NOT_FOUND, f"unknown model {echoed(name)}; this server serves {', '.join(MODELS)}")
     version = request.model_version
     if version and version != fingerprint:
         raise InferenceError(
             grpc.StatusCode.NOT_FOUND,
-            f"model {name} version {version} is not served here (this server holds version {fingerprint}); "
+            f"model {name} version {echoed(version)} is not served here (this server holds version {fingerprint}); "
             "edge and cloud must load the same weights",
         )
     return name
@@ -107,25 +129,31 @@ def requested_outputs(request: pb.ModelInferRequest) -> tuple[str, ...]:
     served = MODEL_OUTPUTS[request.model_name]
     unknown = [name for name in names if name not in served]
     if unknown:
-        raise invalid(f"model {request.model_name} has no output {', '.join(map(repr, unknown))}; it serves {', '.join(served)}")
+        raise invalid(f"model {request.model_name} has no output {echoed(unknown)}; it serves {', '.join(served)}")
     if len(set(names)) != len(names):
-        raise invalid(f"outputs {list(names)} name the same output twice")
+        raise invalid(f"outputs {echoed(names)} name the same output twice")
     return names
 
 
 def _single_input(request: pb.ModelInferRequest, raws: Sequence[Buffer], name: str) -> tuple[Any, Buffer | None]:
     inputs = request.inputs
     if len(inputs) != 1 or inputs[0].name != name:
-        got = [i.name for i in inputs]
-        raise invalid(f"model {request.model_name} takes exactly one input named {name!r}, got {got}")
-    if len(raws) > 1:
-        raise invalid(f"raw_input_contents holds {len(raws)} buffers for 1 input")
+        raise invalid(f"model {request.model_name} takes exactly one input named {name!r}, got {echoed([i.name for i in inputs])}")
+    if len(raws) > MAX_INPUTS:
+        raise invalid(f"raw_input_contents holds {len(raws)} buffers for {MAX_INPUTS} input")
     return inputs[0], (raws[0] if raws else None)
+
+
+def _shape(tensor: Any, rank: int, what: str) -> list[int]:
+    """A tensor's shape, refused before it is copied or shown when its rank is not ``rank``."""
+    if len(tensor.shape) != rank:
+        raise invalid(f"{what} must have rank {rank}, got shape {echoed(tensor.shape)}")
+    return list(tensor.shape)
 
 
 def _check_batch(shape: list[int], rank: int, limits: Limits, what: str) -> int:
     if len(shape) != rank:
-        raise invalid(f"{what} must have rank {rank}, got shape {shape}")
+        raise invalid(f"{what} must have rank {rank}, got shape {echoed(shape)}")
     if any(d < 0 for d in shape):
         raise invalid(f"{what} shape {shape} has a negative dimension")
     batch = shape[0]
@@ -140,9 +168,9 @@ def _quantization(tensor: Any, request: pb.ModelInferRequest) -> tuple[float | N
     if scale is None or zero_point is None:
         raise invalid(f"UINT8 input {tensor.name!r} needs parameters 'scale' and 'zero_point' (on the tensor or the request)")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise invalid(f"'scale' must be a number, got {scale!r}")
-    if isinstance(zero_point, bool) or not isinstance(zero_point, (int, float)) or zero_point != int(zero_point):
-        raise invalid(f"'zero_point' must be an integer, got {zero_point!r}")
+        raise invalid(f"'scale' must be a number, got {echoed(scale)}")
+    if isinstance(zero_point, bool) or not isinstance(zero_point, (int, float)) or not float(zero_point).is_integer():  # NaN, inf: not integers
+        raise invalid(f"'zero_point' must be an integer in 0..255, got {echoed(zero_point)}")
     return float(scale), int(zero_point)
 
 
@@ -175,8 +203,8 @@ def parse_features(
     tensor, raw = _single_input(request, raws, FEATURES)
     encoding = codec.ENCODING_OF_DATATYPE.get(tensor.datatype)
     if encoding is None:
-        raise invalid(f"input {FEATURES!r} datatype must be UINT8, FP16 or FP32, got {tensor.datatype!r}")
-    shape = list(tensor.shape)
+        raise invalid(f"input {FEATURES!r} datatype must be UINT8, FP16 or FP32, got {echoed(tensor.datatype)}")
+    shape = _shape(tensor, 4, f"input {FEATURES!r}")
     _check_batch(shape, 4, limits, f"input {FEATURES!r}")
     if tuple(shape[1:]) != config.split_shape:
         raise invalid(f"input {FEATURES!r} must be [N, {', '.join(map(str, config.split_shape))}], got {shape}")
@@ -287,9 +315,9 @@ def decode_image(data: bytes, size: int, limits: Limits) -> np.ndarray:
 def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: ModelConfig, limits: Limits) -> np.ndarray:
     """The face crops of an ``fer_classifier`` request as network input (N, 3, S, S)."""
     tensor, raw = _single_input(request, raws, IMAGE)
-    shape = list(tensor.shape)
     size = config.input_size
     if tensor.datatype == DATATYPE_BYTES:
+        shape = _shape(tensor, 1, f"BYTES input {IMAGE!r}")
         batch = _check_batch(shape, 1, limits, f"BYTES input {IMAGE!r}")
         try:
             images = unpack_bytes_elements(bytes(raw)) if raw is not None else list(tensor.contents.bytes_contents)
@@ -299,6 +327,7 @@ def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: 
             raise invalid(f"input {IMAGE!r} declares {batch} images but holds {len(images)}")
         return _pixels_to_array(np.stack([decode_image(data, size, limits) for data in images]))
     if tensor.datatype == DATATYPE_UINT8:
+        shape = _shape(tensor, 4, f"UINT8 input {IMAGE!r}")
         _check_batch(shape, 4, limits, f"UINT8 input {IMAGE!r}")
         if shape[1:] != [size, size, 3]:
             raise invalid(f"UINT8 input {IMAGE!r} must be [N, {size}, {size}, 3], got {shape}")
@@ -306,7 +335,7 @@ def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: 
         if len(data) != math.prod(shape):
             raise invalid(f"UINT8 input {IMAGE!r} of shape {shape} needs {math.prod(shape)} bytes, got {len(data)}")
         return _pixels_to_array(np.frombuffer(data, dtype=np.uint8).reshape(shape))
-    raise invalid(f"input {IMAGE!r} datatype must be BYTES (encoded images) or UINT8 (pixels), got {tensor.datatype!r}")
+    raise invalid(f"input {IMAGE!r} datatype must be BYTES (encoded images) or UINT8 (pixels), got {echoed(tensor.datatype)}")
 
 
 def _pixels_to_array(pixels: np.ndarray) -> np.ndarray:

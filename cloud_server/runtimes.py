@@ -1,4 +1,4 @@
-"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device); the attention stage always on the CPU.
+"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device); the attention stage on the CPU where its matrices hold.
 
 Each model is one batch function, NumPy array in, NumPy array out, run by its batcher:
 

@@ -24,7 +24,7 @@ from shared_model.protocol import SERVICE_NAME, pb, pb_grpc, stream_error_messag
 
 from . import wire
 from .engine import InferenceEngine
-from .inference import MODELS, InferenceError, model_metadata
+from .inference import MAX_INPUTS, MODELS, InferenceError, echoed, model_metadata
 
 __all__ = ["SERVER_NAME", "SERVER_VERSION", "STREAM_WINDOW", "RAW_METHODS", "InferenceServicer", "inference_method_handlers", "add_inference_service"]
 
@@ -34,6 +34,7 @@ SERVER_VERSION = "0.1.0"
 STREAM_WINDOW = 64  # requests of one stream in the server at once; more wait in the transport (flow control)
 RAW_METHODS = ("ModelInfer", "ModelStreamInfer")  # served on serialized messages
 DRAINING = "server is draining; send requests to another replica"
+MAX_DETAILS = 2000  # bytes of an error message (gRPC percent-encodes non-ASCII bytes, and its trailers hold ~8 KB); inference.echoed bounds what clients sent
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -73,27 +74,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         if request.name not in MODELS:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r}; this server serves {', '.join(MODELS)}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {echoed(request.name)}; this server serves {', '.join(MODELS)}")
         if request.version not in ("", self.engine.fingerprint):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {request.version} is not served here (this server holds version {self.engine.fingerprint})")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {echoed(request.version)} is not served here (this server holds version {self.engine.fingerprint})")
         return model_metadata(request.name, self.engine.config, self.engine.fingerprint)
+
+    def _refuse_draining(self, request: bytes) -> InferenceError:
+        """UNAVAILABLE for a request that came while draining, counted in the metrics as every answer is."""
+        self.engine.count_refusal(request, grpc.StatusCode.UNAVAILABLE.name)
+        return InferenceError(grpc.StatusCode.UNAVAILABLE, DRAINING)
 
     async def _infer(self, request: bytes, deadline: float | None) -> bytes:
         if self.draining:
-            raise InferenceError(grpc.StatusCode.UNAVAILABLE, DRAINING)
+            raise self._refuse_draining(request)
         return await self.engine.infer_bytes_async(request, deadline)
 
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """A serialized ``ModelInferRequest`` in, a serialized ``ModelInferResponse`` out."""
         try:
             if self.draining:
-                raise InferenceError(grpc.StatusCode.UNAVAILABLE, DRAINING)
+                raise self._refuse_draining(request)
             return await self.engine.infer_bytes_async(request, _deadline(context))  # not through _infer: one frame less
         except InferenceError as error:
-            await context.abort(error.code, error.message)
+            await context.abort(error.code, _bounded(error.message))
         except Exception as error:  # a bug must not kill the server: report it, keep serving
             log.exception("inference failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
+            await context.abort(grpc.StatusCode.INTERNAL, _bounded(f"internal error: {type(error).__name__}: {error}"))
         raise AssertionError("unreachable: abort raises")
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -134,21 +140,32 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return wire.stream_response_bytes(await self._infer(request, deadline)), False
         except InferenceError as error:
-            return _stream_error(request, stream_error_message(error.code.name, error.message)), error.code == grpc.StatusCode.UNAVAILABLE
+            return _stream_error(request, stream_error_message(error.code.name, _bounded(error.message))), error.code == grpc.StatusCode.UNAVAILABLE
         except Exception as error:
             log.exception("stream inference failed")
-            return _stream_error(request, stream_error_message(grpc.StatusCode.INTERNAL.name, f"{type(error).__name__}: {error}")), False
+            return _stream_error(request, stream_error_message(grpc.StatusCode.INTERNAL.name, _bounded(f"{type(error).__name__}: {error}"))), False
+
+
+def _bounded(message: str) -> str:
+    """An error message cut to :data:`MAX_DETAILS` bytes of UTF-8: a last guard for text no one bounded (an exception's)."""
+    data = message.encode()
+    return message if len(data) <= MAX_DETAILS else data[:MAX_DETAILS].decode(errors="ignore") + "..."
 
 
 def _stream_error(request: bytes, message: str) -> bytes:
-    """An in-stream error naming the request's model and id (none when the request could not be parsed)."""
+    """An in-stream error naming the request's id, and its model when served here (none when the request could not be read).
+
+    An unknown model name is not echoed (the message shows it, shortened), so
+    the answer to a request that fits the message limit fits it too.
+    """
     try:
-        parsed, _ = wire.split_infer_request(request)
-    except wire.MalformedMessage:
-        parsed = pb.ModelInferRequest()
+        parsed, _ = wire.split_infer_request(request, max_raws=MAX_INPUTS)
+    except wire.MalformedMessage as error:
+        parsed = error.request or pb.ModelInferRequest()
+    model_name = parsed.model_name if parsed.model_name in MODELS else ""
     return pb.ModelStreamInferResponse(
         error_message=message,
-        infer_response=pb.ModelInferResponse(model_name=parsed.model_name, id=parsed.id),
+        infer_response=pb.ModelInferResponse(model_name=model_name, id=parsed.id),
     ).SerializeToString()
 
 

@@ -12,7 +12,9 @@ Following the protobuf encoding (a published specification):
   lengths, never their contents) and keeps ``raw_input_contents`` (field 7) as
   zero-copy :class:`memoryview` slices of the bytes gRPC handed over; every other
   field (names, shapes, parameters: a few hundred bytes) is parsed by protobuf as
-  usual;
+  usual. The walk is a Python loop, so it stops at :data:`MAX_FIELDS` fields or
+  ``max_raws`` tensors: a megabyte of two-byte fields would otherwise hold the
+  event loop for seconds;
 - :func:`infer_response_bytes` serializes a response's metadata with protobuf
   and appends one length-delimited field 6 per output buffer. A parser merges
   the fields of a message however they are split, so the result is the same
@@ -25,17 +27,27 @@ from typing import Sequence
 
 from shared_model.protocol import pb
 
-__all__ = ["MalformedMessage", "split_infer_request", "infer_response_bytes", "stream_response_bytes"]
+__all__ = ["MAX_FIELDS", "MAX_RAWS", "MalformedMessage", "split_infer_request", "infer_response_bytes", "stream_response_bytes"]
 
 _RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
 _RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
 _INFER_RESPONSE = 2  # ModelStreamInferResponse.infer_response
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types; 3 and 4 (groups) are not used by this protocol
 _MAX_VARINT_BYTES = 10
+MAX_FIELDS = 1024  # top-level fields of one request; a real one has a dozen
+MAX_RAWS = 64  # raw_input_contents buffers of one request, unless the caller allows fewer
 
 
 class MalformedMessage(ValueError):
-    """Bytes that are not a well-formed protobuf message."""
+    """Bytes that are not a well-formed protobuf message, or hold more fields than this server walks.
+
+    ``request``: when the walk stopped at a limit, the fields read until then
+    (so that an answer can still name the request's id); otherwise None.
+    """
+
+    def __init__(self, message: str, request: pb.ModelInferRequest | None = None) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
@@ -71,17 +83,38 @@ _RAW_OUTPUT_TAG = _tag(_RAW_OUTPUT_CONTENTS, _LEN)
 _INFER_RESPONSE_TAG = _tag(_INFER_RESPONSE, _LEN)
 
 
-def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+def _parse_metadata(metadata: list[memoryview]) -> pb.ModelInferRequest:
+    try:
+        return pb.ModelInferRequest.FromString(b"".join(metadata))
+    except Exception as error:  # protobuf's DecodeError, without depending on its module layout
+        raise MalformedMessage(f"not a ModelInferRequest: {error}") from None
+
+
+def _over_limit(message: str, metadata: list[memoryview]) -> MalformedMessage:
+    """The refusal of a request whose walk stopped at a limit, with what was read before."""
+    try:
+        request = _parse_metadata(metadata)
+    except MalformedMessage:
+        request = None
+    return MalformedMessage(message, request)
+
+
+def split_infer_request(data: bytes, max_raws: int = MAX_RAWS) -> tuple[pb.ModelInferRequest, list[memoryview]]:
     """A serialized ``ModelInferRequest``: its fields but ``raw_input_contents``, parsed; those, as views of ``data``.
 
-    Raises :class:`MalformedMessage` when ``data`` is not a well-formed message.
+    Raises :class:`MalformedMessage` when ``data`` is not a well-formed message,
+    or holds more than :data:`MAX_FIELDS` top-level fields or ``max_raws``
+    ``raw_input_contents`` (then without walking the rest).
     """
     view = memoryview(data)
     size = len(data)
-    position = 0
+    position = span = fields = 0  # span: where the run of other fields since the last tensor began
     metadata: list[memoryview] = []
     raws: list[memoryview] = []
     while position < size:
+        fields += 1
+        if fields > MAX_FIELDS:
+            raise _over_limit(f"more than {MAX_FIELDS} fields", metadata + [view[span:position]])
         start = position
         key, position = _read_varint(data, position)
         field, wire_type = key >> 3, key & 7
@@ -92,8 +125,13 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
             if position + length > size:
                 raise MalformedMessage(f"field {field} claims {length} bytes, {size - position} remain")
             if field == _RAW_INPUT_CONTENTS:
+                if len(raws) == max_raws:
+                    raise _over_limit(f"more than {max_raws} raw_input_contents buffers", metadata + [view[span:start]])
+                if span < start:
+                    metadata.append(view[span:start])
                 raws.append(view[position : position + length])
                 position += length
+                span = position
                 continue
             position += length
         elif wire_type == _VARINT:
@@ -104,12 +142,9 @@ def split_infer_request(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryv
                 raise MalformedMessage(f"field {field} is truncated")
         else:
             raise MalformedMessage(f"field {field} has wire type {wire_type}, which this protocol does not use")
-        metadata.append(view[start:position])
-    try:
-        request = pb.ModelInferRequest.FromString(b"".join(metadata))
-    except Exception as error:  # protobuf's DecodeError, without depending on its module layout
-        raise MalformedMessage(f"not a ModelInferRequest: {error}") from None
-    return request, raws
+    if span < size:
+        metadata.append(view[span:size])
+    return _parse_metadata(metadata), raws
 
 
 def infer_response_bytes(metadata: pb.ModelInferResponse, contents: Sequence[bytes | memoryview], prefix: bytes = b"") -> bytes:

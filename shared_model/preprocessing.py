@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 __all__ = [
-    "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "ImageRejected", "decode_face_image", "pixels_to_array", "pixels_to_tensor", "normalize",
+    "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "ImageRejected", "IMAGE_FORMATS", "decode_face_image", "pixels_to_array", "pixels_to_tensor", "normalize",
     "gray_batch_to_tensor",
 ]
 
@@ -55,11 +55,16 @@ class ImageRejected(ValueError):
     """An encoded face image refused before or while decoding; the message says why."""
 
 
+IMAGE_FORMATS = ("JPEG", "PNG")  # what a face crop may be encoded as; Pillow's other decoders are never reached
+
+
 def decode_face_image(data: bytes, size: int, max_bytes: int, max_pixels: int) -> np.ndarray:
-    """An encoded face crop (JPEG, PNG, ...) -> uint8 (size, size, 3), as the cloud strategy's server prepares it.
+    """An encoded face crop (JPEG or PNG) -> uint8 (size, size, 3), as the cloud strategy's server prepares it.
 
     The byte count and the pixel count (read from the header) are checked before
-    decoding, so a decompression bomb is refused without being decoded.
+    decoding, so a decompression bomb is refused without being decoded. Whatever
+    goes wrong while opening or decoding (Pillow raises OSError, ValueError,
+    SyntaxError and more) is :class:`ImageRejected`, except running out of memory.
     """
     import io
 
@@ -68,15 +73,17 @@ def decode_face_image(data: bytes, size: int, max_bytes: int, max_pixels: int) -
     if len(data) > max_bytes:
         raise ImageRejected(f"image of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
             gray = np.asarray(image.convert("L"))
-    except ImageRejected:
+    except (ImageRejected, MemoryError):
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageRejected(f"image could not be decoded: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageRejected(f"image could not be decoded: not a {' or '.join(IMAGE_FORMATS)} image (the formats accepted), or a corrupt one") from None
+    except Exception as error:  # a corrupt image: any of Pillow's decoding errors
+        raise ImageRejected(f"image could not be decoded: {type(error).__name__}: {str(error)[:200]}") from None
     return prepare_face(gray, size)
 
 

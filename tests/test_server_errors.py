@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 
 import grpc
 import numpy as np
@@ -52,6 +53,25 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk with its length and CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def broken_png() -> bytes:
+    """An 8x8 gray PNG whose image data is interrupted by a chunk of type 0: it opens, then fails to load."""
+    rows = zlib.compress(bytes(9 * 8))  # 8 rows: a filter byte and 8 pixels each
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 0, 0, 0, 0))
+    body = _chunk(b"IDAT", rows[:4]) + _chunk(b"\x00\x00\x00\x00", b"") + _chunk(b"IDAT", rows[4:])
+    return b"\x89PNG\r\n\x1a\n" + header + body + _chunk(b"IEND", b"")
+
+
+def encoded(image_format: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
 def _refusal(stub, request) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request, timeout=10)
@@ -78,6 +98,9 @@ CASES = {
     "oversized image bytes": (lambda: image_request(bytes(5 * 1024 * 1024)), grpc.StatusCode.INVALID_ARGUMENT, "exceeds the limit"),
     "too many pixels": (lambda: image_request(png(5000, 4000)), grpc.StatusCode.INVALID_ARGUMENT, "pixels exceeds the limit"),
     "truncated BYTES element": (lambda: _raw_bytes_request(struct.pack("<I", 1000) + b"abc"), grpc.StatusCode.INVALID_ARGUMENT, "declares 1000 bytes"),
+    "PNG broken after its header": (lambda: image_request(broken_png()), grpc.StatusCode.INVALID_ARGUMENT, "could not be decoded"),
+    "TIFF image": (lambda: image_request(encoded("TIFF")), grpc.StatusCode.INVALID_ARGUMENT, "JPEG or PNG"),
+    "BMP image": (lambda: image_request(encoded("BMP")), grpc.StatusCode.INVALID_ARGUMENT, "JPEG or PNG"),
 }
 
 
@@ -100,6 +123,93 @@ def test_bad_request_is_refused_and_server_keeps_serving(hostile_stub, case: str
     assert error.code() == code
     assert message in error.details()
     assert hostile_stub.ModelInfer(features_request(), timeout=10).outputs[0].name == "features"
+
+
+def _versioned(request: pb.ModelInferRequest, version: str) -> pb.ModelInferRequest:
+    request.model_version = version
+    return request
+
+
+def _asking(request: pb.ModelInferRequest, outputs: list[str]) -> pb.ModelInferRequest:
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def _typed(request: pb.ModelInferRequest, datatype: str) -> pb.ModelInferRequest:
+    request.inputs[0].datatype = datatype
+    return request
+
+
+# Client strings far longer than gRPC's ~8 KB of trailers: the message must still fit, and say what was wrong.
+LONG_ECHO_CASES = {
+    "long model name": (lambda: features_request(model="x" * 20000), grpc.StatusCode.NOT_FOUND, "unknown model 'xxxx"),
+    "long version": (lambda: _versioned(features_request(), "v" * 20000), grpc.StatusCode.NOT_FOUND, "version 'vvvv"),
+    "long input name": (lambda: _renamed(features_request(), "n" * 20000), grpc.StatusCode.INVALID_ARGUMENT, "got ['nnnn"),
+    "long datatype": (lambda: features_request(datatype="D" * 20000), grpc.StatusCode.INVALID_ARGUMENT, "got 'DDDD"),
+    "long image datatype": (lambda: _typed(image_request(b""), "D" * 20000), grpc.StatusCode.INVALID_ARGUMENT, "got 'DDDD"),
+    "shape of absurd rank": (lambda: features_request(shape=[1] * 5000), grpc.StatusCode.INVALID_ARGUMENT, "rank 4"),
+    "many unknown outputs": (lambda: _asking(features_request(), [f"unknown_output_{i:04d}" for i in range(1000)]), grpc.StatusCode.INVALID_ARGUMENT, "no output ['unknown_output_0000', "),
+    "one output named many times": (lambda: _asking(features_request(), ["features"] * 1000), grpc.StatusCode.INVALID_ARGUMENT, "the same output twice"),
+    "long string scale": (lambda: features_request(params={"scale": "s" * 20000, "zero_point": 3}), grpc.StatusCode.INVALID_ARGUMENT, "'scale' must be a number, got 'ssss"),
+}
+
+
+@pytest.mark.parametrize("case", list(LONG_ECHO_CASES))
+def test_long_client_values_are_echoed_short(hostile_stub, case: str) -> None:
+    """Unary and in a stream: the right code, a message under 1 KB that still shows the offending value."""
+    build, code, shown = LONG_ECHO_CASES[case]
+    error = _refusal(hostile_stub, build())
+    assert error.code() == code, error.details()
+    assert len(error.details()) < 1000 and shown in error.details()
+    request = build()
+    request.id = "long"
+    (reply,) = hostile_stub.ModelStreamInfer(iter([request]), timeout=20)
+    assert reply.error_message.startswith(code.name) and len(reply.error_message) < 1000 and shown in reply.error_message
+    assert reply.infer_response.id == "long"
+    assert hostile_stub.ModelInfer(features_request(), timeout=10).outputs[0].name == "features"
+
+
+def test_long_names_in_model_metadata_are_echoed_short(stub) -> None:
+    for asked in (pb.ModelMetadataRequest(name="x" * 20000), pb.ModelMetadataRequest(name="fer_attention", version="v" * 20000)):
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.ModelMetadata(asked, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+        assert len(caught.value.details()) < 1000 and ("'xxxx" in caught.value.details() or "version 'vvvv" in caught.value.details())
+
+
+def test_a_stream_error_for_a_long_model_name_fits_the_send_limit(trained_model) -> None:
+    """The answer to a request that fits the message limit fits it too (the unknown name is not echoed whole, twice)."""
+    from servers import start_server
+
+    running = start_server(trained_model, max_message_bytes=32 * 1024)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        long, good = features_request(model="x" * 20000), features_request()
+        long.id, good.id = "long", "good"
+        replies = list(pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter([long, good]), timeout=20))
+        assert [r.infer_response.id for r in replies] == ["long", "good"]
+        assert replies[0].error_message.startswith("NOT_FOUND: unknown model 'xxxx") and not replies[1].error_message
+    finally:
+        channel.close()
+        running.stop_now()
+
+
+@pytest.mark.parametrize("model", ["fer_attention", "fer_rest"])
+@pytest.mark.parametrize(
+    "parameter, value", [("zero_point", float("nan")), ("zero_point", float("inf")), ("zero_point", -float("inf")), ("scale", float("nan")), ("scale", float("inf")), ("scale", 0.0), ("scale", -0.5)]
+)
+def test_non_finite_or_non_positive_quantization_is_invalid_argument(hostile_stub, model: str, parameter: str, value: float) -> None:
+    """Sent as doubles (as tritonclient sends Python floats), unary and in a stream."""
+    params = {"scale": 0.05, "zero_point": 128.0, parameter: value}
+    error = _refusal(hostile_stub, features_request(model=model, params=params))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert f"'{parameter}' must be" in error.details()
+    request = features_request(model=model, params=params)
+    request.id = "q"
+    (reply,) = hostile_stub.ModelStreamInfer(iter([request]), timeout=20)
+    assert reply.error_message.startswith("INVALID_ARGUMENT") and f"'{parameter}' must be" in reply.error_message
+    assert hostile_stub.ModelInfer(features_request(model=model), timeout=10).outputs
 
 
 def test_unknown_version_is_not_found_with_both_versions(stub, server) -> None:

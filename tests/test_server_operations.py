@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import urllib.request
@@ -104,3 +105,32 @@ def test_drain_finishes_in_flight_requests_and_refuses_new_ones(trained_model) -
         stub.ModelInfer(features_request(), timeout=2)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     channel.close()
+
+
+def test_requests_refused_while_draining_are_counted(trained_model) -> None:
+    """A stream open when the drain begins: its next request is refused UNAVAILABLE in the stream, and counted."""
+    server = start_server(trained_model)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    outgoing: queue.Queue = queue.Queue()
+    try:
+        replies = pb_grpc.GRPCInferenceServiceStub(channel).ModelStreamInfer(iter(outgoing.get, None), timeout=20)
+        before, late = features_request(), features_request()
+        before.id, late.id = "before", "late"
+        outgoing.put(before)
+        assert next(replies).infer_response.id == "before"
+        draining = threading.Thread(target=server.drain, args=(10,))
+        draining.start()
+        while not server.servicer.draining:
+            time.sleep(0.01)
+        outgoing.put(late)
+        reply = next(replies)
+        assert reply.error_message.startswith("UNAVAILABLE") and reply.infer_response.id == "late"
+        outgoing.put(None)
+        draining.join(15)
+    finally:
+        outgoing.put(None)
+        channel.close()
+        server.stop_now()
+    counted = server.engine.metrics.registry.get_sample_value
+    assert counted("fer_requests_total", {"model": "fer_attention", "status": "UNAVAILABLE"}) == 1.0
+    assert counted("fer_requests_total", {"model": "fer_attention", "status": "OK"}) == 1.0

@@ -5,6 +5,8 @@ Every expectation is protobuf's own parse of the same bytes.
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -82,6 +84,56 @@ def test_malformed_bytes_are_refused(data: bytes, problem: str) -> None:
         split_infer_request(data)
     with pytest.raises(Exception):  # protobuf agrees that these are not messages
         pb.ModelInferRequest.FromString(data)
+
+
+def test_the_walk_stops_at_a_flood_of_fields() -> None:
+    """Too many top-level fields, or more tensors than allowed, are refused before the rest is walked;
+    what was read before is kept, so a stream's error can still name the request."""
+    head = request_with_tensors(b"abc").SerializeToString()
+    with pytest.raises(MalformedMessage, match="more than 1024 fields") as caught:
+        split_infer_request(head + b"\xa0\x06\x00" * 100_000)  # an unknown varint field, again and again
+    assert caught.value.request is not None and caught.value.request.id == "req-7"
+    with pytest.raises(MalformedMessage, match="more than 1 raw_input_contents") as caught:
+        split_infer_request(head + b"\x3a\x00" * 100_000, max_raws=1)
+    assert caught.value.request is not None and caught.value.request.id == "req-7"
+    metadata, raws = split_infer_request(head + b"\xa0\x06\x00" * 100)  # a few unknown fields: kept, as protobuf keeps them
+    assert metadata.id == "req-7" and [bytes(view) for view in raws] == [b"abc"]
+
+
+FLOODS = {
+    "800k empty raw_input_contents": b"\x3a\x00" * 800_000,
+    "an unknown varint field 800k times": b"\xa0\x06\x00" * 800_000,
+}
+
+
+@pytest.mark.parametrize("path", ["server", "inline_server"])
+@pytest.mark.parametrize("flood", list(FLOODS))
+def test_a_small_request_full_of_fields_is_refused_at_once(request, path: str, flood: str) -> None:
+    """A megabyte or two of tiny fields after a valid request: INVALID_ARGUMENT without walking them all
+    (that took seconds on the event loop), unary and in a stream; health and inference answer right after."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    running = request.getfixturevalue(path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    head = _attention_request(np.zeros((1, 8, 28, 28), np.float32), "flood").SerializeToString()
+    started = time.perf_counter()
+    try:
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(head + FLOODS[flood], timeout=20)
+    except grpc.RpcError as error:
+        refusal: grpc.RpcError | None = error
+    else:
+        refusal = None
+    elapsed = time.perf_counter() - started
+    assert refusal is not None, "the flood was accepted"
+    assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
+    assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ModelInferRequest" in refusal.details()
+    raw_stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    (reply,) = [pb.ModelStreamInferResponse.FromString(r) for r in raw_stream(iter([head + FLOODS[flood]]), timeout=20)]
+    assert reply.error_message.startswith("INVALID_ARGUMENT: malformed ModelInferRequest") and reply.infer_response.id == "flood"
+    status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=2)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_attention_request(np.zeros((1, 8, 28, 28), np.float32), "ok"), timeout=10).id == "ok"
+    channel.close()
 
 
 def test_response_bytes_parse_as_the_message_protobuf_would_build() -> None:
