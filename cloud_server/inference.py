@@ -151,9 +151,8 @@ def _shape(tensor: Any, rank: int, what: str) -> list[int]:
     return list(tensor.shape)
 
 
-def _check_batch(shape: list[int], rank: int, limits: Limits, what: str) -> int:
-    if len(shape) != rank:
-        raise invalid(f"{what} must have rank {rank}, got shape {echoed(shape)}")
+def _check_batch(shape: list[int], limits: Limits, what: str) -> int:
+    """The batch of a shape :func:`_shape` already checked for rank: no negative dimension, within the limit."""
     if any(d < 0 for d in shape):
         raise invalid(f"{what} shape {shape} has a negative dimension")
     batch = shape[0]
@@ -205,7 +204,7 @@ def parse_features(
     if encoding is None:
         raise invalid(f"input {FEATURES!r} datatype must be UINT8, FP16 or FP32, got {echoed(tensor.datatype)}")
     shape = _shape(tensor, 4, f"input {FEATURES!r}")
-    _check_batch(shape, 4, limits, f"input {FEATURES!r}")
+    _check_batch(shape, limits, f"input {FEATURES!r}")
     if tuple(shape[1:]) != config.split_shape:
         raise invalid(f"input {FEATURES!r} must be [N, {', '.join(map(str, config.split_shape))}], got {shape}")
     data = raw if raw is not None else _typed_contents(tensor, encoding, math.prod(shape))
@@ -318,7 +317,7 @@ def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: 
     size = config.input_size
     if tensor.datatype == DATATYPE_BYTES:
         shape = _shape(tensor, 1, f"BYTES input {IMAGE!r}")
-        batch = _check_batch(shape, 1, limits, f"BYTES input {IMAGE!r}")
+        batch = _check_batch(shape, limits, f"BYTES input {IMAGE!r}")
         try:
             images = unpack_bytes_elements(bytes(raw)) if raw is not None else list(tensor.contents.bytes_contents)
         except ValueError as error:
@@ -328,7 +327,7 @@ def parse_images(request: pb.ModelInferRequest, raws: Sequence[Buffer], config: 
         return _pixels_to_array(np.stack([decode_image(data, size, limits) for data in images]))
     if tensor.datatype == DATATYPE_UINT8:
         shape = _shape(tensor, 4, f"UINT8 input {IMAGE!r}")
-        _check_batch(shape, 4, limits, f"UINT8 input {IMAGE!r}")
+        _check_batch(shape, limits, f"UINT8 input {IMAGE!r}")
         if shape[1:] != [size, size, 3]:
             raise invalid(f"UINT8 input {IMAGE!r} must be [N, {size}, {size}, 3], got {shape}")
         data = raw if raw is not None else _typed_contents(tensor, codec.UINT8, math.prod(shape))
