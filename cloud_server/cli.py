@@ -24,9 +24,9 @@ os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 from .engine import BatchingSettings, InferenceEngine  # noqa: E402 (after GRPC_EXPERIMENTS)
 from .inference import Limits  # noqa: E402
 from .runtimes import RUNTIMES, load_runtime  # noqa: E402
-from .server import CloudServer, ServerOptions, check_tls_options  # noqa: E402
+from .server import CloudServer, ServerOptions, check_tls_options, is_loopback  # noqa: E402
 
-__all__ = ["GRPC_EXPERIMENTS", "TOKEN_ENV", "build_parser", "read_token", "main"]
+__all__ = ["GRPC_EXPERIMENTS", "TOKEN_ENV", "build_parser", "read_token", "server_options", "main"]
 
 TOKEN_ENV = "FER_CLOUD_TOKEN"
 EXAMPLES = """examples:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue-size", type=int, default=512, help="per model: requests waiting for the model beyond this are refused at once with RESOURCE_EXHAUSTED (the edge answers them locally)")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=4096, help="open calls (a stream counts as one, health checks too) beyond this are refused with RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on this port")
+    serve.add_argument("--metrics-host", help="address the metrics bind (default: --host's); 127.0.0.1 keeps them on this machine")
     serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS; needs --tls-cert and --tls-key)")
@@ -72,11 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="ask a running service's grpc.health.v1 whether it is SERVING (exit 0) or not (exit 1); for container health checks")
     health.add_argument("address", nargs="?", default="127.0.0.1:8001", help="host:port of the service")
     health.add_argument("--timeout-s", type=float, default=3.0)
-    health.add_argument("--tls-ca", type=Path, help="CA certificate of the service (enables TLS)")
-    health.add_argument("--tls-cert", type=Path, help="client certificate, for a service that requires mutual TLS")
-    health.add_argument("--tls-key", type=Path, help="client key, for a service that requires mutual TLS")
-    health.add_argument("--tls-server-name", help="name to verify in the server certificate (default: the address's host)")
-    health.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token to send (default: ${TOKEN_ENV}; health checks are exempt from the token, so this is needed only behind proxies that check it)")
+    health.add_argument("--tls", action="store_true", help="speak TLS, verifying the service against the system's roots (any --tls-* option means TLS too)")
+    health.add_argument("--tls-ca", type=Path, help="CA certificate of the service (means TLS)")
+    health.add_argument("--tls-cert", type=Path, help="client certificate, for a service that requires mutual TLS (needs --tls-key)")
+    health.add_argument("--tls-key", type=Path, help="client key, for a service that requires mutual TLS (needs --tls-cert)")
+    health.add_argument("--tls-server-name", help="name to verify in the server certificate (default: the address's host; means TLS)")
+    health.add_argument("--token", default=argparse.SUPPRESS, help=f"bearer token to send (default: ${TOKEN_ENV}; health checks are exempt from the token, so this is needed only behind proxies that check it); never sent in plaintext beyond this machine")
     return parser
 
 
@@ -89,16 +91,28 @@ if TYPE_CHECKING:
     import grpc
 
 
+def _health_uses_tls(args: argparse.Namespace) -> bool:
+    """As on the edge: any TLS option means TLS; plaintext only with none."""
+    return bool(args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name)
+
+
+def _address_host(address: str) -> str:
+    """The host of ``host:port`` or ``[v6]:port`` (the whole text when it has no port)."""
+    host, colon, port = address.rpartition(":")
+    return host if colon and port.isdigit() and host else address
+
+
 def _health_channel(args: argparse.Namespace) -> "grpc.Channel":
     import grpc
 
-    if not args.tls_ca:
-        if args.tls_cert or args.tls_key:
-            raise ValueError("--tls-cert/--tls-key need --tls-ca")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("mutual TLS needs both a client certificate (--tls-cert) and its key (--tls-key)")
+    if not _health_uses_tls(args):
         return grpc.insecure_channel(args.address)
+    roots = args.tls_ca.read_bytes() if args.tls_ca else None
     key = args.tls_key.read_bytes() if args.tls_key else None
     chain = args.tls_cert.read_bytes() if args.tls_cert else None
-    credentials = grpc.ssl_channel_credentials(args.tls_ca.read_bytes(), key, chain)
+    credentials = grpc.ssl_channel_credentials(roots, key, chain)
     options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
     return grpc.secure_channel(args.address, credentials, options)
 
@@ -110,6 +124,10 @@ def _health(args: argparse.Namespace) -> int:
     from shared_model.protocol import SERVICE_NAME, bearer_metadata
 
     token = read_token(args)
+    if token and not _health_uses_tls(args) and not is_loopback(_address_host(args.address)):
+        # health checks need no token (the server exempts them): better none than a secret in plaintext on a network
+        print(f"fer-cloud health: not sending the token to {args.address} in plaintext (use --tls or --tls-ca)", file=sys.stderr)
+        token = None
     metadata = bearer_metadata(token)
     try:
         channel = _health_channel(args)
@@ -127,12 +145,17 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
-def _serve(args: argparse.Namespace) -> int:
-    options = ServerOptions(
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The server's options from ``fer-cloud serve``'s arguments (the metrics bind where gRPC does unless told)."""
+    return ServerOptions(
         host=args.host, port=args.port, max_concurrent_rpcs=args.max_concurrent_rpcs, max_message_bytes=args.max_message_bytes,
         tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca, token=read_token(args),
-        max_connection_age_s=args.max_connection_age_s, metrics_port=args.metrics_port,
+        max_connection_age_s=args.max_connection_age_s, metrics_port=args.metrics_port, metrics_host=args.metrics_host or args.host,
     )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    options = server_options(args)
     check_tls_options(options)  # before the model loads: a TLS mistake is a quick, clear error
     # a checkpoint of its own has no shipped export: auto means PyTorch then, unless its export is given
     served = load_runtime(None, args.device, args.runtime, args.onnx_dir, args.threads, args.weights)

@@ -14,7 +14,12 @@ Following the protobuf encoding (a published specification):
   field (names, shapes, parameters: a few hundred bytes) is parsed by protobuf as
   usual. The walk is a Python loop, so it stops at :data:`MAX_FIELDS` fields or
   ``max_raws`` tensors: a megabyte of two-byte fields would otherwise hold the
-  event loop for seconds;
+  event loop for seconds. An input tensor larger than a plain one is walked
+  too, for the same reason: protobuf parses 60 MB of packed ``shape`` in 1-2 s
+  (and half a gigabyte of integers), so a shape of more than :data:`MAX_RANK`
+  dimensions, typed ``contents`` of more than :data:`MAX_CONTENT_ELEMENTS`
+  integers, or a tensor of more than :data:`MAX_FIELDS` fields is refused
+  unparsed;
 - :func:`infer_response_bytes` serializes a response's metadata with protobuf
   and appends one length-delimited field 6 per output buffer. A parser merges
   the fields of a message however they are split, so the result is the same
@@ -23,19 +28,27 @@ Following the protobuf encoding (a published specification):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
+
+import numpy as np
 
 from shared_model.protocol import pb
 
-__all__ = ["MAX_FIELDS", "MAX_RAWS", "MalformedMessage", "split_infer_request", "infer_response_bytes", "stream_response_bytes"]
+__all__ = ["MAX_FIELDS", "MAX_RAWS", "MAX_RANK", "MAX_CONTENT_ELEMENTS", "MalformedMessage", "split_infer_request", "infer_response_bytes", "stream_response_bytes"]
 
+_INPUTS = 5  # ModelInferRequest.inputs
 _RAW_INPUT_CONTENTS = 7  # ModelInferRequest.raw_input_contents
+_SHAPE, _CONTENTS = 3, 5  # InferInputTensor.shape, .contents
+_PACKED_VARINT_CONTENTS = range(1, 6)  # InferTensorContents bool, int, int64, uint, uint64: a varint per element
 _RAW_OUTPUT_CONTENTS = 6  # ModelInferResponse.raw_output_contents
 _INFER_RESPONSE = 2  # ModelStreamInferResponse.infer_response
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5  # wire types; 3 and 4 (groups) are not used by this protocol
 _MAX_VARINT_BYTES = 10
 MAX_FIELDS = 1024  # top-level fields of one request; a real one has a dozen
 MAX_RAWS = 64  # raw_input_contents buffers of one request, unless the caller allows fewer
+MAX_RANK = 8  # dimensions of an input's shape; every served model takes rank 1 to 4
+MAX_CONTENT_ELEMENTS = 1 << 24  # integers in an input's typed contents (64 raw 224x224x3 images are 9.6 M); ~0.2 s to parse
+_PLAIN_TENSOR_BYTES = 256  # an input tensor this small (raw contents: name, datatype, shape, parameters) is not walked
 
 
 class MalformedMessage(ValueError):
@@ -124,6 +137,11 @@ def split_infer_request(data: bytes, max_raws: int = MAX_RAWS) -> tuple[pb.Model
             length, position = _read_varint(data, position)
             if position + length > size:
                 raise MalformedMessage(f"field {field} claims {length} bytes, {size - position} remain")
+            if field == _INPUTS and length > _PLAIN_TENSOR_BYTES:
+                try:
+                    _check_tensor(data, position, position + length)
+                except MalformedMessage as error:
+                    raise _over_limit(str(error), metadata + [view[span:start]]) from None
             if field == _RAW_INPUT_CONTENTS:
                 if len(raws) == max_raws:
                     raise _over_limit(f"more than {max_raws} raw_input_contents buffers", metadata + [view[span:start]])
@@ -145,6 +163,62 @@ def split_infer_request(data: bytes, max_raws: int = MAX_RAWS) -> tuple[pb.Model
     if span < size:
         metadata.append(view[span:size])
     return _parse_metadata(metadata), raws
+
+
+def _fields(data: bytes, position: int, end: int, what: str) -> Iterator[tuple[int, int, int, int]]:
+    """The fields of the message in ``data[position:end]``: (field, wire type, value start, value end).
+
+    A varint's value spans its bytes; a length-delimited one, its contents.
+    Stops with :class:`MalformedMessage` after :data:`MAX_FIELDS` fields.
+    """
+    fields = 0
+    while position < end:
+        fields += 1
+        if fields > MAX_FIELDS:
+            raise MalformedMessage(f"{what} holds more than {MAX_FIELDS} fields")
+        key, position = _read_varint(data, position)
+        field, wire_type = key >> 3, key & 7
+        start = position
+        if wire_type == _LEN:
+            length, start = _read_varint(data, position)
+            position = start + length
+        elif wire_type == _VARINT:
+            _, position = _read_varint(data, position)
+        elif wire_type in (_I64, _I32):
+            position += 8 if wire_type == _I64 else 4
+        else:
+            raise MalformedMessage(f"field {field} of {what} has wire type {wire_type}, which this protocol does not use")
+        if position > end:
+            raise MalformedMessage(f"field {field} of {what} is truncated")
+        yield field, wire_type, start, position
+
+
+def _check_tensor(data: bytes, position: int, end: int) -> None:
+    """Refuse an ``InferInputTensor`` that protobuf would take long to parse: a huge shape or typed contents."""
+    dimensions = 0
+    for field, wire_type, start, stop in _fields(data, position, end, "an input tensor"):
+        if field == _SHAPE:
+            dimensions += _varint_count(data, start, stop) if wire_type == _LEN else 1
+            if dimensions > MAX_RANK:
+                raise MalformedMessage(f"an input's shape has more than {MAX_RANK} dimensions")
+        elif field == _CONTENTS and wire_type == _LEN:
+            _check_contents(data, start, stop)
+
+
+def _check_contents(data: bytes, position: int, end: int) -> None:
+    elements = 0
+    for field, wire_type, start, stop in _fields(data, position, end, "an input's contents"):
+        if field in _PACKED_VARINT_CONTENTS:
+            elements += _varint_count(data, start, stop) if wire_type == _LEN else 1
+            if elements > MAX_CONTENT_ELEMENTS:
+                raise MalformedMessage(f"an input's typed contents hold more than {MAX_CONTENT_ELEMENTS} integers")
+
+
+def _varint_count(data: bytes, start: int, stop: int) -> int:
+    """How many varints ``data[start:stop]`` packs: each ends at a byte below 0x80."""
+    if stop - start <= _MAX_VARINT_BYTES * MAX_RANK:
+        return sum(byte < 0x80 for byte in data[start:stop])
+    return int(np.count_nonzero(np.frombuffer(data, np.uint8, stop - start, start) < 0x80))
 
 
 def infer_response_bytes(metadata: pb.ModelInferResponse, contents: Sequence[bytes | memoryview], prefix: bytes = b"") -> bytes:

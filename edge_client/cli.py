@@ -22,7 +22,7 @@ from shared_model.preprocessing import prepare_face
 from .auto import MEDIAN, OBJECTIVES
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
-from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source
+from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source, unreadable
 from .faces import BlazeFaceDetector, FaceDetector
 from .samples import sample_image
 from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
@@ -40,6 +40,10 @@ EXAMPLES = """examples:
   fer-edge run faces/ --whole-image --json                # a folder of pre-cropped faces
   fer-edge run 0 --cloud localhost:8001 --strategy split  # camera 0
   fer-edge demo                                           # cloud service + every strategy on loopback
+
+exit status of run: 0 when every input was read (with faces or not); 1 when some
+input could not be read (each has its error line and the run went on); 2 when
+the run could not start (a bad option, a missing source, an unreachable setup)
 """
 
 
@@ -168,14 +172,18 @@ def _run(args: argparse.Namespace) -> int:
     writer = _annotated_writer(args.annotate, source) if args.annotate else None  # refused before anything runs
     runner = make_runner(args, strategy, args.cloud, use_stream=source.is_video)
     frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
+    unread = 0
     try:
         for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight or default_in_flight(strategy)):
             print(json.dumps(record) if args.json else _human(record), flush=True)
             frames_bar.update(1 if record.get("face") in (0, None) else 0)
+            unread += unreadable(record)
     finally:
         frames_bar.close()
         runner.close()
-    return 0
+    if unread:
+        print(f"fer-edge: {unread} input(s) could not be read (their error lines above say why)", file=sys.stderr)
+    return 1 if unread else 0
 
 
 def _annotated_writer(path: Path, source: Source) -> AnnotatedWriter:

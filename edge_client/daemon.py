@@ -19,13 +19,14 @@ from .sources import Frame, Source
 
 __all__ = [
     "DEFAULT_IN_FLIGHT", "default_in_flight", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
-    "AnnotatedWriter", "VIDEO_CODECS", "IMAGE_OUTPUTS", "run_source", "FrameFaces", "Classified",
+    "AnnotatedWriter", "VIDEO_CODECS", "IMAGE_OUTPUTS", "run_source", "FrameFaces", "Classified", "NO_FACE", "unreadable",
 ]
 
 # Frames classified at once by default with a fixed remote strategy (fer-edge run --in-flight):
 # 2 gained 1-18 % frames per second for cloud, split and split-rest, while auto, which
 # optimizes each face's latency, lost up to 15 % (docs/network.md, "Frames in flight").
 DEFAULT_IN_FLIGHT = 2
+NO_FACE = "no face found"  # the error of a record for a frame that was read but shows no face
 
 
 def default_in_flight(strategy: str) -> int:
@@ -65,7 +66,7 @@ def classify_faces(frame: Frame, faces: list[tuple[Box, int | None]], runner: Ed
     if frame.image is None:
         return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": frame.error}], []
     if not faces:
-        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": "no face found"}], []
+        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": NO_FACE}], []
     records, annotations = [], []
     for number, (box, track_id) in enumerate(faces):
         crop = FaceDetector.crop(frame.image, box)
@@ -74,6 +75,11 @@ def classify_faces(frame: Frame, faces: list[tuple[Box, int | None]], runner: Ed
         confidence = result.probabilities[result.label]
         annotations.append(Annotation(box, f"{result.label} {confidence:.2f} [{result.strategy}]", result.fallback))
     return records, annotations
+
+
+def unreadable(record: dict[str, Any]) -> bool:
+    """Does ``record`` stand for an input that could not be read (not merely one without a face)?"""
+    return record.get("error") not in (None, NO_FACE)
 
 
 def annotate(image: np.ndarray, annotations: list[Annotation]) -> np.ndarray:

@@ -40,7 +40,7 @@ def test_folder_with_a_corrupt_image_loses_nothing(tmp_path: Path, capsys) -> No
     shutil.copy(sample_image(), tmp_path / "a.png")
     (tmp_path / "b.jpg").write_bytes(b"\xff\xd8\xff garbage")
     cv2.imwrite(str(tmp_path / "c.png"), np.full((64, 64), 40, np.uint8))  # no face in it
-    assert edge_main(["run", str(tmp_path), "--json", "--no-progress"]) == 0
+    assert edge_main(["run", str(tmp_path), "--json", "--no-progress"]) == 1  # an input could not be read; the run went on
     records = _records(capsys)
     assert [Path(r["source"]).name for r in records] == ["a.png", "b.jpg", "c.png"]
     assert records[0]["label"] and records[0]["error"] is None
@@ -182,7 +182,7 @@ def _png_claiming(width: int, height: int) -> bytes:
 def test_an_image_too_large_to_decode_is_one_error_line(tmp_path: Path, capsys) -> None:
     (tmp_path / "a_bomb.png").write_bytes(_png_claiming(40000, 40000))  # cv2.imdecode raises cv2.error for it
     shutil.copy(FACE, tmp_path / "b_face.png")
-    assert edge_main(["run", str(tmp_path), "--whole-image", "--json", "--no-progress", "--in-flight", "2"]) == 0
+    assert edge_main(["run", str(tmp_path), "--whole-image", "--json", "--no-progress", "--in-flight", "2"]) == 1
     bomb, face = _records(capsys)
     assert Path(bomb["source"]).name == "a_bomb.png" and bomb["label"] is None
     assert "a_bomb.png" in bomb["error"] and "too large" in bomb["error"]
@@ -201,7 +201,7 @@ def test_unreadable_files_and_broken_links_are_one_error_line_each(tmp_path: Pat
     (tmp_path / "a_locked.png").symlink_to(locked)
     (tmp_path / "b_gone.png").symlink_to(tmp_path / "no_such_target.png")
     shutil.copy(FACE, tmp_path / "c_face.png")
-    assert edge_main(["run", str(tmp_path), "--whole-image", "--json", "--no-progress"]) == 0
+    assert edge_main(["run", str(tmp_path), "--whole-image", "--json", "--no-progress"]) == 1
     records = _records(capsys)
     assert [Path(r["source"]).name for r in records] == ["a_locked.png", "b_gone.png", "c_face.png"]
     assert "cannot read" in records[0]["error"] and "permission denied" in records[0]["error"].lower()
@@ -218,7 +218,7 @@ def _empty_video(path: Path) -> Path:
 @pytest.mark.parametrize("detection", [[], ["--whole-image"]])
 def test_a_video_without_frames_is_one_error_line(tmp_path: Path, capsys, detection: list[str]) -> None:
     video = _empty_video(tmp_path / "empty.avi")
-    assert edge_main(["run", str(video), "--json", "--no-progress", *detection]) == 0
+    assert edge_main(["run", str(video), "--json", "--no-progress", *detection]) == 1
     [record] = _records(capsys)
     assert record["source"] == str(video) and record["label"] is None and "no frame" in record["error"]
 
@@ -229,7 +229,7 @@ def test_a_stream_is_read_again_before_it_is_given_up(tmp_path: Path, capsys, ca
     _empty_video(tmp_path / "empty.avi")
     started = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="edge_client.sources"):
-        assert edge_main(["run", url, "--json", "--no-progress", "--whole-image"]) == 0
+        assert edge_main(["run", url, "--json", "--no-progress", "--whole-image"]) == 1
     [record] = _records(capsys)
     assert record["source"] == url and "no frame" in record["error"]
     assert time.monotonic() - started >= 0.5  # read again for about a second, not given up at the first failure

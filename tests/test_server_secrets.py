@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import threading
 import urllib.request
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import make_certificates, start_server
 from test_server_errors import features_request
 
@@ -15,6 +21,7 @@ from cloud_server import cli as cloud_cli
 from cloud_server.engine import InferenceEngine
 from cloud_server.server import CloudServer, ServerOptions
 from edge_client import cli as edge_cli
+from fer_bench.shaping import NetnsLink, netns_unavailable_reason
 from shared_model.protocol import pb_grpc
 
 SECRET = "tok-7f3a9c-never-print-me"
@@ -111,8 +118,6 @@ def test_health_command_speaks_tls_and_the_token(trained_model, tmp_path: Path, 
 
 
 def test_a_stream_without_the_token_is_refused_and_health_needs_none(trained_model) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     server = start_server(trained_model, token=SECRET)
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -124,3 +129,61 @@ def test_a_stream_without_the_token_is_refused_and_health_needs_none(trained_mod
         server.stop_now()
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_with_tls_alone_verifies_against_the_default_roots(trained_model, tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path)
+    server = start_server(trained_model, tls_cert=certs["server.crt"], tls_key=certs["server.key"])
+    health = [sys.executable, "-m", "cloud_server.cli", "health", f"localhost:{server.port}", "--tls", "--timeout-s", "5"]
+    try:
+        # gRPC's default roots come from this variable when set: here, the test CA stands for a public one
+        trusted = subprocess.run(health, capture_output=True, text=True, timeout=60, env={**os.environ, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(certs["ca.crt"])})
+        untrusted = subprocess.run(health, capture_output=True, text=True, timeout=60)
+    finally:
+        server.stop_now()
+    assert trusted.returncode == 0 and "SERVING" in trusted.stdout, trusted.stderr
+    assert untrusted.returncode == 1  # the test CA is no real root: not verified, not healthy
+
+
+def test_health_refuses_half_a_client_certificate(tmp_path: Path, capsys) -> None:
+    certs = make_certificates(tmp_path)
+    assert cloud_cli.main(["health", "127.0.0.1:1", "--tls-cert", str(certs["client.crt"])]) == 2
+    assert "--tls-key" in capsys.readouterr().err
+
+
+class _RecordingHealth(health_pb2_grpc.HealthServicer):
+    """A health service that answers SERVING and keeps the authorization header of every check."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str | None] = []
+
+    def Check(self, request, context):  # noqa: N802 (gRPC's name)
+        self.authorizations.append(dict(context.invocation_metadata()).get("authorization"))
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=f"a non-loopback address of this machine: {netns_unavailable_reason()}")
+def test_health_never_sends_the_token_in_plaintext_beyond_this_machine(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("FER_CLOUD_TOKEN", SECRET)
+    recorder = _RecordingHealth()
+    # a veth end of this machine's own: an address that is not loopback, whose traffic never leaves the machine
+    with NetnsLink(tag=f"h{threading.get_ident() % 10000}") as link:
+        server = grpc.server(futures.ThreadPoolExecutor(2))
+        health_pb2_grpc.add_HealthServicer_to_server(recorder, server)
+        port = server.add_insecure_port(f"{link.edge_address}:0")
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        server.start()
+        try:
+            remote = cloud_cli.main(["health", f"{link.edge_address}:{port}", "--timeout-s", "5"])
+            remote_err = capsys.readouterr().err
+            local = cloud_cli.main(["health", f"127.0.0.1:{port}", "--timeout-s", "5"])
+        finally:
+            server.stop(None)
+    assert remote == 0 and local == 0
+    assert recorder.authorizations == [None, f"Bearer {SECRET}"]  # held back on the network, sent on loopback
+    assert "not sending the token" in remote_err and SECRET not in remote_err
+
+
+@pytest.mark.parametrize("argv, bound", [(["serve"], "0.0.0.0"), (["serve", "--host", "127.0.0.1"], "127.0.0.1"), (["serve", "--metrics-host", "127.0.0.1"], "127.0.0.1")])
+def test_metrics_bind_where_grpc_does_unless_told(argv: list[str], bound: str) -> None:
+    assert cloud_cli.server_options(cloud_cli.build_parser().parse_args(argv)).metrics_host == bound

@@ -100,25 +100,70 @@ def test_the_walk_stops_at_a_flood_of_fields() -> None:
     assert metadata.id == "req-7" and [bytes(view) for view in raws] == [b"abc"]
 
 
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint, as its specification writes it."""
+    out = bytearray()
+    while True:
+        out.append(value & 0x7F | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(field: int, contents: bytes) -> bytes:
+    return _varint(field << 3 | 2) + _varint(len(contents)) + contents
+
+
+def _second_input(tensor_fields: bytes) -> bytes:
+    """A second ``inputs`` entry (field 5), written by hand: protobuf takes seconds to build these."""
+    return _length_delimited(5, tensor_fields)
+
+
+HEAVY = 60_000_000  # bytes: protobuf alone parses this much packed shape in 1-2 s (here, 2026-12-03)
+def test_a_tensor_protobuf_would_take_long_to_parse_is_refused_unparsed() -> None:
+    head = request_with_tensors(b"abc").SerializeToString()
+    padding = _length_delimited(1, b"n" * 300)  # a long name: the tensor is walked
+    with pytest.raises(MalformedMessage, match="more than 8 dimensions") as caught:
+        split_infer_request(head + _second_input(padding + _length_delimited(3, b"\x01" * 9)))
+    assert caught.value.request is not None and caught.value.request.id == "req-7"
+    with pytest.raises(MalformedMessage, match="more than 8 dimensions"):
+        split_infer_request(head + _second_input(padding + b"\x18\x01" * 9))  # unpacked: one field per dimension
+    with pytest.raises(MalformedMessage, match="typed contents hold more than"):
+        split_infer_request(head + _second_input(padding + _length_delimited(5, _length_delimited(4, b"\x01" * ((1 << 24) + 1)))))
+    with pytest.raises(MalformedMessage, match="more than 1024 fields"):
+        split_infer_request(head + _second_input(padding + _length_delimited(5, b"\x42\x00" * 1025)))
+    # what a real client sends is kept whole: rank 8, typed contents, a long name
+    typed = pb.ModelInferRequest(model_name="fer_classifier")
+    typed.inputs.add(name="n" * 300, datatype="UINT8", shape=[1, 1, 1, 1, 1, 1, 2, 300]).contents.uint_contents.extend(range(600))
+    typed.inputs[0].contents.bytes_contents.extend([b"x"] * 64)
+    parsed, raws = split_infer_request(typed.SerializeToString())
+    assert parsed == typed and raws == []
+
+
 FLOODS = {
-    "800k empty raw_input_contents": b"\x3a\x00" * 800_000,
-    "an unknown varint field 800k times": b"\xa0\x06\x00" * 800_000,
+    "800k empty raw_input_contents": lambda: b"\x3a\x00" * 800_000,
+    "an unknown varint field 800k times": lambda: b"\xa0\x06\x00" * 800_000,
+    "a shape of 60M dimensions": lambda: _second_input(_length_delimited(3, b"\x01" * HEAVY)),
+    "60M integers of typed contents": lambda: _second_input(_length_delimited(5, _length_delimited(4, b"\x01" * HEAVY))),
+    "30M empty bytes_contents": lambda: _second_input(_length_delimited(5, b"\x42\x00" * (HEAVY // 2))),
 }
 
 
 @pytest.mark.parametrize("path", ["server", "inline_server"])
 @pytest.mark.parametrize("flood", list(FLOODS))
-def test_a_small_request_full_of_fields_is_refused_at_once(request, path: str, flood: str) -> None:
-    """A megabyte or two of tiny fields after a valid request: INVALID_ARGUMENT without walking them all
-    (that took seconds on the event loop), unary and in a stream; health and inference answer right after."""
+def test_a_request_that_would_hold_the_event_loop_is_refused_at_once(request, path: str, flood: str) -> None:
+    """After a valid request, a megabyte or two of tiny fields, or a second input whose shape or typed
+    contents protobuf would parse for seconds: INVALID_ARGUMENT without walking or parsing it all (that
+    took 2.5 s on the event loop), unary and in a stream; health and inference answer right after."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     running = request.getfixturevalue(path)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     head = _attention_request(np.zeros((1, 8, 28, 28), np.float32), "flood").SerializeToString()
+    tail = FLOODS[flood]()
     started = time.perf_counter()
     try:
-        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(head + FLOODS[flood], timeout=20)
+        channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")(head + tail, timeout=20)
     except grpc.RpcError as error:
         refusal: grpc.RpcError | None = error
     else:
@@ -128,7 +173,7 @@ def test_a_small_request_full_of_fields_is_refused_at_once(request, path: str, f
     assert elapsed < 1.0, f"answered after {elapsed:.2f} s"
     assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed ModelInferRequest" in refusal.details()
     raw_stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
-    (reply,) = [pb.ModelStreamInferResponse.FromString(r) for r in raw_stream(iter([head + FLOODS[flood]]), timeout=20)]
+    (reply,) = [pb.ModelStreamInferResponse.FromString(r) for r in raw_stream(iter([head + tail]), timeout=20)]
     assert reply.error_message.startswith("INVALID_ARGUMENT: malformed ModelInferRequest") and reply.infer_response.id == "flood"
     status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=2)
     assert status.status == health_pb2.HealthCheckResponse.SERVING
