@@ -121,6 +121,8 @@ class InferenceEngine:
         self._inline_attention = self.batchers[ATTENTION_MODEL] if ATTENTION_MODEL in served.inline else None
         self._plain_shape = [1, *self.config.split_shape]
         self._plain_bytes = 4 * math.prod(self._plain_shape)
+        # How one face's request ends, as UINT8, FP16 or FP32 (the first is the plain request's): tried first
+        self._face_layouts = tuple(wire.TrailingTensor(self._plain_bytes // 4 * width) for width in (4, 1, 2))
         fixed = pb.ModelInferResponse(model_name=ATTENTION_MODEL, model_version=self.fingerprint)
         fixed.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=self._plain_shape)
         self._plain_prefix = fixed.SerializeToString()
@@ -235,7 +237,7 @@ class InferenceEngine:
                 except Exception as error:
                     raise _batch_error(error) from error
             else:
-                request, raws = _split(data)
+                request, raws = self._split_face(data)
                 model_name = self._counted(request)
                 response = await self._general(request, raws, deadline, started)
             status = OK
@@ -275,7 +277,7 @@ class InferenceEngine:
 
     def _prepare_arrival(self, arrival: "_Arrival") -> np.ndarray:
         """In an inline batch's turn: parse and validate a serialized fer_attention request; its input."""
-        request, raws = _split(arrival.data)
+        request, raws = self._split_face(arrival.data)
         arrival.request = request
         if request.model_name != ATTENTION_MODEL:
             raise _OtherModel(request, raws)
@@ -284,6 +286,13 @@ class InferenceEngine:
             return np.frombuffer(raws[0], dtype="<f4").reshape(self._plain_shape)
         _, inputs, arrival.encoding, arrival.outputs = self._prepare(request, raws)
         return inputs
+
+    def _split_face(self, data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
+        """A request that ends in one face's tensor, split in a few steps; any other, walked."""
+        for layout in self._face_layouts:
+            if (split := wire.split_trailing_tensor(data, layout)) is not None:
+                return split
+        return _split(data)
 
     def _is_plain(self, request: pb.ModelInferRequest, raws: Sequence[Buffer]) -> bool:
         """The common request: one FP32 face ``[1, C, H, W]`` in raw contents, this version or none, no outputs named."""
@@ -299,7 +308,8 @@ class InferenceEngine:
         if not arrival.plain:
             return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
         # The plain request's answer: its fixed part serialized once, then what is its own (merged by any parser).
-        refuse_non_finite(result.output[:, -1])
+        if not result.output[0, -1]:  # its one row was flagged non-finite (a scalar read: np.all costs microseconds)
+            refuse_non_finite(result.output[:, -1])
         own = pb.ModelInferResponse(id=arrival.request.id)  # type: ignore[union-attr]
         features = result.output[0, : self._plain_bytes // 4]
         return self._timed_bytes(own, [features.data], ATTENTION_MODEL, result, arrival.started, self._plain_prefix)

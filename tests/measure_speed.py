@@ -171,7 +171,11 @@ def main() -> int:
                 print(json.dumps({"server": args.label or str(args.server_cwd), "startup_s": round(startup, 1), "load_avg": os.getloadavg()[0], **record}), flush=True)
         finally:
             server.terminate()
-            server.wait(30)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:  # it did not drain (e.g. stopped by a profiler): no server left behind
+                server.kill()
+                server.wait()
     return 0
 
 

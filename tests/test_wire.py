@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from cloud_server.wire import MalformedMessage, infer_response_bytes, split_infer_request, stream_response_bytes
+from cloud_server.wire import MalformedMessage, TrailingTensor, infer_response_bytes, split_infer_request, split_trailing_tensor, stream_response_bytes
 from shared_model.protocol import pb, pb_grpc, set_parameters
 
 
@@ -267,3 +267,39 @@ def test_requests_that_do_not_begin_with_the_model_name_take_the_general_path(in
     rest = pb.ModelInferResponse.FromString(raw_unary(renamed, timeout=20))
     assert rest.model_name == "fer_rest" and rest.outputs[0].name == "probabilities"
     channel.close()
+
+
+def _face_request(tensor: bytes, **fields) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="fer_attention", **fields)
+    request.inputs.add(name="features", datatype="UINT8", shape=[1, len(tensor)])
+    request.raw_input_contents.append(tensor)
+    return request
+
+
+def test_a_request_ending_in_its_tensor_splits_as_protobuf_parses_it() -> None:
+    tensor = bytes(range(256)) * 24 + b"\x01" * 128  # 6,272 bytes: one UINT8 face
+    layout = TrailingTensor(len(tensor))
+    for fields in ({}, {"id": "req-9", "model_version": "v1"}, {"id": "x" * 300}):
+        data = _face_request(tensor, **fields).SerializeToString()
+        split = split_trailing_tensor(data, layout)
+        assert split is not None
+        metadata, raws = split
+        whole = pb.ModelInferRequest.FromString(data)
+        assert [bytes(view) for view in raws] == list(whole.raw_input_contents) == [tensor]
+        del whole.raw_input_contents[:]
+        assert metadata == whole
+
+
+def test_other_layouts_are_left_to_the_walk() -> None:
+    tensor = b"\x07" * 6272
+    layout = TrailingTensor(len(tensor))
+    assert split_trailing_tensor(_face_request(b"\x07" * 6271).SerializeToString(), layout) is None  # another size
+    assert split_trailing_tensor(_face_request(tensor, id="x" * 600).SerializeToString(), layout) is None  # a long head
+    two = _face_request(tensor)
+    two.raw_input_contents.insert(0, b"ab")  # a second tensor, before: the walk refuses it
+    assert split_trailing_tensor(two.SerializeToString(), layout) is None
+    # the bytes of the tail inside a longer field: the head does not parse alone
+    inside = pb.ModelInferRequest(model_name="fer_attention").SerializeToString() + _length_delimited(20, b"i" * 10 + layout.tail + tensor)
+    assert inside.endswith(layout.tail + tensor) and split_trailing_tensor(inside, layout) is None
+    assert split_infer_request(inside)[1] == []  # the walk agrees: there is no tensor, only an unknown field
+    assert split_trailing_tensor(b"", layout) is None and split_trailing_tensor(layout.tail + tensor, layout) is not None
