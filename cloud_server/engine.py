@@ -308,8 +308,7 @@ class InferenceEngine:
         if not arrival.plain:
             return self._respond(arrival.request, ATTENTION_MODEL, result, encoding=arrival.encoding, outputs=arrival.outputs, started=arrival.started)  # type: ignore[arg-type]
         # The plain request's answer: its fixed part serialized once, then what is its own (merged by any parser).
-        if not result.output[0, -1]:  # its one row was flagged non-finite (a scalar read: np.all costs microseconds)
-            refuse_non_finite(result.output[:, -1])
+        refuse_non_finite(result.output[:, -1])
         own = pb.ModelInferResponse(id=arrival.request.id)  # type: ignore[union-attr]
         features = result.output[0, : self._plain_bytes // 4]
         return self._timed_bytes(own, [features.data], ATTENTION_MODEL, result, arrival.started, self._plain_prefix)

@@ -230,7 +230,7 @@ def _non_finite() -> InferenceError:
 
 def refuse_non_finite(flags: np.ndarray) -> None:
     """A request whose rows of a batch output were flagged non-finite (0 in the flags column) is INVALID_ARGUMENT."""
-    if not np.all(flags):
+    if not (flags[0] if len(flags) == 1 else flags.all()):  # one face, the common case: a scalar read (np.all costs microseconds)
         raise _non_finite()
 
 

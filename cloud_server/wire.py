@@ -125,83 +125,74 @@ def split_infer_request(data: bytes, max_raws: int = MAX_RAWS) -> tuple[pb.Model
     ``raw_input_contents`` (then without walking the rest).
     """
     view = memoryview(data)
-    size = len(data)
-    position = span = fields = 0  # span: where the run of other fields since the last tensor began
+    span = end = 0  # span: where the run of other fields since the last tensor began; end: of the last field read
     metadata: list[memoryview] = []
     raws: list[memoryview] = []
-    while position < size:
-        fields += 1
-        if fields > MAX_FIELDS:
-            raise _over_limit(f"more than {MAX_FIELDS} fields", metadata + [view[span:position]])
-        start = position
-        key, position = _read_varint(data, position)
-        field, wire_type = key >> 3, key & 7
-        if field == 0:
-            raise MalformedMessage("field number 0")
-        if wire_type == _LEN:
-            length, position = _read_varint(data, position)
-            if position + length > size:
-                raise MalformedMessage(f"field {field} claims {length} bytes, {size - position} remain")
-            if field == _INPUTS and length > _PLAIN_TENSOR_BYTES:
+    try:
+        for field, wire_type, start, value, end in _fields(data, 0, len(data)):
+            if wire_type != _LEN:
+                continue
+            if field == _INPUTS and end - value > _PLAIN_TENSOR_BYTES:
                 try:
-                    _check_tensor(data, position, position + length)
+                    _check_tensor(data, value, end)
                 except MalformedMessage as error:
                     raise _over_limit(str(error), metadata + [view[span:start]]) from None
-            if field == _RAW_INPUT_CONTENTS:
+            elif field == _RAW_INPUT_CONTENTS:
                 if len(raws) == max_raws:
                     raise _over_limit(f"more than {max_raws} raw_input_contents buffers", metadata + [view[span:start]])
                 if span < start:
                     metadata.append(view[span:start])
-                raws.append(view[position : position + length])
-                position += length
-                span = position
-                continue
-            position += length
-        elif wire_type == _VARINT:
-            _, position = _read_varint(data, position)
-        elif wire_type in (_I64, _I32):
-            position += 8 if wire_type == _I64 else 4
-            if position > size:
-                raise MalformedMessage(f"field {field} is truncated")
-        else:
-            raise MalformedMessage(f"field {field} has wire type {wire_type}, which this protocol does not use")
-    if span < size:
-        metadata.append(view[span:size])
+                raws.append(view[value:end])
+                span = end
+    except _TooManyFields as error:  # the fields read until then still name the request
+        raise _over_limit(str(error), metadata + [view[span:end]]) from None
+    if span < len(data):
+        metadata.append(view[span:])
     return _parse_metadata(metadata), raws
 
 
-def _fields(data: bytes, position: int, end: int, what: str) -> Iterator[tuple[int, int, int, int]]:
-    """The fields of the message in ``data[position:end]``: (field, wire type, value start, value end).
+class _TooManyFields(MalformedMessage):
+    pass
 
-    A varint's value spans its bytes; a length-delimited one, its contents.
-    Stops with :class:`MalformedMessage` after :data:`MAX_FIELDS` fields.
+
+def _fields(data: bytes, position: int, end: int, what: str = "") -> Iterator[tuple[int, int, int, int, int]]:
+    """The fields of the message in ``data[position:end]``: (field, wire type, its start, its value's start, its end).
+
+    A length-delimited field's value is its contents; any other's, its bytes
+    after the tag. Stops with :class:`MalformedMessage` at bytes that are not a
+    field, or after :data:`MAX_FIELDS` fields (``what``: the message, in errors).
     """
-    fields = 0
+    of = f" of {what}" if what else ""
+    count = 0
     while position < end:
-        fields += 1
-        if fields > MAX_FIELDS:
-            raise MalformedMessage(f"{what} holds more than {MAX_FIELDS} fields")
-        key, position = _read_varint(data, position)
-        field, wire_type = key >> 3, key & 7
+        count += 1
+        if count > MAX_FIELDS:
+            raise _TooManyFields(f"{what or 'the request'} holds more than {MAX_FIELDS} fields")
         start = position
+        key, value = _read_varint(data, position)
+        field, wire_type = key >> 3, key & 7
+        if field == 0:
+            raise MalformedMessage(f"field number 0{of}")
         if wire_type == _LEN:
-            length, start = _read_varint(data, position)
-            position = start + length
+            length, value = _read_varint(data, value)
+            if value + length > end:
+                raise MalformedMessage(f"field {field}{of} claims {length} bytes, {end - value} remain")
+            position = value + length
         elif wire_type == _VARINT:
-            _, position = _read_varint(data, position)
+            _, position = _read_varint(data, value)
         elif wire_type in (_I64, _I32):
-            position += 8 if wire_type == _I64 else 4
+            position = value + (8 if wire_type == _I64 else 4)
+            if position > end:
+                raise MalformedMessage(f"field {field}{of} is truncated")
         else:
-            raise MalformedMessage(f"field {field} of {what} has wire type {wire_type}, which this protocol does not use")
-        if position > end:
-            raise MalformedMessage(f"field {field} of {what} is truncated")
-        yield field, wire_type, start, position
+            raise MalformedMessage(f"field {field}{of} has wire type {wire_type}, which this protocol does not use")
+        yield field, wire_type, start, value, position
 
 
 def _check_tensor(data: bytes, position: int, end: int) -> None:
     """Refuse an ``InferInputTensor`` that protobuf would take long to parse: a huge shape or typed contents."""
     dimensions = 0
-    for field, wire_type, start, stop in _fields(data, position, end, "an input tensor"):
+    for field, wire_type, _, start, stop in _fields(data, position, end, "an input tensor"):
         if field == _SHAPE:
             dimensions += _varint_count(data, start, stop) if wire_type == _LEN else 1
             if dimensions > MAX_RANK:
@@ -212,7 +203,7 @@ def _check_tensor(data: bytes, position: int, end: int) -> None:
 
 def _check_contents(data: bytes, position: int, end: int) -> None:
     elements = 0
-    for field, wire_type, start, stop in _fields(data, position, end, "an input's contents"):
+    for field, wire_type, _, start, stop in _fields(data, position, end, "an input's contents"):
         if field in _PACKED_VARINT_CONTENTS:
             elements += _varint_count(data, start, stop) if wire_type == _LEN else 1
             if elements > MAX_CONTENT_ELEMENTS:
@@ -221,8 +212,6 @@ def _check_contents(data: bytes, position: int, end: int) -> None:
 
 def _varint_count(data: bytes, start: int, stop: int) -> int:
     """How many varints ``data[start:stop]`` packs: each ends at a byte below 0x80."""
-    if stop - start <= _MAX_VARINT_BYTES * MAX_RANK:
-        return sum(byte < 0x80 for byte in data[start:stop])
     return int(np.count_nonzero(np.frombuffer(data, np.uint8, stop - start, start) < 0x80))
 
 
