@@ -16,7 +16,12 @@ been measured for a while, RTT + bytes / throughput from the link model. A chall
 (relative) to take over, so that two nearly equal strategies do not flap. Every
 ``explore_every`` faces at most, it runs one other candidate instead, so that a
 link that got better is noticed (a link that got worse shows in the current
-strategy's own measurements within a few faces): each candidate is due every
+strategy's own measurements within a few faces, and holds for every strategy
+that crosses the link: a network time that doubles or halves, by 5 ms at least,
+marks a change of the link, and every remote strategy's network times and
+recent faces from before it are set aside, its prediction coming from the link
+model until it is measured again (a better link replaces the estimates at once,
+a worse one is averaged in; see :meth:`AutoPlanner._observe_network`): each candidate is due every
 ``explore_every`` faces while predicted within 1.5 times the best's latency,
 less often beyond (with the cube of the ratio, up to sixteen times as long:
 see :meth:`AutoPlanner._exploration_interval`), and the most overdue goes
@@ -41,7 +46,7 @@ from typing import Any, Callable, Iterable
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
     "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
-    "FAR", "MAX_EXPLORATION_STRETCH", "AutoPlanner", "RttProbe",
+    "FAR", "MAX_EXPLORATION_STRETCH", "LINK_CHANGE_FACTOR", "AutoSettings", "AutoPlanner", "RttProbe",
 ]
 
 EDGE = "edge"
@@ -102,6 +107,16 @@ class Ewma:
     def get(self, default: float = 0.0) -> float:
         return default if self.value is None else self.value
 
+    def reset(self, sample: float, face: int | None = None) -> None:
+        """Forget the past: the estimate is this sample."""
+        self.value = sample
+        self._last_face = face
+
+    @property
+    def last_face(self) -> int | None:
+        """The face counter of the latest sample (``None`` before one, or when updated without one)."""
+        return self._last_face
+
 
 @dataclass
 class Decision:
@@ -159,6 +174,12 @@ class LinkEstimate:
         if total > 0:
             self.s_per_byte.update(max(network_s - self.rtt_s, 0.0) / total, face)
 
+    def reset_transfer(self, network_s: float, bytes_up: int, bytes_down: int, face: int | None = None) -> None:
+        """One exchange that replaces the cost per byte (the link changed)."""
+        total = bytes_up + bytes_down
+        if total > 0:
+            self.s_per_byte.reset(max(network_s - self.rtt_s, 0.0) / total, face)
+
     def transfer_s(self, bytes_up: float, bytes_down: float) -> float:
         return self.rtt_s + (bytes_up + bytes_down) * self.s_per_byte.get()
 
@@ -167,12 +188,44 @@ class LinkEstimate:
         return None if spb is None or spb <= 0 else 1.0 / spb
 
 
+# A strategy's network time this many times what was predicted for it, or this fraction of it, and at
+# least LINK_CHANGE_MIN_S away from it: the link changed (a queue or a scheduling stall rarely doubles it).
+LINK_CHANGE_FACTOR = 2.0
+LINK_CHANGE_MIN_S = 0.005  # beyond a CPU quota's stall (at most 3.75 ms for a quarter of a 5 ms period)
+
+
+def _link_changed(estimate_s: float, sample_s: float, factor: float = LINK_CHANGE_FACTOR) -> bool:
+    """Does one network time differ from its strategy's estimate enough to say the link changed?"""
+    if abs(sample_s - estimate_s) < LINK_CHANGE_MIN_S:
+        return False
+    return sample_s >= factor * estimate_s or sample_s * factor <= estimate_s
+
+
 # A strategy predicted more than FAR times the best's latency is re-measured less often (see
 # AutoPlanner._exploration_interval), at most MAX_EXPLORATION_STRETCH exploration periods apart.
 FAR = 1.5
 MAX_EXPLORATION_STRETCH = 16.0
 RECENT_FACES = 9  # whole-face latencies kept per strategy for its median
 MIN_RECENT = 3  # fewer recent faces than this: no median, the prediction stands
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """How auto chooses, beyond its defaults (the benchmark's variants set these to compare behaviours).
+
+    ``objective``: :data:`MEDIAN` or :data:`MEAN`; ``far``: beyond this ratio to
+    the best, a strategy is re-measured less often (``inf``: every period);
+    ``link_change``: a network time this many times its estimate (or this
+    fraction of it) marks a change of the link for every strategy (``inf``:
+    each strategy learns of a change from its own calls only).
+    """
+
+    objective: str = MEDIAN
+    far: float = FAR
+    link_change: float = LINK_CHANGE_FACTOR
+
+    def planner(self, candidates: Iterable[str], deadline_s: float) -> "AutoPlanner":
+        return AutoPlanner(candidates, deadline_s=deadline_s, objective=self.objective, far=self.far, link_change=self.link_change)
 
 
 class AutoPlanner:
@@ -195,12 +248,14 @@ class AutoPlanner:
         objective: str = MEDIAN,
         tie: float = 0.15,
         far: float = FAR,
+        link_change: float = LINK_CHANGE_FACTOR,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
         self.objective = objective
         self.tie = tie
         self.far = far  # beyond this ratio to the best, re-measured less often (inf: every period)
+        self.link_change = link_change
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -224,6 +279,10 @@ class AutoPlanner:
         # strategies predicted within ``tie`` of the best are compared by these medians instead.
         self._totals: dict[str, deque[tuple[int, float]]] = {s: deque(maxlen=RECENT_FACES) for s in CONCRETE_STRATEGIES}
         self._last_seen: dict[str, int] = {}  # face counter at the last observation of each strategy
+        # The face at which a strategy's own network time last jumped (see _link_changed): what the other
+        # strategies measured before it no longer describes the link.
+        self._link_changed_at = 0
+        self._link_measured_at: int | None = None  # the face of the latest remote call that timed the link
         self._faces = 0
         self._since_exploration = 0
         self.current: str | None = None
@@ -271,8 +330,30 @@ class AutoPlanner:
             if obs.server_ms is not None:
                 self._server[obs.strategy].update(obs.server_ms / 1000, face)
             if obs.network_ms is not None:
-                self.link.add_transfer(obs.network_ms / 1000, obs.bytes_up, obs.bytes_down, face)
-                self._network[obs.strategy].update(obs.network_ms / 1000, face)
+                network_s = obs.network_ms / 1000
+                self._observe_network(obs, network_s, face)
+
+    def _observe_network(self, obs: Observation, network_s: float, face: int) -> None:
+        """One remote call's network time: into its strategy's own estimate and the link model, and,
+        where it is far from what was predicted for it, a change of the link for every strategy."""
+        own = self._network[obs.strategy]
+        expected = self._network_s(obs.strategy)
+        before_change = own.last_face is not None and own.last_face < self._link_changed_at  # measured on another link
+        changed = own.value is not None and _link_changed(expected, network_s, self.link_change)
+        better = changed and network_s < expected
+        if changed:
+            self._link_changed_at = face
+        self._link_measured_at = face
+        # A better link is believed at once: if it was a fluke, the next face shows it. A worse one is averaged
+        # in, so that one slow face (a stall of the edge's CPU) does not send the next ones elsewhere.
+        if better or before_change:
+            own.reset(network_s, face)
+        else:
+            own.update(network_s, face)
+        if better:
+            self.link.reset_transfer(network_s, obs.bytes_up, obs.bytes_down, face)
+        else:
+            self.link.add_transfer(network_s, obs.bytes_up, obs.bytes_down, face)
 
     # -- prediction and choice ---------------------------------------------------------
 
@@ -296,10 +377,11 @@ class AutoPlanner:
         return self._stage_s(*local) + self._server[strategy].get()
 
     def _network_s(self, strategy: str) -> float:
-        """Its own recent network time; the link model's extrapolation when that is stale or missing."""
+        """Its own recent network time; the link model's extrapolation when that is stale or missing
+        (measured long ago, or before a change of the link that another strategy's call showed)."""
         own = self._network[strategy]
-        last = self._last_seen.get(strategy)
-        if own.value is not None and last is not None and self._faces - last < 3 * self.explore_every:
+        last = own.last_face
+        if own.value is not None and last is not None and self._faces - last < 3 * self.explore_every and last >= self._link_changed_at:
             return own.value
         prior_up, prior_down = PRIOR_BYTES[strategy]
         up, down = self._bytes[strategy]
@@ -364,6 +446,8 @@ class AutoPlanner:
     def _recent_median_ms(self, strategy: str) -> float | None:
         """The median of the strategy's last faces, if at least ``MIN_RECENT`` are recent enough to trust."""
         horizon = self._faces - 4 * self.explore_every
+        if strategy != EDGE:
+            horizon = max(horizon, self._link_changed_at - 1)  # a remote face before a change of the link is stale
         recent = [total for face, total in self._totals[strategy] if face > horizon]
         if len(recent) < MIN_RECENT:
             return None
@@ -399,13 +483,16 @@ class AutoPlanner:
     def _link_blind(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
         """Could a better link make ``strategy`` the fastest without anything showing it but re-measuring it?
 
-        So while the edge is the current choice (no remote call feeds the link
-        model; the RTT probe alone does not show throughput) for a remote
-        strategy whose work apart from the network (and any failure's penalty)
-        is predicted below the edge's latency. With a remote strategy current,
-        its traffic keeps the link model up to date for every other one.
+        So while the edge is the current choice and no remote call has timed the
+        link for ``explore_every`` faces (the RTT probe alone does not show
+        throughput), for a remote strategy whose work apart from the network
+        (and any failure's penalty) is predicted below the edge's latency. With
+        a remote strategy current, or one just timed (the face that showed the
+        link got worse), the link model is up to date for every other one.
         """
         if best != EDGE or strategy == EDGE:
+            return False
+        if self._link_measured_at is not None and self._faces - self._link_measured_at <= self.explore_every:
             return False
         return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from shared_model.preprocessing import prepare_face
 
-from .auto import MEDIAN, OBJECTIVES
+from .auto import MEDIAN, OBJECTIVES, AutoSettings
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
 from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source, unreadable
@@ -143,7 +143,7 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
     return EdgeRunner(
         backend, strategy, client, breaker, args.encoding, args.image_format, args.jpeg_quality, timeout_s=args.timeout_ms / 1000, use_stream=use_stream,
-        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto_objective=args.auto_objective,
+        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto=AutoSettings(objective=args.auto_objective),
     )
 
 

@@ -47,13 +47,12 @@ from .auto import (
     CLOUD,
     CONCRETE_STRATEGIES,
     EDGE,
-    FAR,
-    MEDIAN,
     PRIVATE_STRATEGIES,
     REMOTE_STRATEGIES,
     SPLIT,
     SPLIT_REST,
     AutoPlanner,
+    AutoSettings,
     Decision,
     Observation,
     RttProbe,
@@ -171,8 +170,7 @@ class EdgeRunner:
         private: bool = False,
         planner: AutoPlanner | None = None,
         rtt_interval_s: float = 2.0,
-        auto_objective: str = MEDIAN,
-        auto_far: float = FAR,
+        auto: AutoSettings = AutoSettings(),
     ) -> None:
         _check_choice("strategy", strategy, STRATEGIES)
         _check_choice("image format", image_format, IMAGE_FORMATS)
@@ -205,7 +203,7 @@ class EdgeRunner:
         self._next_discovery = 0.0
         self._discovery_lock = threading.Lock()
         if strategy == AUTO:
-            self._start_auto(rtt_interval_s, auto_objective, auto_far)
+            self._start_auto(rtt_interval_s, auto)
         self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None, float], FaceResult]] = {
             EDGE: lambda pixels, crop, deadline: self._local(pixels_to_array(pixels), Latency()),
             CLOUD: self._cloud,
@@ -213,11 +211,11 @@ class EdgeRunner:
             SPLIT_REST: self._split_rest,
         }
 
-    def _start_auto(self, rtt_interval_s: float, objective: str, far: float) -> None:
+    def _start_auto(self, rtt_interval_s: float, settings: AutoSettings) -> None:
         allowed = PRIVATE_STRATEGIES if self.private else CONCRETE_STRATEGIES
         remote = [s for s in allowed if s in REMOTE_STRATEGIES] if self.client else []
         if self.planner is None:
-            self.planner = AutoPlanner([EDGE, *remote], deadline_s=self.timeout_s, objective=objective, far=far)
+            self.planner = settings.planner([EDGE, *remote], self.timeout_s)
         else:
             for strategy in list(self.planner.candidates):
                 if strategy not in allowed or (strategy in REMOTE_STRATEGIES and not self.client):

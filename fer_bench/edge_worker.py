@@ -38,7 +38,7 @@ from typing import Any
 
 import cv2
 
-from edge_client.auto import FAR
+from edge_client.auto import AutoSettings
 from edge_client.samples import sample_image
 from edge_client.backends import load_backend
 from edge_client.breaker import CircuitBreaker
@@ -103,7 +103,7 @@ class EdgeWorker:
             self._runners[key] = EdgeRunner(
                 self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
                 image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
-                split_returns=spec.get("split_returns", "attention"), auto_objective=spec.get("auto_objective", "median"), auto_far=spec.get("auto_far", FAR),
+                split_returns=spec.get("split_returns", "attention"), auto=_auto_settings(spec),
                 use_stream=use_stream,
             )
         return self._runners[key]
@@ -169,6 +169,15 @@ class EdgeWorker:
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
+
+
+def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
+    """The auto variant a benchmark strategy names (the defaults where it names none)."""
+    default = AutoSettings()
+    return AutoSettings(
+        objective=spec.get("auto_objective", default.objective), far=spec.get("auto_far", default.far),
+        link_change=spec.get("auto_link_change", default.link_change),
+    )
 
 
 def _record(result: FaceResult) -> dict:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from edge_client.auto import FAR
+from edge_client.auto import FAR, LINK_CHANGE_FACTOR
 from edge_client.runner import DEFAULT_IMAGE_SIZE
 
 from .processes import CloudProcess
@@ -71,6 +71,7 @@ class StrategySpec:
     split_returns: str = "attention"
     auto_objective: str = "median"
     auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
+    auto_link_change: float = LINK_CHANGE_FACTOR  # auto: a network time this many times its estimate changes every strategy's
 
 
 STRATEGIES = {
@@ -85,6 +86,8 @@ STRATEGIES = {
     "auto": StrategySpec("auto", "auto"),
     "auto-mean": StrategySpec("auto-mean", "auto", auto_objective="mean"),  # auto before it compared close strategies by median
     "auto-uniform": StrategySpec("auto-uniform", "auto", auto_far=math.inf),  # auto before it re-measured far strategies less often
+    # auto before a change of the link that one strategy's call showed was carried to the others
+    "auto-own-link": StrategySpec("auto-own-link", "auto", auto_link_change=math.inf),
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")

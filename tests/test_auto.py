@@ -201,3 +201,42 @@ def test_strategies_far_behind_are_re_measured_rarely_and_cheaply() -> None:
     assert extra < 0.03, extra
     explored = {s for s, reason in choices if reason == EXPLORING}
     assert explored == set(ALL) - {CLOUD}  # none is forgotten
+
+
+def test_a_link_that_collapses_sends_the_next_faces_to_the_edge_not_through_the_other_remote_strategies() -> None:
+    """Cloud wins on a fast link; the link drops 1000x. The cloud's own slow face shows the change, and it
+    holds for every strategy that crosses the link: the others' network times measured before it are stale.
+    Before, auto tried split-rest and split (each ~1.3 s here) on their fast-link times before the edge."""
+    fast = World(head_ms=40, tail_ms=60, bandwidth_bytes_per_ms=5_000.0)
+    slow = replace(fast, bandwidth_bytes_per_ms=5.0)  # 5 KB/s
+    assert fast.best(ALL) == CLOUD and slow.best(ALL) == EDGE
+    planner = AutoPlanner(ALL, explore_every=20)
+    _run(planner, fast, 30)
+    assert planner.current == CLOUD
+    after = [s for s, _ in _run(planner, slow, 10)]
+    first_edge = after.index(EDGE)
+    assert set(after[:first_edge]) <= {CLOUD} and first_edge <= 2, after
+    assert after[first_edge:] == [EDGE] * (10 - first_edge), after
+
+
+def _first_remote_then_settled(link_change: float) -> list[str]:
+    """Cloud wins on a fast link, the edge on a collapsed one; the link comes back. The settled choices
+    from the first remote face on the recovered link."""
+    fast = World(head_ms=40, tail_ms=60, bandwidth_bytes_per_ms=5_000.0)
+    slow = replace(fast, bandwidth_bytes_per_ms=5.0)
+    planner = AutoPlanner(ALL, explore_every=20, link_change=link_change)
+    _run(planner, fast, 30)
+    _run(planner, slow, 20)  # the cloud's own slow faces stay recent (within 3 exploration periods)
+    assert planner.current == EDGE
+    back = _run(planner, fast, 60)
+    first_remote = next(i for i, (s, _) in enumerate(back) if s != EDGE)
+    return [s for s, reason in back[first_remote + 1:] if reason != EXPLORING]
+
+
+def test_a_link_that_comes_back_is_believed_for_every_strategy_from_the_first_call_that_shows_it() -> None:
+    """Whichever strategy's exploration shows the recovered link, the next faces go to the best (cloud), not to
+    the explored one while the cloud is predicted from what it measured on the collapsed link."""
+    settled = _first_remote_then_settled(link_change=2.0)
+    assert settled[:5] == [CLOUD] * 5, settled
+    own_only = _first_remote_then_settled(link_change=float("inf"))  # each strategy learns from its own calls only
+    assert own_only[:5] != [CLOUD] * 5, own_only  # the world does make the difference
