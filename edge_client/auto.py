@@ -27,7 +27,13 @@ less often beyond (with the cube of the ratio, up to sixteen times as long:
 see :meth:`AutoPlanner._exploration_interval`), and the most overdue goes
 first. The cost of exploring is bounded: at most one face in
 ``explore_every``, and no exploration costs more than the remote deadline (a
-late answer is computed locally). A remote failure charges every remote strategy the full deadline
+late answer is computed locally). While the edge is the choice, a caller that
+can (the runner) re-measures remote strategies in the background instead, and
+more often (see :meth:`AutoPlanner.choose`): the face is answered locally, the
+calls run beside it and only what they cost reaches the planner, so a link
+that came back is noticed within a few faces and noticing costs no face
+anything. Such a call can lower a strategy's estimate, not raise it: beside a
+local inference it waits for the CPU. A remote failure charges every remote strategy the full deadline
 until a remote call succeeds again, so a dead or silent cloud is abandoned at
 once and re-tried only when exploring.
 
@@ -46,7 +52,7 @@ from typing import Any, Callable, Iterable
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
     "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
-    "FAR", "MAX_EXPLORATION_STRETCH", "LINK_CHANGE_FACTOR", "AutoSettings", "AutoPlanner", "RttProbe",
+    "FAR", "MAX_EXPLORATION_STRETCH", "LINK_CHANGE_FACTOR", "link_changed", "AutoSettings", "AutoPlanner", "RttProbe",
 ]
 
 EDGE = "edge"
@@ -120,14 +126,22 @@ class Ewma:
 
 @dataclass
 class Decision:
-    """What auto chose for one face, why, and what it predicted for every candidate (ms)."""
+    """What auto chose for one face, why, and what it predicted for every candidate (ms).
+
+    ``background``: a remote strategy to re-measure on this face off its path (the
+    face is answered by ``strategy``, the edge; see :meth:`AutoPlanner.choose`).
+    """
 
     strategy: str
     reason: str
     predicted_ms: dict[str, float] = field(default_factory=dict)
+    background: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"choice": self.strategy, "reason": self.reason, "predicted_ms": {k: round(v, 2) for k, v in self.predicted_ms.items()}}
+        return {
+            "choice": self.strategy, "reason": self.reason, "background": self.background,
+            "predicted_ms": {k: round(v, 2) for k, v in self.predicted_ms.items()},
+        }
 
 
 @dataclass
@@ -146,6 +160,7 @@ class Observation:
     bytes_down: int = 0
     failed: bool = False  # the remote part produced no answer (answered locally)
     not_served: bool = False  # the cloud does not serve what this strategy needs
+    background: bool = False  # a call beside a local answer (see AutoPlanner.observe)
 
 
 class LinkEstimate:
@@ -194,7 +209,7 @@ LINK_CHANGE_FACTOR = 2.0
 LINK_CHANGE_MIN_S = 0.005  # beyond a CPU quota's stall (at most 3.75 ms for a quarter of a 5 ms period)
 
 
-def _link_changed(estimate_s: float, sample_s: float, factor: float = LINK_CHANGE_FACTOR) -> bool:
+def link_changed(estimate_s: float, sample_s: float, factor: float = LINK_CHANGE_FACTOR) -> bool:
     """Does one network time differ from its strategy's estimate enough to say the link changed?"""
     if abs(sample_s - estimate_s) < LINK_CHANGE_MIN_S:
         return False
@@ -217,15 +232,21 @@ class AutoSettings:
     the best, a strategy is re-measured less often (``inf``: every period);
     ``link_change``: a network time this many times its estimate (or this
     fraction of it) marks a change of the link for every strategy (``inf``:
-    each strategy learns of a change from its own calls only).
+    each strategy learns of a change from its own calls only);
+    ``background``: while the edge is the choice, re-measure far remote
+    strategies behind local answers rather than on a face of their own.
     """
 
     objective: str = MEDIAN
     far: float = FAR
     link_change: float = LINK_CHANGE_FACTOR
+    background: bool = True
 
     def planner(self, candidates: Iterable[str], deadline_s: float) -> "AutoPlanner":
-        return AutoPlanner(candidates, deadline_s=deadline_s, objective=self.objective, far=self.far, link_change=self.link_change)
+        return AutoPlanner(
+            candidates, deadline_s=deadline_s, objective=self.objective, far=self.far, link_change=self.link_change,
+            background=self.background,
+        )
 
 
 class AutoPlanner:
@@ -249,6 +270,7 @@ class AutoPlanner:
         tie: float = 0.15,
         far: float = FAR,
         link_change: float = LINK_CHANGE_FACTOR,
+        background: bool = True,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
@@ -256,6 +278,7 @@ class AutoPlanner:
         self.tie = tie
         self.far = far  # beyond this ratio to the best, re-measured less often (inf: every period)
         self.link_change = link_change
+        self.background = background  # far remote strategies re-measured behind the edge's answers
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -279,12 +302,14 @@ class AutoPlanner:
         # strategies predicted within ``tie`` of the best are compared by these medians instead.
         self._totals: dict[str, deque[tuple[int, float]]] = {s: deque(maxlen=RECENT_FACES) for s in CONCRETE_STRATEGIES}
         self._last_seen: dict[str, int] = {}  # face counter at the last observation of each strategy
-        # The face at which a strategy's own network time last jumped (see _link_changed): what the other
+        # The face at which a strategy's own network time last jumped (see link_changed): what the other
         # strategies measured before it no longer describes the link.
         self._link_changed_at = 0
         self._link_measured_at: int | None = None  # the face of the latest remote call that timed the link
+        self._latest_network_s: dict[str, float] = {}  # each remote strategy's latest network time taken in
         self._faces = 0
         self._since_exploration = 0
+        self._since_background = 0
         self.current: str | None = None
         self._lock = threading.Lock()
 
@@ -309,7 +334,7 @@ class AutoPlanner:
             for stage, value in (("head", obs.head_ms), ("attention", obs.attention_ms), ("tail", obs.tail_ms)):
                 if value is not None:
                     self._stage[stage].update(value / 1000, face)
-            if obs.encode_ms is not None and obs.strategy != EDGE:
+            if obs.encode_ms is not None and obs.strategy != EDGE and not obs.background:  # beside an inference, it reads slow
                 self._stage["encode_image" if obs.strategy == CLOUD else "encode_features"].update(obs.encode_ms / 1000, face)
             if obs.total_ms is not None and not obs.failed:
                 self._totals[obs.strategy].append((face, obs.total_ms / 1000))
@@ -331,6 +356,12 @@ class AutoPlanner:
                 self._server[obs.strategy].update(obs.server_ms / 1000, face)
             if obs.network_ms is not None:
                 network_s = obs.network_ms / 1000
+                if obs.background and 0.0 < network_s - self._network_s(obs.strategy) <= self._predict(EDGE):
+                    # A call beside a local inference waits for the CPU that inference holds (on a CPU-limited
+                    # device, milliseconds, at most about that inference): so slower by that much, it does not
+                    # show a worse link. Slower by more, it does (or a wrong estimate, as from a lone call that
+                    # passed in a shaper's burst).
+                    return
                 self._observe_network(obs, network_s, face)
 
     def _observe_network(self, obs: Observation, network_s: float, face: int) -> None:
@@ -339,11 +370,12 @@ class AutoPlanner:
         own = self._network[obs.strategy]
         expected = self._network_s(obs.strategy)
         before_change = own.last_face is not None and own.last_face < self._link_changed_at  # measured on another link
-        changed = own.value is not None and _link_changed(expected, network_s, self.link_change)
+        changed = own.value is not None and link_changed(expected, network_s, self.link_change)
         better = changed and network_s < expected
         if changed:
             self._link_changed_at = face
         self._link_measured_at = face
+        self._latest_network_s[obs.strategy] = network_s
         # A better link is believed at once: if it was a fluke, the next face shows it. A worse one is averaged
         # in, so that one slow face (a stall of the edge's CPU) does not send the next ones elsewhere.
         if better or before_change:
@@ -391,12 +423,27 @@ class AutoPlanner:
         with self._lock:
             return {s: self._predict(s) * 1000 for s in self.candidates}
 
-    def choose(self, cloud_on_trial: bool = False) -> Decision:
+    def choose(self, cloud_on_trial: bool = False, background_ready: bool | None = None) -> Decision:
         """The strategy for the next face.
 
         ``cloud_on_trial``: the circuit breaker has just found the cloud healthy
         again and admits a trial; if the edge is the current choice, the most
         promising remote strategy is tried now rather than at the next exploration.
+        ``background_ready``: ``None`` if the caller cannot re-measure a remote
+        strategy in the background, else whether it can on this face (none is in
+        flight). With it, while the edge is the choice, the remote strategies
+        predicted beyond ``far`` times its latency (the link holds them far
+        behind) are re-measured that way, beside the edge's answer: when the
+        exploration schedule says, and besides, every ``explore_every // 2``
+        faces, the one measured longest ago that a better link could make the
+        fastest. So is each remote strategy's first measurement, and a trial.
+        No face waits for these calls, and a link that came back shows within a
+        few faces. Near ones are explored on faces of their own, as before:
+        their exact latency decides, a better link gains them little, and a call
+        beside a local inference waits for the CPU it holds (here and, on this
+        benchmark's one host, in the cloud), so its sample reads slow: it can
+        lower a strategy's network estimate, and raise it only by more than the
+        edge's latency (:meth:`observe`).
         """
         with self._lock:
             self._faces += 1
@@ -404,12 +451,24 @@ class AutoPlanner:
             predicted = {s: self._predict(s) * 1000 for s in usable}
             if len(usable) == 1:
                 return self._decide(usable[0], ONLY, predicted)
+            can_background = self.background and background_ready is not None
+            background = can_background and bool(background_ready)
+            link_busy = can_background and not background_ready  # our own background call is on the link
             unmeasured = [s for s in usable if s not in self._last_seen]
             if unmeasured:
-                return self._decide(unmeasured[0], CALIBRATING, predicted)
+                if unmeasured[0] == EDGE or not can_background:
+                    return self._decide(unmeasured[0], CALIBRATING, predicted)
+                # the remote ones are first measured beside the edge's answers: no face waits for an unknown link
+                return self._decide(EDGE, CALIBRATING, predicted, background=unmeasured[0] if background else None)
             best = min(usable, key=lambda s: predicted[s])
+            if link_busy and self.current == EDGE:
+                # What the link can do now is being measured: the edge answers until the measurement lands
+                # (a few milliseconds on a good link; on a bad one, a call for a face would queue behind it).
+                return self._decide(EDGE, FASTEST, predicted)
             if cloud_on_trial and best == EDGE:
                 remote = min((s for s in usable if s != EDGE), key=lambda s: self._predict_parts(s))
+                if background:
+                    return self._decide(EDGE, FASTEST, predicted, background=remote)
                 return self._decide(remote, EXPLORING, predicted, keep_current=best)
             score = self._scores(usable, best, predicted)
             best = min(usable, key=lambda s: score[s])
@@ -418,12 +477,14 @@ class AutoPlanner:
                 best = current
             self._since_exploration += 1
             period = self._exploration_period(usable, best, predicted)
-            if self._since_exploration >= period:
+            if self._since_exploration >= period and not link_busy:
                 target = self._exploration_target(usable, best, predicted, period)
                 if target is not None:
                     self._since_exploration = 0
+                    if background and self._far_behind(target, best, predicted):  # re-measured beside the edge's answer
+                        return self._decide(best, FASTEST, predicted, background=target)
                     return self._decide(target, EXPLORING, predicted, keep_current=best)
-            return self._decide(best, FASTEST, predicted)
+            return self._decide(best, FASTEST, predicted, background=self._background_target(usable, best, predicted) if background else None)
 
     def _scores(self, usable: list[str], best: str, predicted: dict[str, float]) -> dict[str, float]:
         """What the choice minimizes: the predictions, or (median objective) for the strategies predicted
@@ -496,6 +557,43 @@ class AutoPlanner:
             return False
         return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
 
+    def _far_behind(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
+        """With the edge the choice, is remote ``strategy`` predicted beyond ``far`` times its latency, or
+        would be with its latest network time alone? (A link that collapsed under it is averaged into its
+        estimate over a few faces; its latest call shows the collapse at once.)"""
+        if best != EDGE or strategy == EDGE:
+            return False
+        if predicted[strategy] > self.far * predicted[best]:
+            return True
+        latest = self._latest_network_s.get(strategy)
+        if latest is None:
+            return False
+        return (self._predict(strategy) - self._network_s(strategy) + latest) * 1000 > self.far * predicted[best]
+
+    def _could_win(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
+        """With the edge the choice, could a better link make remote ``strategy`` the fastest? Its work apart
+        from the link is below the edge's latency."""
+        if best != EDGE or strategy == EDGE:
+            return False
+        return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
+
+    def _background_target(self, usable: list[str], best: str, predicted: dict[str, float]) -> str | None:
+        """Every ``explore_every // 2`` faces while the edge is the choice: of the remote strategies that the
+        link holds beyond ``far`` times the edge's latency and a better one could make the fastest
+        (:meth:`_could_win`), the one measured longest ago. (Near ones follow the exploration schedule: a
+        better link gains them little, and each set of calls costs CPU here and in the cloud.)"""
+        if best != EDGE:
+            self._since_background = 0
+            return None
+        self._since_background += 1
+        if self._since_background < max(2, self.explore_every // 2):
+            return None
+        behind = [s for s in usable if self._far_behind(s, best, predicted) and self._could_win(s, best, predicted)]
+        if not behind:
+            return None
+        self._since_background = 0
+        return min(behind, key=lambda s: self._last_seen[s])
+
     def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float], period: int) -> str | None:
         """Of the strategies due for a re-measurement, the most overdue (relative to its interval)."""
         overdue = {
@@ -506,9 +604,11 @@ class AutoPlanner:
         due = [s for s, ratio in overdue.items() if ratio >= 1.0]
         return max(due, key=lambda s: (overdue[s], -predicted[s])) if due else None
 
-    def _decide(self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None) -> Decision:
+    def _decide(
+        self, strategy: str, reason: str, predicted: dict[str, float], keep_current: str | None = None, background: str | None = None,
+    ) -> Decision:
         self.current = keep_current or strategy
-        return Decision(strategy, reason, predicted)
+        return Decision(strategy, reason, predicted, background)
 
     def state(self) -> dict[str, Any]:
         """The estimates behind the predictions (for logs and benchmarks)."""

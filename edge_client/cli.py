@@ -74,6 +74,12 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the face the cloud strategy sends")
     parser.add_argument("--split-returns", choices=SPLIT_RETURNS, default="attention", help="what the split strategy gets back: the attention alone (1x28x28 map + 8 weights, 792 bytes), applied here to the full-precision map; or the attended map (the paper's round trip, 6,272 bytes)")
     parser.add_argument("--auto-objective", choices=OBJECTIVES, default=MEDIAN, help="what auto minimizes: median (where strategies are predicted close, the one whose recent faces had the lower median wins: measured lower p50 at 40 of 54 points, docs/network.md) or mean (the predictions alone)")
+    parser.add_argument(
+        "--no-background-measuring", dest="background_measuring", action="store_false",
+        help="while auto answers on the edge, it re-measures the remote strategies with calls beside local answers "
+        "(two or three back to back; every 10 faces while the link holds them far behind), so that a link that came back shows without a face waiting for it; "
+        "with this flag it tries them on faces of their own instead, less often (fewer bytes on a metered link)",
+    )
     parser.add_argument("--private", action="store_true", help="the face image never leaves this device: auto chooses among edge, split and split-rest only; --strategy cloud is refused")
     parser.add_argument("--timeout-ms", type=_positive_float, default=1000.0, help="deadline of every remote call; late answers are computed locally")
     parser.add_argument("--failures-to-open", type=int, default=3, help="consecutive failures that open the circuit breaker")
@@ -143,7 +149,7 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
     return EdgeRunner(
         backend, strategy, client, breaker, args.encoding, args.image_format, args.jpeg_quality, timeout_s=args.timeout_ms / 1000, use_stream=use_stream,
-        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto=AutoSettings(objective=args.auto_objective),
+        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto=AutoSettings(objective=args.auto_objective, background=args.background_measuring),
     )
 
 

@@ -119,6 +119,8 @@ class EdgeWorker:
             for _, runner in runners:
                 if runner.strategy == "auto":
                     runner.classify(self.pixels, self.crop)
+        for _, runner in runners:
+            runner.wait_for_background(timeout)
         records: dict[str, list[dict]] = {name: [] for name, _ in runners}
         # A new random order every round (seeded: the same for every run), so that no strategy always
         # follows the same one. Each turn is a block of consecutive faces, the first untimed: what ran
@@ -135,6 +137,10 @@ class EdgeWorker:
                     result = runner.classify(self.pixels, self.crop)
                     if face > 0 or block == 1:
                         records[name].append({"t": round(at, 4), **_record(result)})
+                if len(runners) > 1:
+                    # A re-measurement auto left in flight ends within its own turn: another strategy's faces
+                    # must not share the link or the CPU with it (a device runs one strategy at a time).
+                    runner.wait_for_background(timeout)
             turn += 1
         return records
 
@@ -176,7 +182,7 @@ def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
     default = AutoSettings()
     return AutoSettings(
         objective=spec.get("auto_objective", default.objective), far=spec.get("auto_far", default.far),
-        link_change=spec.get("auto_link_change", default.link_change),
+        link_change=spec.get("auto_link_change", default.link_change), background=spec.get("auto_background", default.background),
     )
 
 
@@ -185,7 +191,7 @@ def _record(result: FaceResult) -> dict:
     return {
         **asdict(result.latency), "bytes_up": result.bytes_up, "bytes_down": result.bytes_down, "fallback": result.fallback,
         "fallback_reason": result.fallback_reason, "strategy": result.strategy, "auto_choice": auto.get("choice"), "auto_reason": auto.get("reason"),
-        "auto_predicted_ms": auto.get("predicted_ms"),
+        "auto_background": auto.get("background"), "auto_predicted_ms": auto.get("predicted_ms"),
     }
 
 

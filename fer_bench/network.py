@@ -32,7 +32,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 from edge_client.auto import FAR, LINK_CHANGE_FACTOR
 from edge_client.runner import DEFAULT_IMAGE_SIZE
@@ -72,6 +72,7 @@ class StrategySpec:
     auto_objective: str = "median"
     auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
     auto_link_change: float = LINK_CHANGE_FACTOR  # auto: a network time this many times its estimate changes every strategy's
+    auto_background: bool = True  # auto: far remote strategies re-measured behind local answers while the edge is the choice
 
 
 STRATEGIES = {
@@ -88,6 +89,8 @@ STRATEGIES = {
     "auto-uniform": StrategySpec("auto-uniform", "auto", auto_far=math.inf),  # auto before it re-measured far strategies less often
     # auto before a change of the link that one strategy's call showed was carried to the others
     "auto-own-link": StrategySpec("auto-own-link", "auto", auto_link_change=math.inf),
+    # auto before it re-measured far remote strategies in the background (each exploration a face of its own)
+    "auto-foreground": StrategySpec("auto-foreground", "auto", auto_background=False),
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
@@ -461,6 +464,11 @@ def outage_report(records: list[dict], events: list[dict]) -> list[dict]:
     return rows
 
 
+def _colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour per plotted strategy, distinct for up to ten (matplotlib's cycle), in the order given."""
+    return {name: f"C{i % 10}" for i, name in enumerate(names)}
+
+
 def plot_trace(records: list[dict], events: list[dict], settings: TraceSettings, path: Path) -> None:
     import matplotlib
 
@@ -469,7 +477,7 @@ def plot_trace(records: list[dict], events: list[dict], settings: TraceSettings,
 
     shapers = sorted({r["shaper"] for r in records})
     figure, axes = plt.subplots(len(shapers), 1, figsize=(11, 4.2 * len(shapers)), squeeze=False, sharex=True)
-    colours = {name: f"C{i}" for i, name in enumerate(STRATEGIES)}
+    colours = _colours(settings.strategies)
     markers = {"edge": "o", "cloud": "s", "split": "^", "split-rest": "D"}
     for axis, shaper in zip(axes[:, 0], shapers):
         for name in settings.strategies:
@@ -596,7 +604,7 @@ def plot(records: list[PointRecord], path: Path) -> None:
     profiles = sorted({r.profile for r in records}, key=list(PROFILES).index)
     figure, axes = plt.subplots(1, len(profiles), figsize=(6 * len(profiles), 4.5), squeeze=False, sharey=False)
     styles = {"netns": "-", "proxy": "--"}
-    colours = {name: f"C{i}" for i, name in enumerate(STRATEGIES)}
+    colours = _colours([name for name in STRATEGIES if any(r.strategy == name for r in records)])
     for axis, profile in zip(axes[0], profiles):
         for shaper in sorted({r.shaper for r in records}):
             for strategy in STRATEGIES:

@@ -240,3 +240,43 @@ def test_a_link_that_comes_back_is_believed_for_every_strategy_from_the_first_ca
     assert settled[:5] == [CLOUD] * 5, settled
     own_only = _first_remote_then_settled(link_change=float("inf"))  # each strategy learns from its own calls only
     assert own_only[:5] != [CLOUD] * 5, own_only  # the world does make the difference
+
+
+def _run_with_background(planner: AutoPlanner, world: World, faces: int) -> list[tuple[str, str, str | None]]:
+    """As _run, for a caller that measures in the background: a background call completes before the next face."""
+    planner.observe_rtt(world.rtt_ms / 1000)
+    choices = []
+    for _ in range(faces):
+        decision = planner.choose(background_ready=True)
+        planner.observe(world.observe(decision.strategy))
+        if decision.background is not None:
+            measured = world.observe(decision.background)
+            planner.observe(replace(measured, head_ms=None, tail_ms=None, total_ms=None, background=True))  # only what the call cost
+        choices.append((decision.strategy, decision.reason, decision.background))
+    return choices
+
+
+def test_with_the_edge_chosen_far_remote_strategies_are_re_measured_behind_local_answers() -> None:
+    """On a collapsed link every remote strategy is far behind the edge: none gets a face of its own (each
+    such exploration cost a face ~1.3 s here), yet each is re-measured every few faces, so the link's
+    return moves the next faces to the cloud within a few faces, not an exploration period."""
+    fast = World(head_ms=40, tail_ms=60, bandwidth_bytes_per_ms=5_000.0)
+    slow = replace(fast, bandwidth_bytes_per_ms=5.0)
+    planner = AutoPlanner(ALL, explore_every=20)
+    _run_with_background(planner, fast, 30)
+    _run_with_background(planner, slow, 10)
+    assert planner.current == EDGE
+    on_slow = _run_with_background(planner, slow, 60)
+    assert [s for s, _, _ in on_slow] == [EDGE] * 60, on_slow
+    behind = [b for _, _, b in on_slow if b is not None]
+    # split's work apart from the link (head, tail, server: 103 ms) is above the edge's 101: no link makes it win
+    assert set(behind) == {CLOUD, SPLIT_REST} and len(behind) >= 60 // 10 - 1, on_slow
+    back = _run_with_background(planner, fast, 20)
+    assert [s for s, _, _ in back].index(CLOUD) <= 20 // 2 + 1, back
+    assert [s for s, _, _ in back[-10:]] == [CLOUD] * 10, back
+    # A caller that cannot measure in the background gets the foreground explorations as before.
+    foreground = AutoPlanner(ALL, explore_every=20)
+    _run(foreground, fast, 30)
+    assert all(foreground.choose().background is None for _ in range(5))
+    assert any(reason == EXPLORING and s != EDGE for s, reason in _run(foreground, slow, 100))
+

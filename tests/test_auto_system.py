@@ -34,8 +34,9 @@ def test_auto_keeps_the_edge_when_the_link_is_slow(server, trained_model, sample
         results = [runner.classify(sample_face) for _ in range(30)]
         runner.close()
     choices = [(r.auto["choice"], r.auto["reason"]) for r in results]
-    settled = _settled(choices[8:])  # after calibrating every candidate once and a face or two of learning
-    assert settled["edge"] >= 15 and sum(settled[s] for s in REMOTE) == 0, choices
+    # after calibrating every candidate once (the remote ones beside the edge's answers) and a face or two of learning
+    answered = Counter(r.strategy for r in results[8:])
+    assert answered["edge"] >= 15 and sum(_settled(choices[8:])[s] for s in REMOTE) == 0, [(r.auto, r.latency.total) for r in results]
     assert all(not r.fallback for r in results)
     assert all(set(r.auto["predicted_ms"]) == {"edge", "cloud", "split", "split-rest"} for r in results)
 
@@ -52,10 +53,14 @@ def slow_edge():
     edge.close()
 
 
-def _auto_choices(edge: EdgeProcess, target: str, faces: int) -> list[tuple[str, str]]:
+def _auto_records(edge: EdgeProcess, target: str, faces: int) -> list[dict]:
     spec = {**STRATEGIES["auto"].__dict__}
     records = edge.ask({"op": "run", "target": target, "strategies": [spec], "rounds": faces, "warmup": 0, "timeout_ms": 5_000})
-    return [(r["auto_choice"], r["auto_reason"]) for r in records["auto"]]  # type: ignore[index]
+    return records["auto"]  # type: ignore[index]
+
+
+def _auto_choices(edge: EdgeProcess, target: str, faces: int) -> list[tuple[str, str]]:
+    return [(r["auto_choice"], r["auto_reason"]) for r in _auto_records(edge, target, faces)]
 
 
 def test_auto_offloads_from_a_slow_edge_on_a_fast_link_and_returns_when_the_link_slows(slow_edge) -> None:
@@ -73,3 +78,24 @@ def test_auto_offloads_from_a_slow_edge_on_a_fast_link_and_returns_when_the_link
         # strategies the fast link had tied.
         first_edge = next(i for i, (choice, _) in enumerate(slow) if choice == "edge")
         assert len({choice for choice, reason in slow[:first_edge] if reason == "fastest"}) <= 2, slow
+
+
+def test_on_the_edge_a_link_that_comes_back_is_found_behind_local_answers(slow_edge) -> None:
+    """While the link is slow, the remote strategies are re-measured in the background: no face waits for one
+    (a foreground exploration took >= 300 ms here, against the edge's ~100), and the link's return is seen
+    within a few faces."""
+    with proxy_cloud(threads=1, weights=None) as cloud:
+        cloud.shape(LinkSpec(20_000_000))
+        _auto_records(slow_edge, cloud.target, 20)
+        cloud.shape(LinkSpec(5_000))
+        slow = _auto_records(slow_edge, cloud.target, 30)
+        first_edge = next(i for i, r in enumerate(slow) if r["auto_choice"] == "edge")
+        on_edge = slow[first_edge:]
+        assert all(r["auto_choice"] == "edge" and r["strategy"] == "edge" for r in on_edge), [(r["auto_choice"], r["auto_reason"]) for r in slow]
+        # one set of calls in flight at a time: at 5 KB/s a set for split-rest (2-3 x 6.4 KB) takes seconds
+        assert sum(r["auto_background"] is not None for r in on_edge) >= 1, on_edge
+        cloud.shape(LinkSpec(20_000_000))
+        back = _auto_records(slow_edge, cloud.target, 25)
+    first_remote = next(i for i, r in enumerate(back) if r["auto_choice"] in REMOTE)
+    assert first_remote <= 12, [(r["auto_choice"], r["auto_reason"], r["auto_background"]) for r in back]
+    assert not any(r["fallback"] for r in slow + back)

@@ -64,6 +64,19 @@ def test_with_a_cloud_the_default_is_auto(server, capsys) -> None:
     assert set(record["auto"]["predicted_ms"]) == {"edge", "cloud", "split", "split-rest"}
 
 
+@pytest.mark.parametrize("flags, background", [([], True), (["--no-background-measuring"], False)])
+def test_auto_measures_the_cloud_beside_local_answers_unless_told_not_to(server, tmp_path: Path, capsys, flags: list[str], background: bool) -> None:
+    for index in range(2):
+        shutil.copy(sample_image(), tmp_path / f"face{index}.jpg")
+    assert edge_main(["run", str(tmp_path), "--cloud", f"127.0.0.1:{server.port}", "--json", *flags]) == 0
+    first, second = sorted(_records(capsys), key=lambda r: r["source"])
+    assert first["auto"]["choice"] == "edge"  # the edge is measured first
+    if background:  # the cloud is first measured beside the second face's local answer
+        assert second["auto"]["choice"] == "edge" and second["auto"]["background"] == "cloud", second["auto"]
+    else:  # on a face of its own
+        assert second["auto"]["choice"] == "cloud" and second["auto"]["background"] is None, second["auto"]
+
+
 @pytest.mark.parametrize("bad", [["--timeout-ms", "0"], ["--max-frames", "-1"], ["--image-size", "0"]])
 def test_nonsense_limits_are_refused(bad: list[str], capsys) -> None:
     with pytest.raises(SystemExit) as caught:

@@ -122,6 +122,28 @@ def test_an_unusable_answer_falls_back_and_opens_the_breaker(trained_model, samp
     assert all(r.strategy == "edge" for r in results) and breaker.state == OPEN
 
 
+@pytest.mark.parametrize("kind", [SLOW, SILENT, WRONG_SHAPE])
+def test_auto_on_the_edge_re_measures_a_failing_cloud_behind_local_answers(trained_model, sample_face, faulty, kind: str) -> None:
+    """The cloud answers late, never, or wrongly: auto measures each remote strategy beside the edge's
+    answers, from the first face on, and stays on the edge. No face waits for those calls, none gets a
+    remote answer, and each is the local one."""
+    faulty.fault = Fault(kind, delay_s=10 * TIMEOUT_S)
+    runner = _runner(trained_model, faulty.address, "auto")
+    local = EdgeRunner(trained_model).classify(sample_face)
+    try:
+        results = [runner.classify(sample_face) for _ in range(40)]
+        runner.wait_for_background(5 * TIMEOUT_S)
+        penalized = runner.planner.predictions_ms()
+    finally:
+        runner.close()
+    settled = results
+    assert all(r.strategy == "edge" and not r.fallback and r.label == local.label for r in settled), [r.auto for r in settled]
+    assert sum(r.auto["background"] is not None for r in settled) >= 2, [r.auto for r in settled]
+    worst = max(_waited_ms(asdict(r.latency)) for r in settled)
+    assert worst < MARGIN_MS, f"a face waited {worst:.0f} ms"
+    assert min(ms for strategy, ms in penalized.items() if strategy != "edge") >= TIMEOUT_S * 1000, penalized
+
+
 def _frames(image: np.ndarray, count: int, before_each=None) -> Source:
     def frames():
         for index in range(count):
