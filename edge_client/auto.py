@@ -32,8 +32,8 @@ can (the runner) re-measures remote strategies in the background instead, and
 more often (see :meth:`AutoPlanner.choose`): the face is answered locally, the
 calls run beside it and only what they cost reaches the planner, so a link
 that came back is noticed within a few faces and noticing costs no face
-anything. Such a call can lower a strategy's estimate, not raise it: beside a
-local inference it waits for the CPU. A remote failure charges every remote strategy the full deadline
+anything. Such a call can lower a strategy's estimate, and raise it only by
+more than the edge's latency: beside a local inference it waits for the CPU. A remote failure charges every remote strategy the full deadline
 until a remote call succeeds again, so a dead or silent cloud is abandoned at
 once and re-tried only when exploring.
 
@@ -306,7 +306,7 @@ class AutoPlanner:
         # strategies measured before it no longer describes the link.
         self._link_changed_at = 0
         self._link_measured_at: int | None = None  # the face of the latest remote call that timed the link
-        self._latest_network_s: dict[str, float] = {}  # each remote strategy's latest network time taken in
+        self._latest_network_s: dict[str, float] = {}  # each remote strategy's latest network time the estimates took in
         self._faces = 0
         self._since_exploration = 0
         self._since_background = 0
@@ -551,11 +551,9 @@ class AutoPlanner:
         a remote strategy current, or one just timed (the face that showed the
         link got worse), the link model is up to date for every other one.
         """
-        if best != EDGE or strategy == EDGE:
-            return False
         if self._link_measured_at is not None and self._faces - self._link_measured_at <= self.explore_every:
             return False
-        return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
+        return self._could_win(strategy, best, predicted)
 
     def _far_behind(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
         """With the edge the choice, is remote ``strategy`` predicted beyond ``far`` times its latency, or
@@ -568,7 +566,7 @@ class AutoPlanner:
         latest = self._latest_network_s.get(strategy)
         if latest is None:
             return False
-        return (self._predict(strategy) - self._network_s(strategy) + latest) * 1000 > self.far * predicted[best]
+        return predicted[strategy] + (latest - self._network_s(strategy)) * 1000 > self.far * predicted[best]
 
     def _could_win(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
         """With the edge the choice, could a better link make remote ``strategy`` the fastest? Its work apart

@@ -424,7 +424,7 @@ class EdgeRunner:
         latency = Latency()
         z = self._head(pixels_to_array(pixels), latency)
         lean = self.split_returns == "attention"
-        call = self._send_features(ATTENTION_MODEL, z, latency, deadline, (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if lean else ())
+        call = self._send_features(ATTENTION_MODEL, z, latency, deadline, self._requested_outputs(SPLIT))
         if isinstance(call, str):
             return self._finish_locally(z, latency, call)
         t0 = time.perf_counter()
@@ -439,11 +439,10 @@ class EdgeRunner:
         call = self._send_features(REST_MODEL, z, latency, deadline)
         if isinstance(call, str):
             return self._finish_locally(z, latency, call)
-        probabilities = call.outputs[PROBABILITIES][0]
-        if probabilities.size != len(self.class_names):
+        if not self._usable(SPLIT_REST, call):
             self.breaker.record_failure()
             return self._finish_locally(z, latency, "invalid_response")
-        return self._remote_result(probabilities, SPLIT_REST, latency, call)
+        return self._remote_result(call.outputs[PROBABILITIES][0], SPLIT_REST, latency, call)
 
     def _cloud(self, pixels: np.ndarray, crop: np.ndarray | None, deadline: float) -> FaceResult:
         latency = Latency()
@@ -456,11 +455,10 @@ class EdgeRunner:
             call = self._call(request, deadline)
         except RemoteError as error:
             return self._local(pixels_to_array(pixels), latency, error.reason)
-        probabilities = call.outputs[PROBABILITIES][0]
-        if probabilities.size != len(self.class_names):
+        if not self._usable(CLOUD, call):
             self.breaker.record_failure()
             return self._local(pixels_to_array(pixels), latency, "invalid_response")
-        return self._remote_result(probabilities, CLOUD, latency, call)
+        return self._remote_result(call.outputs[PROBABILITIES][0], CLOUD, latency, call)
 
     # -- auto: a remote strategy re-measured behind a local answer ---------------------
 
@@ -477,8 +475,7 @@ class EdgeRunner:
             z = self._head(x, latency)
         else:
             z = self._head(x, latency)
-            model = MODEL_OF_STRATEGY[strategy]
-            outputs = (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if strategy == SPLIT and self.split_returns == "attention" else ()
+            model, outputs = MODEL_OF_STRATEGY[strategy], self._requested_outputs(strategy)
             self._start_background(strategy, lambda: self.client.features_request(model, z, self.encoding, outputs))  # type: ignore[union-attr]
         return self._finish_locally(z, latency, None)
 
@@ -531,17 +528,20 @@ class EdgeRunner:
             return Observation(strategy, encode_ms=encode_ms, failed=True, background=True)
         self.breaker.record_success()
         return Observation(
-            strategy, encode_ms=encode_ms, network_ms=_ms(max(call.round_trip_s - call.server_s, 0.0)), server_ms=_ms(call.server_s),
+            strategy, encode_ms=encode_ms, network_ms=_ms(call.network_s), server_ms=_ms(call.server_s),
             bytes_up=call.bytes_up, bytes_down=call.bytes_down, background=True,
         )
+
+    def _requested_outputs(self, strategy: str) -> tuple[str, ...]:
+        """The outputs a request of ``strategy`` names (none: the model's default output)."""
+        return (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if strategy == SPLIT and self.split_returns == "attention" else ()
 
     def _usable(self, strategy: str, call: RemoteCall) -> bool:
         """Does the answer hold what ``strategy`` needs, in the shape the edge uses?"""
         if strategy != SPLIT:
             probabilities = call.outputs.get(PROBABILITIES)
             return probabilities is not None and probabilities[0].size == len(self.class_names)
-        names = (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if self.split_returns == "attention" else (FEATURES,)
-        return all(name in call.outputs for name in names)
+        return all(name in call.outputs for name in self._requested_outputs(SPLIT) or (FEATURES,))
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -565,7 +565,7 @@ class EdgeRunner:
     def _remote_result(self, probabilities: np.ndarray, strategy: str, latency: Latency, call: RemoteCall) -> FaceResult:
         self.breaker.record_success()
         latency.server = _ms(call.server_s)
-        latency.network = _ms(max(call.round_trip_s - call.server_s, 0.0))
+        latency.network = _ms(call.network_s)
         result = self._result(probabilities, strategy, latency, None)
         result.bytes_up, result.bytes_down = call.bytes_up, call.bytes_down
         return result

@@ -130,6 +130,11 @@ class RemoteCall:
         """The only (or first) output."""
         return next(iter(self.outputs.values()))
 
+    @property
+    def network_s(self) -> float:
+        """The round trip less the server's own time: what the link (and the client's own handling) cost."""
+        return max(self.round_trip_s - self.server_s, 0.0)
+
 
 def check_token(token: str | None) -> None:
     """Refuse a bearer token no HTTP/2 header value can carry (ValueError); the message never shows the token.
