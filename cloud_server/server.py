@@ -202,7 +202,8 @@ class CloudServer:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def start(self) -> int:
-        """Start serving; returns the bound gRPC port."""
+        """Warm the models up, then start serving; returns the bound gRPC port."""
+        self.engine.warm_up()
         self._call(self._start())
         if self.options.metrics_port is not None:
             self.metrics_port = self.engine.metrics.serve(self.options.metrics_port, self.options.metrics_host)

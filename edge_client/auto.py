@@ -3,7 +3,9 @@
 The planner keeps passive estimates from the edge's own work and calls:
 
 - compute per local stage (head, local attention, tail, image and tensor encoding), EWMA;
-- server time per remote model (the ``server_us`` each response carries), EWMA;
+- server time per remote model (the ``server_us`` each response carries): the
+  median of its recent samples (:class:`RecentMedian`), so that one stalled
+  answer (a cloud sharing its cores) does not move a strategy off the lead;
 - bytes each strategy puts on the wire each way (from its own requests and responses);
 - the link: round-trip time (the minimum of recent tiny ``ServerLive`` calls,
   which :class:`RttProbe` makes every few seconds: about 100 bytes each) and the
@@ -12,7 +14,8 @@ The planner keeps passive estimates from the edge's own work and calls:
 It predicts each candidate's latency (compute + server + network) and uses the
 lowest (with the ``median`` objective, the default, candidates predicted within
 ``tie`` of the best are compared by the median of their recent faces instead); the network time is the strategy's own recent one, or, where it has not
-been measured for a while, RTT + bytes / throughput from the link model. A challenger must beat the current choice by ``hysteresis``
+been measured for a while, RTT + bytes / throughput from the link model, times the
+model's error on that strategy's own calls (``link_bias``). A challenger must beat the current choice by ``hysteresis``
 (relative) to take over, so that two nearly equal strategies do not flap. Every
 ``explore_every`` faces at most, it runs one other candidate instead, so that a
 link that got better is noticed (a link that got worse shows in the current
@@ -24,7 +27,8 @@ model until it is measured again (a better link replaces the estimates at once,
 a worse one is averaged in; see :meth:`AutoPlanner._observe_network`): each candidate is due every
 ``explore_every`` faces while predicted within 1.5 times the best's latency,
 less often beyond (with the cube of the ratio, up to sixteen times as long:
-see :meth:`AutoPlanner._exploration_interval`), and the most overdue goes
+see :meth:`AutoPlanner._exploration_interval`; as long, too, for a remote
+one slower than the best even on a free link), and the most overdue goes
 first. The cost of exploring is bounded: at most one face in
 ``explore_every``, and no exploration costs more than the remote deadline (a
 late answer is computed locally). While the edge is the choice, a caller that
@@ -33,7 +37,13 @@ more often (see :meth:`AutoPlanner.choose`): the face is answered locally, the
 calls run beside it and only what they cost reaches the planner, so a link
 that came back is noticed within a few faces and noticing costs no face
 anything. Such a call can lower a strategy's estimate, and raise it only by
-more than the edge's latency: beside a local inference it waits for the CPU. A remote failure charges every remote strategy the full deadline
+more than the edge's latency: beside a local inference it waits for the CPU.
+Two re-checks come at once (``recheck``): a worse network time on a remote
+strategy's own face (a stall of that one call, or a real change) has it
+re-measured behind the next local answers, so one stalled call costs a face
+or two on the edge; and a remote strategy measured only that way since its
+last face of its own, and put near the edge, gets a face of its own (see
+:meth:`AutoPlanner._confirmation_target`). A remote failure charges every remote strategy the full deadline
 until a remote call succeeds again, so a dead or silent cloud is abandoned at
 once and re-tried only when exploring.
 
@@ -51,7 +61,7 @@ from typing import Any, Callable, Iterable
 
 __all__ = [
     "EDGE", "CLOUD", "SPLIT", "SPLIT_REST", "CONCRETE_STRATEGIES", "REMOTE_STRATEGIES", "PRIVATE_STRATEGIES",
-    "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "Decision", "Observation", "LinkEstimate",
+    "MEDIAN", "MEAN", "OBJECTIVES", "FASTEST", "EXPLORING", "CALIBRATING", "ONLY", "PRIOR_BYTES", "Ewma", "RecentMedian", "ESTIMATES", "Decision", "Observation", "LinkEstimate",
     "FAR", "MAX_EXPLORATION_STRETCH", "LINK_CHANGE_FACTOR", "link_changed", "AutoSettings", "AutoPlanner", "RttProbe",
 ]
 
@@ -122,6 +132,51 @@ class Ewma:
     def last_face(self) -> int | None:
         """The face counter of the latest sample (``None`` before one, or when updated without one)."""
         return self._last_face
+
+
+class RecentMedian:
+    """The median of the last ``window`` samples taken within ``max_age`` faces of the newest; ``None``
+    until the first. Same interface as :class:`Ewma`.
+
+    For a cost that is steady apart from one-off stalls (the server's compute): one sample three
+    times the others moves an EWMA by a third of that for the next faces and, if that sends the
+    planner elsewhere, until the strategy is measured again; it does not move a median. A lasting
+    change shows once it holds for most of the window (three faces of the current strategy). With an
+    even count the lower middle value counts, so two samples, one stalled, give the other.
+    """
+
+    def __init__(self, window: int = 5, max_age: int = 100) -> None:
+        self.window = window
+        self.max_age = max_age
+        self._samples: deque[tuple[int | None, float]] = deque(maxlen=window)
+
+    def update(self, sample: float, face: int | None = None) -> None:
+        self._samples.append((face, sample))
+
+    @property
+    def value(self) -> float | None:
+        if not self._samples:
+            return None
+        newest = self._samples[-1][0]
+        recent = [v for f, v in self._samples if newest is None or f is None or newest - f <= self.max_age]
+        return statistics.median_low(recent)
+
+    def get(self, default: float = 0.0) -> float:
+        value = self.value
+        return default if value is None else value
+
+    def reset(self, sample: float, face: int | None = None) -> None:
+        """Forget the past: the estimate is this sample."""
+        self._samples.clear()
+        self._samples.append((face, sample))
+
+    @property
+    def last_face(self) -> int | None:
+        return self._samples[-1][0] if self._samples else None
+
+
+# How the planner estimates each remote model's server time (AutoSettings.server_estimate).
+ESTIMATES = ("median", "ewma")
 
 
 @dataclass
@@ -220,6 +275,9 @@ def link_changed(estimate_s: float, sample_s: float, factor: float = LINK_CHANGE
 # AutoPlanner._exploration_interval), at most MAX_EXPLORATION_STRETCH exploration periods apart.
 FAR = 1.5
 MAX_EXPLORATION_STRETCH = 16.0
+# Bounds of the link model's correction for one strategy (AutoPlanner._link_bias): a ratio beyond them is a
+# stall or a model with nearly nothing to go on, not the model's error for that strategy's messages.
+MIN_LINK_BIAS, MAX_LINK_BIAS = 0.2, 20.0
 RECENT_FACES = 9  # whole-face latencies kept per strategy for its median
 MIN_RECENT = 3  # fewer recent faces than this: no median, the prediction stands
 
@@ -234,18 +292,33 @@ class AutoSettings:
     fraction of it) marks a change of the link for every strategy (``inf``:
     each strategy learns of a change from its own calls only);
     ``background``: while the edge is the choice, re-measure far remote
-    strategies behind local answers rather than on a face of their own.
+    strategies behind local answers rather than on a face of their own;
+    ``server_estimate``: each remote model's server time as the median of its
+    recent samples (``"median"``, :class:`RecentMedian`) or an EWMA (``"ewma"``);
+    ``recheck``: with the edge the choice, re-measure at once a remote strategy
+    whose own latest call showed a worse link (in the background), and give a
+    face of its own to one that a background measurement put near the edge
+    (see :meth:`AutoPlanner._confirmation_target`); ``floor_stretch``: a remote
+    strategy slower than the best even on a free link is re-measured at the
+    longest interval (see :meth:`AutoPlanner._beyond_any_link`); ``link_bias``:
+    the link model's extrapolation for a strategy is corrected by the model's
+    error on that strategy's own calls (see :meth:`AutoPlanner._network_s`).
     """
 
     objective: str = MEDIAN
     far: float = FAR
     link_change: float = LINK_CHANGE_FACTOR
     background: bool = True
+    server_estimate: str = "median"
+    recheck: bool = True
+    floor_stretch: bool = True
+    link_bias: bool = True
 
     def planner(self, candidates: Iterable[str], deadline_s: float) -> "AutoPlanner":
         return AutoPlanner(
             candidates, deadline_s=deadline_s, objective=self.objective, far=self.far, link_change=self.link_change,
-            background=self.background,
+            background=self.background, server_estimate=self.server_estimate, recheck=self.recheck,
+            floor_stretch=self.floor_stretch, link_bias=self.link_bias,
         )
 
 
@@ -271,14 +344,23 @@ class AutoPlanner:
         far: float = FAR,
         link_change: float = LINK_CHANGE_FACTOR,
         background: bool = True,
+        server_estimate: str = "median",
+        recheck: bool = True,
+        floor_stretch: bool = True,
+        link_bias: bool = True,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+        if server_estimate not in ESTIMATES:
+            raise ValueError(f"unknown server_estimate {server_estimate!r}; expected one of {ESTIMATES}")
         self.objective = objective
         self.tie = tie
         self.far = far  # beyond this ratio to the best, re-measured less often (inf: every period)
         self.link_change = link_change
         self.background = background  # far remote strategies re-measured behind the edge's answers
+        self.recheck = recheck  # a stalled call or a near background measurement re-checked at once
+        self.floor_stretch = floor_stretch  # one slower than the best on a free link: re-measured at the longest interval
+        self.link_bias = link_bias  # the link model's extrapolation corrected by its error for each strategy
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -288,12 +370,17 @@ class AutoPlanner:
         self.clock = clock
         self.link = LinkEstimate(link_alpha)
         self._stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail", "encode_image", "encode_features")}
-        self._server = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
+        self._server: dict[str, Ewma | RecentMedian] = {
+            strategy: RecentMedian() if server_estimate == "median" else Ewma(alpha) for strategy in REMOTE_STRATEGIES
+        }
         self._bytes = {strategy: (Ewma(alpha), Ewma(alpha)) for strategy in REMOTE_STRATEGIES}
         # Each strategy's own network time: what the link did to its messages (a small one may pass
         # in a shaper's burst that a large one overflows). The link model extrapolates only where a
         # strategy has not been measured for a while.
         self._network = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
+        # Each strategy's own network time over what the link model predicted for its bytes just before: the
+        # model's error for that strategy's messages (see _observe_network), which its extrapolation corrects by.
+        self._link_bias = {strategy: Ewma(alpha) for strategy in REMOTE_STRATEGIES}
         # What a strategy costs beyond its measured parts (preprocessing, decoding the answer, softmax):
         # small on a laptop, several milliseconds on a CPU-limited device.
         self._overhead = {strategy: Ewma(alpha) for strategy in CONCRETE_STRATEGIES}
@@ -302,6 +389,10 @@ class AutoPlanner:
         # strategies predicted within ``tie`` of the best are compared by these medians instead.
         self._totals: dict[str, deque[tuple[int, float]]] = {s: deque(maxlen=RECENT_FACES) for s in CONCRETE_STRATEGIES}
         self._last_seen: dict[str, int] = {}  # face counter at the last observation of each strategy
+        self._last_foreground: dict[str, int] = {}  # ... and at its last face of its own (not beside the edge's answer)
+        # Remote strategies whose own latest call showed a worse link (see link_changed): a stall of one call
+        # or a real change, which re-measuring in the background tells apart while the edge answers.
+        self._suspect: set[str] = set()
         # The face at which a strategy's own network time last jumped (see link_changed): what the other
         # strategies measured before it no longer describes the link.
         self._link_changed_at = 0
@@ -331,6 +422,9 @@ class AutoPlanner:
         with self._lock:
             face = self._faces
             self._last_seen[obs.strategy] = face
+            if not obs.background:
+                self._last_foreground[obs.strategy] = face
+            self._suspect.discard(obs.strategy)
             for stage, value in (("head", obs.head_ms), ("attention", obs.attention_ms), ("tail", obs.tail_ms)):
                 if value is not None:
                     self._stage[stage].update(value / 1000, face)
@@ -356,26 +450,47 @@ class AutoPlanner:
                 self._server[obs.strategy].update(obs.server_ms / 1000, face)
             if obs.network_ms is not None:
                 network_s = obs.network_ms / 1000
-                if obs.background and 0.0 < network_s - self._network_s(obs.strategy) <= self._predict(EDGE):
+                if obs.background and network_s > self._network_s(obs.strategy):
                     # A call beside a local inference waits for the CPU that inference holds (on a CPU-limited
                     # device, milliseconds, at most about that inference): so slower by that much, it does not
                     # show a worse link. Slower by more, it does (or a wrong estimate, as from a lone call that
-                    # passed in a shaper's burst).
-                    return
+                    # passed in a shaper's burst), by what is left once that wait is taken off: taken whole, a
+                    # laptop's call beside its two-thread inference marked a change of the link for every
+                    # strategy and held the cloud, the fastest, behind the edge for 15 faces.
+                    allowance = self._predict(EDGE)
+                    if network_s - self._network_s(obs.strategy) <= allowance:
+                        return
+                    network_s -= allowance
                 self._observe_network(obs, network_s, face)
 
     def _observe_network(self, obs: Observation, network_s: float, face: int) -> None:
         """One remote call's network time: into its strategy's own estimate and the link model, and,
-        where it is far from what was predicted for it, a change of the link for every strategy."""
+        where it is far from what was predicted for it, a change of the link for every strategy.
+
+        Where its own estimate had only aged out (no change of the link since), the prediction was the link
+        model's, and (with ``link_bias``) a call far from the model but near that estimate shows the model's
+        error for this strategy's messages, not a change of the link."""
         own = self._network[obs.strategy]
         expected = self._network_s(obs.strategy)
         before_change = own.last_face is not None and own.last_face < self._link_changed_at  # measured on another link
-        changed = own.value is not None and link_changed(expected, network_s, self.link_change)
+        changed = (
+            own.value is not None and link_changed(expected, network_s, self.link_change)
+            and (before_change or not self.link_bias or link_changed(own.value, network_s, self.link_change))
+        )
         better = changed and network_s < expected
         if changed:
             self._link_changed_at = face
+            if not better and not obs.background and self.recheck:
+                self._suspect.add(obs.strategy)
         self._link_measured_at = face
         self._latest_network_s[obs.strategy] = network_s
+        # The model's error, not a change of the link: from the strategy's own calls on the link the model
+        # was measured on (learned from the call that met a collapse, the crop's error read 20x, and the crop
+        # was held behind split-rest once the link came back).
+        if self.link_bias and not (obs.background or changed or before_change) and self.link.s_per_byte.value is not None:
+            modelled = self.link.transfer_s(obs.bytes_up, obs.bytes_down)
+            if modelled > 0:
+                self._link_bias[obs.strategy].update(min(max(network_s / modelled, MIN_LINK_BIAS), MAX_LINK_BIAS), face)
         # A better link is believed at once: if it was a fluke, the next face shows it. A worse one is averaged
         # in, so that one slow face (a stall of the edge's CPU) does not send the next ones elsewhere.
         if better or before_change:
@@ -410,14 +525,19 @@ class AutoPlanner:
 
     def _network_s(self, strategy: str) -> float:
         """Its own recent network time; the link model's extrapolation when that is stale or missing
-        (measured long ago, or before a change of the link that another strategy's call showed)."""
+        (measured long ago, or before a change of the link that another strategy's call showed), times
+        the model's error for this strategy's messages where ``link_bias`` (one cost per byte fits
+        neither a shaper's burst, which the 48-pixel crop's 1.8 KB pass in while a 6.4 KB split tensor
+        waits for the rate, nor a fixed cost per call: on the paper's trace the model, fed by the crop,
+        put ``split-rest``'s network time at 2 ms where its own calls took 4-14)."""
         own = self._network[strategy]
         last = own.last_face
         if own.value is not None and last is not None and self._faces - last < 3 * self.explore_every and last >= self._link_changed_at:
             return own.value
         prior_up, prior_down = PRIOR_BYTES[strategy]
         up, down = self._bytes[strategy]
-        return self.link.transfer_s(up.get(prior_up), down.get(prior_down))
+        bias = self._link_bias[strategy].get(1.0) if self.link_bias else 1.0
+        return self.link.transfer_s(up.get(prior_up), down.get(prior_down)) * bias
 
     def predictions_ms(self) -> dict[str, float]:
         with self._lock:
@@ -476,6 +596,10 @@ class AutoPlanner:
             if current is not None and score[best] > score[current] * (1 - self.hysteresis):
                 best = current
             self._since_exploration += 1
+            confirm = None if link_busy else self._confirmation_target(usable, best, predicted)
+            if confirm is not None:
+                self._since_exploration = 0
+                return self._decide(confirm, EXPLORING, predicted, keep_current=best)
             period = self._exploration_period(usable, best, predicted)
             if self._since_exploration >= period and not link_busy:
                 target = self._exploration_target(usable, best, predicted, period)
@@ -534,12 +658,34 @@ class AutoPlanner:
         default period of 20, where every 20 faces cost 5 %). Near ones, where a
         wrong estimate matters and a noisy one is soon corrected, are re-measured
         every period; far ones rarely, their predictions following the link
-        model meanwhile.
+        model meanwhile. A remote one that would be slower than the best even on
+        a free link (:meth:`_beyond_any_link`) waits the longest interval.
         """
+        if self.floor_stretch and self._beyond_any_link(strategy, best, predicted):
+            return period * MAX_EXPLORATION_STRETCH
         ratio = max(1.0, predicted[strategy] / max(predicted[best], 1e-9))
         if ratio <= self.far or self._link_blind(strategy, best, predicted):
             return period
         return period * min(ratio**3, MAX_EXPLORATION_STRETCH)
+
+    def _beyond_any_link(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
+        """Is remote ``strategy`` slower than the best, by more than ``tie``, even on a link that costs nothing?
+
+        Its work apart from the network (its compute on the edge, its server time) already is, so no
+        better link can make it the fastest, and the link model, whose extrapolation is least sure of
+        all, has no say: only its compute or the best's latency changing can, and the best's own faces
+        show the latter. Such a strategy is re-measured at the longest interval, however near the link
+        model puts it: on the camera profile, ``split-rest`` (the head alone, 8 ms, and 3 ms of server
+        time) against the 48-pixel crop's 8.5 ms, which the link model, fed by the crop's 1.8 KB
+        messages that pass in a shaper's burst, put within 1.5 times the crop for 6.4 KB.
+        """
+        if strategy in (EDGE, best):
+            return False
+        return self._floor_ms(strategy) > predicted[best] * (1 + self.tie)
+
+    def _floor_ms(self, strategy: str) -> float:
+        """Predicted milliseconds of remote ``strategy`` apart from the link."""
+        return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000
 
     def _link_blind(self, strategy: str, best: str, predicted: dict[str, float]) -> bool:
         """Could a better link make ``strategy`` the fastest without anything showing it but re-measuring it?
@@ -573,7 +719,7 @@ class AutoPlanner:
         from the link is below the edge's latency."""
         if best != EDGE or strategy == EDGE:
             return False
-        return (self._without_link_s(strategy) + self._overhead[strategy].get()) * 1000 < predicted[best]
+        return self._floor_ms(strategy) < predicted[best]
 
     def _background_target(self, usable: list[str], best: str, predicted: dict[str, float]) -> str | None:
         """Every ``explore_every // 2`` faces while the edge is the choice: of the remote strategies that the
@@ -583,6 +729,10 @@ class AutoPlanner:
         if best != EDGE:
             self._since_background = 0
             return None
+        suspect = [s for s in usable if s in self._suspect]
+        if suspect:  # at once: if its latest call was a one-off stall, the next faces are its again
+            self._since_background = 0
+            return min(suspect, key=lambda s: predicted[s])
         self._since_background += 1
         if self._since_background < max(2, self.explore_every // 2):
             return None
@@ -591,6 +741,30 @@ class AutoPlanner:
             return None
         self._since_background = 0
         return min(behind, key=lambda s: self._last_seen[s])
+
+    def _confirmation_target(self, usable: list[str], best: str, predicted: dict[str, float]) -> str | None:
+        """With the edge the choice: a remote strategy measured only in the background since its last face
+        of its own that its latest sample puts near the edge, if that face was ``explore_every`` faces ago
+        or more (or it never had one). It gets a face of its own now.
+
+        A call beside the edge's inference reads slow (it waits for the CPU that inference holds, up to
+        about the edge's latency): good enough to tell a strategy far behind from a near one, not to rank
+        near ones. Near: within ``far`` of the edge; for a strategy never measured on a face of its own,
+        within ``far`` once the edge's latency is taken off its prediction (every sample it has was taken
+        beside the edge, its server time too: on the benchmark's one host the cloud waits for the same
+        CPU). A first measurement taken beside the edge (on the phone profile the cloud read 17 ms
+        against 7) would otherwise hold a strategy behind the edge until the exploration schedule came
+        round (48 faces there).
+        """
+        if best != EDGE or not self.recheck:
+            return None
+        near = [
+            s for s in usable
+            if s != EDGE and self._last_foreground.get(s, -1) < self._last_seen.get(s, -1)
+            and predicted[s] - (0.0 if s in self._last_foreground else predicted[best]) <= self.far * predicted[best]
+            and self._faces - self._last_foreground.get(s, -self.explore_every) >= self.explore_every
+        ]
+        return min(near, key=lambda s: predicted[s]) if near else None
 
     def _exploration_target(self, usable: list[str], best: str, predicted: dict[str, float], period: int) -> str | None:
         """Of the strategies due for a re-measurement, the most overdue (relative to its interval)."""

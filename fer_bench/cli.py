@@ -298,7 +298,7 @@ def _edge_runtimes(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from .network import SHAPERS, STRATEGIES, TraceSettings, outage_report, plot_trace, run_trace, trace_summary
+    from .network import SHAPERS, STRATEGIES, TraceSettings, outage_report, plot_trace, run_trace, trace_steps, trace_summary
 
     _check_names("strategy", args.strategies, STRATEGIES)
     _check_names("shaper", args.shapers, SHAPERS)
@@ -311,6 +311,7 @@ def _trace(args: argparse.Namespace) -> int:
     summary = trace_summary(records, settings)
     _write(args.out, "trace", records)
     _write(args.out, "trace_summary", summary)
+    _write(args.out, "trace_steps", trace_steps(records, settings))
     (args.out / "trace_events.json").write_text(json.dumps(events, indent=2))
     outage = outage_report(records, events)
     if outage:
@@ -324,7 +325,7 @@ def _trace(args: argparse.Namespace) -> int:
             print(f"{row['shaper']:<8}{row['strategy']:<14}{row['faces']:>6}{row['mean_ms']:>9.1f}{row['p50_ms']:>8.1f}{row['p90_ms']:>8.1f}{row['fallbacks']:>7}  {row['auto_choices'] or ''}")
         for row in outage:
             print(f"{row['shaper']:<8}{row['strategy']:<14}back on the cloud {row['back_on_cloud_after_restart_s']} s after the restart; slowest face during the outage {row['slowest_during_outage_ms']} ms; answered locally {row['answered_locally']}")
-    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_events.json, trace.png" + (", trace_outage.csv" if outage else ""), file=sys.stderr)
+    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_steps.csv, trace_events.json, trace.png" + (", trace_outage.csv" if outage else ""), file=sys.stderr)
     return 0
 
 

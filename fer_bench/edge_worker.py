@@ -183,6 +183,9 @@ def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
     return AutoSettings(
         objective=spec.get("auto_objective", default.objective), far=spec.get("auto_far", default.far),
         link_change=spec.get("auto_link_change", default.link_change), background=spec.get("auto_background", default.background),
+        server_estimate=spec.get("auto_server_estimate", default.server_estimate),
+        recheck=spec.get("auto_recheck", default.recheck), floor_stretch=spec.get("auto_floor_stretch", default.floor_stretch),
+        link_bias=spec.get("auto_link_bias", default.link_bias),
     )
 
 

@@ -52,7 +52,7 @@ __all__ = [
     "KB", "StrategySpec", "STRATEGIES", "DEFAULT_STRATEGIES", "TRACE_STRATEGIES", "DeviceProfile", "PROFILES",
     "PointRecord", "percentile", "transfer_floor_ms", "floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
     "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
-    "TraceEvent", "run_trace", "trace_summary", "outage_report", "plot_trace", "format_table", "auto_against_best",
+    "TraceEvent", "run_trace", "trace_summary", "trace_steps", "outage_report", "plot_trace", "format_table", "auto_against_best",
     "auto_summary", "format_auto_summary", "format_auto_table", "winners", "plot", "record_dicts",
 ]
 
@@ -73,6 +73,10 @@ class StrategySpec:
     auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
     auto_link_change: float = LINK_CHANGE_FACTOR  # auto: a network time this many times its estimate changes every strategy's
     auto_background: bool = True  # auto: far remote strategies re-measured behind local answers while the edge is the choice
+    auto_server_estimate: str = "median"  # auto: each model's server time, the median of recent samples or an EWMA
+    auto_recheck: bool = True  # auto: a stalled call, or a near strategy measured behind the edge, re-checked at once
+    auto_floor_stretch: bool = True  # auto: a remote strategy slower than the best on a free link re-measured rarely
+    auto_link_bias: bool = True  # auto: the link model's extrapolation corrected by its error on each strategy's calls
 
 
 STRATEGIES = {
@@ -91,6 +95,18 @@ STRATEGIES = {
     "auto-own-link": StrategySpec("auto-own-link", "auto", auto_link_change=math.inf),
     # auto before it re-measured far remote strategies in the background (each exploration a face of its own)
     "auto-foreground": StrategySpec("auto-foreground", "auto", auto_background=False),
+    # auto before each model's server time was the median of its recent samples (an EWMA: one stalled answer moved it)
+    "auto-server-ewma": StrategySpec("auto-server-ewma", "auto", auto_server_estimate="ewma"),
+    # auto before a remote strategy slower than the best even on a free link was re-measured at the longest interval
+    "auto-no-floor": StrategySpec("auto-no-floor", "auto", auto_floor_stretch=False),
+    # auto before the link model's extrapolation for a strategy was corrected by the model's error on its calls
+    "auto-no-bias": StrategySpec("auto-no-bias", "auto", auto_link_bias=False),
+    # auto as of 2026-12-04's first commits: the server-time EWMA, neither a stalled call nor a near strategy
+    # measured behind the edge re-checked at once, a remote strategy's interval set by its prediction alone,
+    # and the link model's extrapolation uncorrected
+    "auto-prior": StrategySpec(
+        "auto-prior", "auto", auto_server_estimate="ewma", auto_recheck=False, auto_floor_stretch=False, auto_link_bias=False,
+    ),
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
@@ -440,6 +456,30 @@ def trace_summary(records: list[dict], settings: TraceSettings) -> list[dict]:
                 "shaper": shaper, "strategy": name, "faces": len(mine), "mean_ms": statistics.fmean(totals), "p50_ms": statistics.median(totals),
                 "p90_ms": percentile(totals, 0.9), "fallbacks": sum(bool(r["fallback"]) for r in mine), "auto_choices": choices,
             })
+    return rows
+
+
+def trace_steps(records: list[dict], settings: TraceSettings) -> list[dict]:
+    """Per shaper, step of the trace and strategy: faces, mean and p50 latency, and auto's choices (the
+    figures behind any claim about a stretch of the trace, such as how soon a strategy recovered)."""
+    rows = []
+    last = len(settings.steps_kbps) - 1
+    for shaper in sorted({r["shaper"] for r in records}):
+        by_step: dict[tuple[int, str], list[dict]] = {}
+        for r in records:
+            if r["shaper"] == shaper:
+                by_step.setdefault((min(int(r["t"] // settings.dwell_s), last), r["name"]), []).append(r)
+        for step, rate in enumerate(settings.steps_kbps):
+            for name in settings.strategies:
+                mine = by_step.get((step, name))
+                if not mine:
+                    continue
+                totals = [r["total"] for r in mine]
+                rows.append({
+                    "shaper": shaper, "step": step, "start_s": step * settings.dwell_s, "bandwidth_kbps": rate, "strategy": name,
+                    "faces": len(mine), "mean_ms": statistics.fmean(totals), "p50_ms": statistics.median(totals),
+                    "auto_choices": dict(Counter(r["auto_choice"] for r in mine if r.get("auto_choice"))),
+                })
     return rows
 
 

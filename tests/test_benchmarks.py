@@ -89,6 +89,14 @@ def test_trace_with_the_cloud_killed_loses_no_face(tmp_path: Path, capsys) -> No
     assert all(r["fallback_reason"] for r in records if r["fallback"] == "True")
     assert sum(r["faces"] for r in rows.values()) == len(records)
     assert (tmp_path / "trace.png").stat().st_size > 0
+    with (tmp_path / "trace_steps.csv").open() as handle:
+        steps = list(csv.DictReader(handle))
+    assert {(s["step"], s["bandwidth_kbps"]) for s in steps} == {("0", "1000.0"), ("1", "200.0")}
+    for name in ("edge", "split", "auto"):  # each face in exactly one step, by the time it was answered
+        mine = [r for r in records if r["name"] == name]
+        assert sum(int(s["faces"]) for s in steps if s["strategy"] == name) == len(mine)
+        in_first = sum(float(r["t"]) < 3.0 for r in mine)
+        assert next(int(s["faces"]) for s in steps if s["strategy"] == name and s["step"] == "0") == in_first
     with (tmp_path / "trace_outage.csv").open() as handle:
         outage = {row["strategy"]: row for row in csv.DictReader(handle)}
     assert set(outage) == {"edge", "split", "auto"} and outage["edge"]["answered_locally"] == "{}"

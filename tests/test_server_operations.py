@@ -134,3 +134,39 @@ def test_requests_refused_while_draining_are_counted(trained_model) -> None:
     counted = server.engine.metrics.registry.get_sample_value
     assert counted("fer_requests_total", {"model": "fer_attention", "status": "UNAVAILABLE"}) == 1.0
     assert counted("fer_requests_total", {"model": "fer_attention", "status": "OK"}) == 1.0
+
+
+def test_each_model_is_warmed_up_before_the_server_says_serving_and_off_the_metrics(trained_model, sample_face) -> None:
+    """A first request pays one-off costs (the image decoder's loading, the decode thread): the server pays
+    them at start, with one input per served model (an image decoded for fer_classifier), counted nowhere."""
+    from dataclasses import replace
+
+    import cv2
+
+    from cloud_server.runtimes import load_runtime
+    from cloud_server.server import CloudServer, ServerOptions
+    from cloud_server.engine import InferenceEngine
+
+    served = load_runtime(trained_model, "cpu", "onnx")
+    shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in served.functions}
+
+    def recording(name, forward):
+        def run(x):
+            shapes[name].append(x.shape)
+            return forward(x)
+        return run
+
+    engine = InferenceEngine(replace(served, functions={name: recording(name, f) for name, f in served.functions.items()}))
+    server = CloudServer(engine, ServerOptions(host="127.0.0.1", port=0))
+    server.start()
+    try:
+        size, split = engine.config.input_size, tuple(engine.config.split_shape)
+        assert shapes == {name: [(1, 3, size, size) if name == "fer_classifier" else (1, *split)] for name in served.functions}
+        assert engine.metrics.registry.get_sample_value("fer_requests_total", {"model": "fer_classifier", "status": "OK"}) is None
+        client = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(trained_model))
+        call = client.infer(client.image_request(cv2.imencode(".jpg", sample_face)[1].tobytes()), 5.0)
+        assert call.output.shape[-1] == 7
+        assert engine.metrics.registry.get_sample_value("fer_requests_total", {"model": "fer_classifier", "status": "OK"}) == 1.0
+        client.close()
+    finally:
+        server.stop_now()
