@@ -528,8 +528,8 @@ class AutoPlanner:
         (measured long ago, or before a change of the link that another strategy's call showed), times
         the model's error for this strategy's messages where ``link_bias`` (one cost per byte fits
         neither a shaper's burst, which the 48-pixel crop's 1.8 KB pass in while a 6.4 KB split tensor
-        waits for the rate, nor a fixed cost per call: on the paper's trace the model, fed by the crop,
-        put ``split-rest``'s network time at 2 ms where its own calls took 4-14)."""
+        waits for the rate, nor a fixed cost per call: on the paper's trace, without it, auto predicted
+        ``split-rest``'s faces at 9-17 ms where they took 14-25, docs/network/robust_paper_trace)."""
         own = self._network[strategy]
         last = own.last_face
         if own.value is not None and last is not None and self._faces - last < 3 * self.explore_every and last >= self._link_changed_at:
@@ -675,9 +675,8 @@ class AutoPlanner:
         better link can make it the fastest, and the link model, whose extrapolation is least sure of
         all, has no say: only its compute or the best's latency changing can, and the best's own faces
         show the latter. Such a strategy is re-measured at the longest interval, however near the link
-        model puts it: on the camera profile, ``split-rest`` (the head alone, 8 ms, and 3 ms of server
-        time) against the 48-pixel crop's 8.5 ms, which the link model, fed by the crop's 1.8 KB
-        messages that pass in a shaper's burst, put within 1.5 times the crop for 6.4 KB.
+        model puts it (fed by the 48-pixel crop's 1.8 KB calls, which pass in a shaper's burst, the model
+        is optimistic for a split tensor's 6.4 KB, which wait for the rate).
         """
         if strategy in (EDGE, best):
             return False
