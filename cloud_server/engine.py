@@ -136,8 +136,9 @@ class InferenceEngine:
 
     def warm_up(self) -> None:
         """Do once, before serving, the work of one request per served model, off the metrics: a first
-        request pays one-off costs (here: loading the image decoder, 16 ms, and the decode thread; the
-        first ``fer_classifier`` answer took 47 ms of server time against 5-8 for the next), which would
+        request pays one-off costs (here: loading the image decoder and starting the decode thread; the
+        first ``fer_classifier`` answer took 47.6 ms of server time against 5.9-10.5 for the next three,
+        ``scripts/first-requests.py``), which would
         otherwise fall on a client's first face and mislead any client that times the server, as auto does."""
         size = self.config.input_size
         for name, forward in self.served.functions.items():

@@ -136,13 +136,14 @@ class Ewma:
 
 class RecentMedian:
     """The median of the last ``window`` samples taken within ``max_age`` faces of the newest; ``None``
-    until the first. Same interface as :class:`Ewma`.
+    until the first.
 
     For a cost that is steady apart from one-off stalls (the server's compute): one sample three
     times the others moves an EWMA by a third of that for the next faces and, if that sends the
     planner elsewhere, until the strategy is measured again; it does not move a median. A lasting
     change shows once it holds for most of the window (three faces of the current strategy). With an
-    even count the lower middle value counts, so two samples, one stalled, give the other.
+    even count the lower middle value counts, so two samples, one stalled, give the other. Has the part
+    of :class:`Ewma`'s interface the server-time estimate uses.
     """
 
     def __init__(self, window: int = 5, max_age: int = 100) -> None:
@@ -164,15 +165,6 @@ class RecentMedian:
     def get(self, default: float = 0.0) -> float:
         value = self.value
         return default if value is None else value
-
-    def reset(self, sample: float, face: int | None = None) -> None:
-        """Forget the past: the estimate is this sample."""
-        self._samples.clear()
-        self._samples.append((face, sample))
-
-    @property
-    def last_face(self) -> int | None:
-        return self._samples[-1][0] if self._samples else None
 
 
 # How the planner estimates each remote model's server time (AutoSettings.server_estimate).
@@ -450,20 +442,21 @@ class AutoPlanner:
                 self._server[obs.strategy].update(obs.server_ms / 1000, face)
             if obs.network_ms is not None:
                 network_s = obs.network_ms / 1000
-                if obs.background and network_s > self._network_s(obs.strategy):
+                expected = self._network_s(obs.strategy)
+                if obs.background and network_s > expected:
                     # A call beside a local inference waits for the CPU that inference holds (on a CPU-limited
                     # device, milliseconds, at most about that inference): so slower by that much, it does not
                     # show a worse link. Slower by more, it does (or a wrong estimate, as from a lone call that
                     # passed in a shaper's burst), by what is left once that wait is taken off: taken whole, a
                     # laptop's call beside its two-thread inference marked a change of the link for every
-                    # strategy and held the cloud, the fastest, behind the edge for 15 faces.
+                    # strategy and held the cloud, the fastest, behind the edge.
                     allowance = self._predict(EDGE)
-                    if network_s - self._network_s(obs.strategy) <= allowance:
+                    if network_s - expected <= allowance:
                         return
                     network_s -= allowance
-                self._observe_network(obs, network_s, face)
+                self._observe_network(obs, network_s, expected, face)
 
-    def _observe_network(self, obs: Observation, network_s: float, face: int) -> None:
+    def _observe_network(self, obs: Observation, network_s: float, expected: float, face: int) -> None:
         """One remote call's network time: into its strategy's own estimate and the link model, and,
         where it is far from what was predicted for it, a change of the link for every strategy.
 
@@ -471,7 +464,6 @@ class AutoPlanner:
         model's, and (with ``link_bias``) a call far from the model but near that estimate shows the model's
         error for this strategy's messages, not a change of the link."""
         own = self._network[obs.strategy]
-        expected = self._network_s(obs.strategy)
         before_change = own.last_face is not None and own.last_face < self._link_changed_at  # measured on another link
         changed = (
             own.value is not None and link_changed(expected, network_s, self.link_change)
@@ -485,8 +477,8 @@ class AutoPlanner:
         self._link_measured_at = face
         self._latest_network_s[obs.strategy] = network_s
         # The model's error, not a change of the link: from the strategy's own calls on the link the model
-        # was measured on (learned from the call that met a collapse, the crop's error read 20x, and the crop
-        # was held behind split-rest once the link came back).
+        # was measured on (learned from the call that met a collapse, the crop's error was that collapse,
+        # and the crop was held behind split-rest once the link came back).
         if self.link_bias and not (obs.background or changed or before_change) and self.link.s_per_byte.value is not None:
             modelled = self.link.transfer_s(obs.bytes_up, obs.bytes_down)
             if modelled > 0:
@@ -751,9 +743,9 @@ class AutoPlanner:
         near ones. Near: within ``far`` of the edge; for a strategy never measured on a face of its own,
         within ``far`` once the edge's latency is taken off its prediction (every sample it has was taken
         beside the edge, its server time too: on the benchmark's one host the cloud waits for the same
-        CPU). A first measurement taken beside the edge (on the phone profile the cloud read 17 ms
-        against 7) would otherwise hold a strategy behind the edge until the exploration schedule came
-        round (48 faces there).
+        CPU). A first measurement taken beside the edge (on the phone profile the cloud read more than
+        twice its latency) would otherwise hold a strategy behind the edge until the exploration schedule
+        came round.
         """
         if best != EDGE or not self.recheck:
             return None

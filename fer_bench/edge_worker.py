@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import cv2
@@ -178,15 +178,9 @@ class EdgeWorker:
 
 
 def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
-    """The auto variant a benchmark strategy names (the defaults where it names none)."""
-    default = AutoSettings()
-    return AutoSettings(
-        objective=spec.get("auto_objective", default.objective), far=spec.get("auto_far", default.far),
-        link_change=spec.get("auto_link_change", default.link_change), background=spec.get("auto_background", default.background),
-        server_estimate=spec.get("auto_server_estimate", default.server_estimate),
-        recheck=spec.get("auto_recheck", default.recheck), floor_stretch=spec.get("auto_floor_stretch", default.floor_stretch),
-        link_bias=spec.get("auto_link_bias", default.link_bias),
-    )
+    """The auto variant a benchmark strategy names: each ``auto_<field>`` of its spec sets that field of
+    :class:`AutoSettings` (the defaults where it names none)."""
+    return AutoSettings(**{f.name: spec[key] for f in fields(AutoSettings) if (key := f"auto_{f.name}") in spec})
 
 
 def _record(result: FaceResult) -> dict:

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from edge_client.auto import FAR, LINK_CHANGE_FACTOR
+from edge_client.auto import FAR, LINK_CHANGE_FACTOR, AutoSettings
 from edge_client.runner import DEFAULT_IMAGE_SIZE
 
 from .processes import CloudProcess
@@ -73,10 +73,14 @@ class StrategySpec:
     auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
     auto_link_change: float = LINK_CHANGE_FACTOR  # auto: a network time this many times its estimate changes every strategy's
     auto_background: bool = True  # auto: far remote strategies re-measured behind local answers while the edge is the choice
-    auto_server_estimate: str = "median"  # auto: each model's server time, the median of recent samples or an EWMA
-    auto_recheck: bool = True  # auto: a stalled call, or a near strategy measured behind the edge, re-checked at once
-    auto_floor_stretch: bool = True  # auto: a remote strategy slower than the best on a free link re-measured rarely
-    auto_link_bias: bool = True  # auto: the link model's extrapolation corrected by its error on each strategy's calls
+    # auto: each model's server time, the median of recent samples or an EWMA
+    auto_server_estimate: str = AutoSettings.server_estimate
+    # auto: a stalled call, or a near strategy measured behind the edge, re-checked at once
+    auto_recheck: bool = AutoSettings.recheck
+    # auto: a remote strategy slower than the best on a free link re-measured rarely
+    auto_floor_stretch: bool = AutoSettings.floor_stretch
+    # auto: the link model's extrapolation corrected by its error on each strategy's calls
+    auto_link_bias: bool = AutoSettings.link_bias
 
 
 STRATEGIES = {
@@ -101,7 +105,7 @@ STRATEGIES = {
     "auto-no-floor": StrategySpec("auto-no-floor", "auto", auto_floor_stretch=False),
     # auto before the link model's extrapolation for a strategy was corrected by the model's error on its calls
     "auto-no-bias": StrategySpec("auto-no-bias", "auto", auto_link_bias=False),
-    # auto as of 2026-12-04's first commits: the server-time EWMA, neither a stalled call nor a near strategy
+    # auto as of 4e2cd2d: the server-time EWMA, neither a stalled call nor a near strategy
     # measured behind the edge re-checked at once, a remote strategy's interval set by its prediction alone,
     # and the link model's extrapolation uncorrected
     "auto-prior": StrategySpec(

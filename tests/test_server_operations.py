@@ -149,10 +149,18 @@ def test_each_model_is_warmed_up_before_the_server_says_serving_and_off_the_metr
 
     served = load_runtime(trained_model, "cpu", "onnx")
     shapes: dict[str, list[tuple[int, ...]]] = {name: [] for name in served.functions}
+    reachable_during_warm_up: list[bool] = []
 
     def recording(name, forward):
         def run(x):
             shapes[name].append(x.shape)
+            if not reachable_during_warm_up:  # the port is bound; nothing may answer on it yet
+                with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                    try:
+                        grpc.channel_ready_future(channel).result(timeout=0.3)
+                        reachable_during_warm_up.append(True)
+                    except grpc.FutureTimeoutError:
+                        reachable_during_warm_up.append(False)
             return forward(x)
         return run
 
@@ -162,6 +170,7 @@ def test_each_model_is_warmed_up_before_the_server_says_serving_and_off_the_metr
     try:
         size, split = engine.config.input_size, tuple(engine.config.split_shape)
         assert shapes == {name: [(1, 3, size, size) if name == "fer_classifier" else (1, *split)] for name in served.functions}
+        assert reachable_during_warm_up == [False]  # warmed up before the server started answering
         assert engine.metrics.registry.get_sample_value("fer_requests_total", {"model": "fer_classifier", "status": "OK"}) is None
         client = CloudClient(f"127.0.0.1:{server.port}", model_fingerprint(trained_model))
         call = client.infer(client.image_request(cv2.imencode(".jpg", sample_face)[1].tobytes()), 5.0)
