@@ -3,6 +3,9 @@
 The planner keeps passive estimates from the edge's own work and calls:
 
 - compute per local stage (head, local attention, tail, image and tensor encoding), EWMA;
+  the edge's own from its faces that follow an edge face alone (one right after a remote
+  face runs on CPU-quota budget that face's network wait saved: see
+  :meth:`AutoPlanner._rested`), so an exploration of the edge takes two faces in a row;
 - server time per remote model (the ``server_us`` each response carries): the
   median of its recent samples (:class:`RecentMedian`), so that one stalled
   answer (a cloud sharing its cores) does not move a strategy off the lead;
@@ -294,7 +297,10 @@ class AutoSettings:
     strategy slower than the best even on a free link is re-measured at the
     longest interval (see :meth:`AutoPlanner._beyond_any_link`); ``link_bias``:
     the link model's extrapolation for a strategy is corrected by the model's
-    error on that strategy's own calls (see :meth:`AutoPlanner._network_s`).
+    error on that strategy's own calls (see :meth:`AutoPlanner._network_s`);
+    ``edge_in_a_row``: the edge's latency is learned only from edge faces that
+    follow an edge face, and an exploration of the edge takes two faces in a
+    row (see :meth:`AutoPlanner._rested`).
     """
 
     objective: str = MEDIAN
@@ -305,12 +311,13 @@ class AutoSettings:
     recheck: bool = True
     floor_stretch: bool = True
     link_bias: bool = True
+    edge_in_a_row: bool = True
 
     def planner(self, candidates: Iterable[str], deadline_s: float) -> "AutoPlanner":
         return AutoPlanner(
             candidates, deadline_s=deadline_s, objective=self.objective, far=self.far, link_change=self.link_change,
             background=self.background, server_estimate=self.server_estimate, recheck=self.recheck,
-            floor_stretch=self.floor_stretch, link_bias=self.link_bias,
+            floor_stretch=self.floor_stretch, link_bias=self.link_bias, edge_in_a_row=self.edge_in_a_row,
         )
 
 
@@ -340,6 +347,7 @@ class AutoPlanner:
         recheck: bool = True,
         floor_stretch: bool = True,
         link_bias: bool = True,
+        edge_in_a_row: bool = True,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
@@ -353,6 +361,7 @@ class AutoPlanner:
         self.recheck = recheck  # a stalled call or a near background measurement re-checked at once
         self.floor_stretch = floor_stretch  # one slower than the best on a free link: re-measured at the longest interval
         self.link_bias = link_bias  # the link model's extrapolation corrected by its error for each strategy
+        self.edge_in_a_row = edge_in_a_row  # the edge learned from its faces in a row only, explored on two
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
@@ -362,6 +371,9 @@ class AutoPlanner:
         self.clock = clock
         self.link = LinkEstimate(link_alpha)
         self._stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail", "encode_image", "encode_features")}
+        # The edge's own stages, from its faces in a row alone (with edge_in_a_row, see _rested): a remote
+        # strategy's head, which runs on the budget its network wait saved, says little of them.
+        self._edge_stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail")}
         self._server: dict[str, Ewma | RecentMedian] = {
             strategy: RecentMedian() if server_estimate == "median" else Ewma(alpha) for strategy in REMOTE_STRATEGIES
         }
@@ -390,6 +402,11 @@ class AutoPlanner:
         self._link_changed_at = 0
         self._link_measured_at: int | None = None  # the face of the latest remote call that timed the link
         self._latest_network_s: dict[str, float] = {}  # each remote strategy's latest network time the estimates took in
+        self._previous_foreground: str | None = None  # the strategy of the latest face observed (not a background call)
+        self._edge_again = False  # the edge's next face is the one that counts (see _rested)
+        # How the edge is being re-measured: None (it is not), "once" (far behind: one face, which counts) or
+        # "twice" (two faces in a row, the second the one that counts); see _rested.
+        self._edge_probe: str | None = None
         self._faces = 0
         self._since_exploration = 0
         self._since_background = 0
@@ -414,12 +431,21 @@ class AutoPlanner:
         with self._lock:
             face = self._faces
             self._last_seen[obs.strategy] = face
+            rested = self._rested(obs)
+            if obs.strategy == EDGE and not obs.background:
+                self._edge_again = rested and self._edge_probe == "twice"  # its next face is the one that counts
+                self._edge_probe = None
             if not obs.background:
                 self._last_foreground[obs.strategy] = face
+                self._previous_foreground = obs.strategy
+            if rested:
+                return
             self._suspect.discard(obs.strategy)
             for stage, value in (("head", obs.head_ms), ("attention", obs.attention_ms), ("tail", obs.tail_ms)):
                 if value is not None:
                     self._stage[stage].update(value / 1000, face)
+                    if obs.strategy == EDGE:
+                        self._edge_stage[stage].update(value / 1000, face)
             if obs.encode_ms is not None and obs.strategy != EDGE and not obs.background:  # beside an inference, it reads slow
                 self._stage["encode_image" if obs.strategy == CLOUD else "encode_features"].update(obs.encode_ms / 1000, face)
             if obs.total_ms is not None and not obs.failed:
@@ -455,6 +481,25 @@ class AutoPlanner:
                         return
                     network_s -= allowance
                 self._observe_network(obs, network_s, expected, face)
+
+    def _rested(self, obs: Observation) -> bool:
+        """Is ``obs`` an edge face right after a remote one? The edge's estimates do not learn from it
+        (``edge_in_a_row``); if it was an exploration, the edge's next face is one too, the one that counts.
+
+        On a CPU-quota device such a face runs on the budget saved while the remote face waited for
+        the network (on the phone profile at 700 KB/s: a median 10.2-11.2 ms, as low as 5.6, against
+        12.0-15.1 for an edge face after an edge face), so it shows the edge faster than the faces that
+        follow if auto chooses it, in a row: auto then went to the edge for one to four slower faces and
+        back. An exploration of an edge predicted beyond ``far`` times the best's latency takes one face,
+        which counts, as before: that face alone shows the edge still far behind or not, and a second
+        would double what re-measuring it costs. (Which faces count is settled before they are measured:
+        keeping or dropping a face by its latency would bias the estimate wherever there is no saved
+        budget, as on a laptop.)
+        """
+        return (
+            self.edge_in_a_row and obs.strategy == EDGE and not obs.background and self._edge_probe != "once"
+            and self._previous_foreground not in (None, EDGE)
+        )
 
     def _observe_network(self, obs: Observation, network_s: float, expected: float, face: int) -> None:
         """One remote call's network time: into its strategy's own estimate and the link model, and,
@@ -511,7 +556,8 @@ class AutoPlanner:
     def _without_link_s(self, strategy: str) -> float:
         """Its compute on the edge and, for a remote one, on the server: what no link makes shorter."""
         if strategy == EDGE:
-            return self._stage_s("head", "attention", "tail")
+            stages = self._edge_stage if self.edge_in_a_row else self._stage
+            return sum(stages[s].get() for s in ("head", "attention", "tail"))
         local = {CLOUD: ("encode_image",), SPLIT: ("head", "encode_features", "tail"), SPLIT_REST: ("head", "encode_features")}[strategy]
         return self._stage_s(*local) + self._server[strategy].get()
 
@@ -587,6 +633,10 @@ class AutoPlanner:
             current = self.current if self.current in usable else None
             if current is not None and score[best] > score[current] * (1 - self.hysteresis):
                 best = current
+            if self._edge_again:
+                self._edge_again = False
+                if best != EDGE:  # the face of the edge's exploration that counts (see _rested)
+                    return self._decide(EDGE, EXPLORING, predicted, keep_current=best)
             self._since_exploration += 1
             confirm = None if link_busy else self._confirmation_target(usable, best, predicted)
             if confirm is not None:
@@ -599,12 +649,16 @@ class AutoPlanner:
                     self._since_exploration = 0
                     if background and self._far_behind(target, best, predicted):  # re-measured beside the edge's answer
                         return self._decide(best, FASTEST, predicted, background=target)
+                    if target == EDGE:
+                        self._edge_probe = "once" if predicted[EDGE] > self.far * predicted[best] else "twice"
                     return self._decide(target, EXPLORING, predicted, keep_current=best)
             return self._decide(best, FASTEST, predicted, background=self._background_target(usable, best, predicted) if background else None)
 
     def _scores(self, usable: list[str], best: str, predicted: dict[str, float]) -> dict[str, float]:
         """What the choice minimizes: the predictions, or (median objective) for the strategies predicted
-        within ``tie`` of the best, the median of their recent faces where at least two have one.
+        within ``tie`` of the best, the median of their recent faces where at least two have one. The
+        edge counts as close where its recent median is: its prediction, an EWMA of stages that a CPU quota
+        makes bimodal, leaves the tie after two slow faces while its typical face is still the fastest.
 
         A prediction sums estimates of means; where two strategies are that close, which has the lower
         typical latency depends on the shape of each one's spread (a CPU quota makes some local faces
@@ -614,8 +668,9 @@ class AutoPlanner:
         score = dict(predicted)
         if self.objective != MEDIAN:
             return score
-        close = [s for s in usable if predicted[s] <= predicted[best] * (1 + self.tie)]
-        medians = {s: m for s in close if (m := self._recent_median_ms(s)) is not None}
+        recent = {s: m for s in usable if (m := self._recent_median_ms(s)) is not None}
+        typical = {s: min(predicted[s], recent[s]) if s == EDGE and s in recent else predicted[s] for s in usable}
+        medians = {s: m for s, m in recent.items() if typical[s] <= predicted[best] * (1 + self.tie)}
         if len(medians) >= 2:
             score.update(medians)
         return score
@@ -783,6 +838,7 @@ class AutoPlanner:
                 "rtt_ms": round(self.link.rtt_s * 1000, 3),
                 "throughput_kbps": None if throughput is None else round(throughput / 1000, 1),
                 "stage_ms": {k: round(v.get() * 1000, 3) for k, v in self._stage.items()},
+                "edge_stage_ms": {k: round(v.get() * 1000, 3) for k, v in self._edge_stage.items()},
                 "server_ms": {k: round(v.get() * 1000, 3) for k, v in self._server.items()},
             }
 

@@ -81,6 +81,8 @@ class StrategySpec:
     auto_floor_stretch: bool = AutoSettings.floor_stretch
     # auto: the link model's extrapolation corrected by its error on each strategy's calls
     auto_link_bias: bool = AutoSettings.link_bias
+    # auto: the edge learned from its faces in a row only, explored on two in a row
+    auto_edge_in_a_row: bool = AutoSettings.edge_in_a_row
 
 
 STRATEGIES = {
@@ -105,11 +107,14 @@ STRATEGIES = {
     "auto-no-floor": StrategySpec("auto-no-floor", "auto", auto_floor_stretch=False),
     # auto before the link model's extrapolation for a strategy was corrected by the model's error on its calls
     "auto-no-bias": StrategySpec("auto-no-bias", "auto", auto_link_bias=False),
+    # auto before the edge was learned from its faces in a row only (one after a remote face runs on saved CPU budget)
+    "auto-edge-any": StrategySpec("auto-edge-any", "auto", auto_edge_in_a_row=False),
     # auto as of 4e2cd2d: the server-time EWMA, neither a stalled call nor a near strategy
     # measured behind the edge re-checked at once, a remote strategy's interval set by its prediction alone,
     # and the link model's extrapolation uncorrected
     "auto-prior": StrategySpec(
         "auto-prior", "auto", auto_server_estimate="ewma", auto_recheck=False, auto_floor_stretch=False, auto_link_bias=False,
+        auto_edge_in_a_row=False,
     ),
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
