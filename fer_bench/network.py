@@ -107,9 +107,11 @@ STRATEGIES = {
     "auto-no-floor": StrategySpec("auto-no-floor", "auto", auto_floor_stretch=False),
     # auto before the link model's extrapolation for a strategy was corrected by the model's error on its calls
     "auto-no-bias": StrategySpec("auto-no-bias", "auto", auto_link_bias=False),
-    # auto before the edge was learned from its faces in a row only (one after a remote face runs on saved CPU budget)
+    # auto before the edge was learned from its faces in a row only (one after a remote face runs on saved CPU
+    # budget) and had stages of its own (not shared with the splits, whose head runs after a network wait)
     "auto-edge-any": StrategySpec("auto-edge-any", "auto", auto_edge_in_a_row=False),
-    # auto as of 4e2cd2d: the server-time EWMA, neither a stalled call nor a near strategy
+    # auto as of 4e2cd2d in what AutoSettings switches (not the edge compared by its recent median where
+    # that is close, which has no switch): the server-time EWMA, neither a stalled call nor a near strategy
     # measured behind the edge re-checked at once, a remote strategy's interval set by its prediction alone,
     # and the link model's extrapolation uncorrected
     "auto-prior": StrategySpec(
