@@ -403,9 +403,8 @@ class AutoPlanner:
         self._link_measured_at: int | None = None  # the face of the latest remote call that timed the link
         self._latest_network_s: dict[str, float] = {}  # each remote strategy's latest network time the estimates took in
         self._previous_foreground: str | None = None  # the strategy of the latest face observed (not a background call)
-        self._edge_again = False  # the edge's next face is the one that counts (see _rested)
-        # How the edge is being re-measured: None (it is not), "once" (far behind: one face, which counts) or
-        # "twice" (two faces in a row, the second the one that counts); see _rested.
+        # How the edge is being re-measured (see _rested): None (it is not), "once" (far behind: one face, which
+        # counts), "twice" (two faces in a row, the second the one that counts) or "second" (that one is next).
         self._edge_probe: str | None = None
         self._faces = 0
         self._since_exploration = 0
@@ -433,8 +432,7 @@ class AutoPlanner:
             self._last_seen[obs.strategy] = face
             rested = self._rested(obs)
             if obs.strategy == EDGE and not obs.background:
-                self._edge_again = rested and self._edge_probe == "twice"  # its next face is the one that counts
-                self._edge_probe = None
+                self._edge_probe = "second" if rested and self._edge_probe == "twice" else None
             if not obs.background:
                 self._last_foreground[obs.strategy] = face
                 self._previous_foreground = obs.strategy
@@ -633,10 +631,10 @@ class AutoPlanner:
             current = self.current if self.current in usable else None
             if current is not None and score[best] > score[current] * (1 - self.hysteresis):
                 best = current
-            if self._edge_again:
-                self._edge_again = False
-                if best != EDGE:  # the face of the edge's exploration that counts (see _rested)
+            if self._edge_probe == "second":  # the face of the edge's exploration that counts
+                if best != EDGE:
                     return self._decide(EDGE, EXPLORING, predicted, keep_current=best)
+                self._edge_probe = None  # the edge is the choice: its next face counts anyway
             self._since_exploration += 1
             confirm = None if link_busy else self._confirmation_target(usable, best, predicted)
             if confirm is not None:
@@ -658,7 +656,9 @@ class AutoPlanner:
         """What the choice minimizes: the predictions, or (median objective) for the strategies predicted
         within ``tie`` of the best, the median of their recent faces where at least two have one. The
         edge counts as close where its recent median is: its prediction, an EWMA of stages that a CPU quota
-        makes bimodal, leaves the tie after two slow faces while its typical face is still the fastest.
+        makes bimodal, leaves the tie after two slow faces while its typical face is still the fastest. (The
+        edge only: a remote strategy's recent faces lag a link that got worse, which its prediction follows
+        at once; the edge's depend on no link.)
 
         A prediction sums estimates of means; where two strategies are that close, which has the lower
         typical latency depends on the shape of each one's spread (a CPU quota makes some local faces

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from edge_client.auto import FAR, LINK_CHANGE_FACTOR, AutoSettings
+from edge_client.auto import AutoSettings
 from edge_client.runner import DEFAULT_IMAGE_SIZE
 
 from .processes import CloudProcess
@@ -69,10 +69,10 @@ class StrategySpec:
     image_format: str = "jpeg"
     image_size: int | None = DEFAULT_IMAGE_SIZE
     split_returns: str = "attention"
-    auto_objective: str = "median"
-    auto_far: float = FAR  # auto: beyond this ratio to the best, strategies are re-measured less often
-    auto_link_change: float = LINK_CHANGE_FACTOR  # auto: a network time this many times its estimate changes every strategy's
-    auto_background: bool = True  # auto: far remote strategies re-measured behind local answers while the edge is the choice
+    auto_objective: str = AutoSettings.objective
+    auto_far: float = AutoSettings.far  # auto: beyond this ratio to the best, strategies are re-measured less often
+    auto_link_change: float = AutoSettings.link_change  # auto: a network time this many times its estimate changes every strategy's
+    auto_background: bool = AutoSettings.background  # auto: far remote strategies re-measured behind local answers while the edge is the choice
     # auto: each model's server time, the median of recent samples or an EWMA
     auto_server_estimate: str = AutoSettings.server_estimate
     # auto: a stalled call, or a near strategy measured behind the edge, re-checked at once

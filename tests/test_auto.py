@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import pytest
 
-from edge_client.auto import CALIBRATING, EDGE, EXPLORING, FASTEST, SPLIT, SPLIT_REST, CLOUD, AutoPlanner, Observation, RecentMedian
+from edge_client.auto import CALIBRATING, EDGE, EXPLORING, FASTEST, SPLIT, SPLIT_REST, CLOUD, AutoPlanner, Decision, Observation, RecentMedian
 
 BYTES = {SPLIT: (6_420, 960), SPLIT_REST: (6_420, 170), CLOUD: (1_600, 170)}
 
@@ -188,21 +189,29 @@ def test_the_median_objective_prefers_the_lower_typical_latency_among_close_stra
     assert by_median >= 0.4 and by_median >= 3 * by_mean, (by_median, by_mean)
 
 
+def _drive(planner: AutoPlanner, observation_of: Callable[[str, str | None], Observation], faces: int, rtt_s: float = 0.002) -> list[Decision]:
+    """``faces`` decisions, each one's strategy observed as ``observation_of(strategy, the previous face's strategy)``."""
+    planner.observe_rtt(rtt_s)
+    decisions: list[Decision] = []
+    for _ in range(faces):
+        decision = planner.choose()
+        planner.observe(observation_of(decision.strategy, decisions[-1].strategy if decisions else None))
+        decisions.append(decision)
+    return decisions
+
+
 def _edge_share_in_random_skewed_world(seed: int) -> float:
     """As _skewed_world, but each edge face slow (10 ms) at random, one in three."""
     rng = random.Random(seed)
-    planner = AutoPlanner((EDGE, CLOUD), explore_every=20)
-    planner.observe_rtt(0.002)
-    chosen = []
-    for _ in range(300):
-        decision = planner.choose()
-        observation = _skewed_world(decision.strategy, 0)
-        if decision.strategy == EDGE:
-            tail = 8.0 if rng.random() < 1 / 3 else 3.0
-            observation = replace(observation, tail_ms=tail, total_ms=2.0 + tail)
-        planner.observe(observation)
-        chosen.append(decision.strategy)
-    return chosen[100:].count(EDGE) / 200
+
+    def observation_of(strategy: str, previous: str | None) -> Observation:
+        if strategy != EDGE:
+            return _skewed_world(strategy, 0)
+        tail = 8.0 if rng.random() < 1 / 3 else 3.0
+        return Observation(EDGE, head_ms=1.0, attention_ms=1.0, tail_ms=tail, total_ms=2.0 + tail)
+
+    decisions = _drive(AutoPlanner((EDGE, CLOUD), explore_every=20), observation_of, 300)
+    return [d.strategy for d in decisions[100:]].count(EDGE) / 200
 
 
 def test_the_edge_stays_compared_by_its_typical_face_when_its_prediction_swings() -> None:
@@ -216,19 +225,15 @@ def test_the_edge_stays_compared_by_its_typical_face_when_its_prediction_swings(
 def _faces_in_a_quota_world(edge_in_a_row: bool) -> list[tuple[str, str]]:
     """Cloud: a steady 9 ms. Edge: 13 ms a face in a row, but 5.6 right after a remote face (a CPU quota's
     budget saved while that face waited for the network: the phone profile)."""
-    planner = AutoPlanner((EDGE, CLOUD), explore_every=20, edge_in_a_row=edge_in_a_row)
-    planner.observe_rtt(0.002)
-    choices, previous = [], None
-    for _ in range(500):
-        decision = planner.choose()
-        if decision.strategy == EDGE:
+
+    def observation_of(strategy: str, previous: str | None) -> Observation:
+        if strategy == EDGE:
             total = 13.0 if previous == EDGE else 5.6
-            planner.observe(Observation(EDGE, head_ms=0.4 * total, attention_ms=0.2, tail_ms=0.6 * total - 0.2, total_ms=total))
-        else:
-            planner.observe(Observation(CLOUD, encode_ms=0.5, network_ms=4.0, server_ms=4.3, bytes_up=1_600, bytes_down=170, total_ms=9.0))
-        choices.append((decision.strategy, decision.reason))
-        previous = decision.strategy
-    return choices[100:]
+            return Observation(EDGE, head_ms=0.4 * total, attention_ms=0.2, tail_ms=0.6 * total - 0.2, total_ms=total)
+        return Observation(CLOUD, encode_ms=0.5, network_ms=4.0, server_ms=4.3, bytes_up=1_600, bytes_down=170, total_ms=9.0)
+
+    decisions = _drive(AutoPlanner((EDGE, CLOUD), explore_every=20, edge_in_a_row=edge_in_a_row), observation_of, 500)
+    return [(d.strategy, d.reason) for d in decisions[100:]]
 
 
 def test_an_edge_face_on_budget_saved_by_a_remote_one_does_not_take_auto_to_the_edge() -> None:
@@ -245,26 +250,20 @@ def test_an_edge_face_on_budget_saved_by_a_remote_one_does_not_take_auto_to_the_
 def _camera_world_run(edge_in_a_row: bool) -> tuple[list[str], list[float]]:
     """A camera-class edge: 27.2 ms a face in a row, 16.4 right after a remote face; split-rest's head, after
     its network wait, 2 ms; the crop 8.2 ms. Each face's strategy, and the edge's prediction from face 100 on."""
+
+    def observation_of(strategy: str, previous: str | None) -> Observation:
+        if strategy == EDGE:
+            scale = 1.0 if previous == EDGE else 0.6
+            return Observation(EDGE, head_ms=11.4 * scale, attention_ms=0.3, tail_ms=15.2 * scale, total_ms=26.9 * scale + 0.3)
+        if strategy == CLOUD:
+            return Observation(CLOUD, encode_ms=0.2, network_ms=1.4, server_ms=6.4, bytes_up=1_600, bytes_down=170, total_ms=8.2)
+        return Observation(
+            SPLIT_REST, head_ms=2.0, encode_ms=0.2, network_ms=9.0, server_ms=6.0, bytes_up=6_400, bytes_down=170, total_ms=17.4,
+        )
+
     planner = AutoPlanner((EDGE, CLOUD, SPLIT_REST), explore_every=20, edge_in_a_row=edge_in_a_row)
-    planner.observe_rtt(0.0005)
-    chosen: list[str] = []
-    predicted: list[float] = []
-    for face in range(1000):
-        decision = planner.choose()
-        if decision.strategy == EDGE:
-            scale = 1.0 if chosen and chosen[-1] == EDGE else 0.6
-            observation = Observation(EDGE, head_ms=11.4 * scale, attention_ms=0.3, tail_ms=15.2 * scale, total_ms=26.9 * scale + 0.3)
-        elif decision.strategy == CLOUD:
-            observation = Observation(CLOUD, encode_ms=0.2, network_ms=1.4, server_ms=6.4, bytes_up=1_600, bytes_down=170, total_ms=8.2)
-        else:
-            observation = Observation(
-                SPLIT_REST, head_ms=2.0, encode_ms=0.2, network_ms=9.0, server_ms=6.0, bytes_up=6_400, bytes_down=170, total_ms=17.4,
-            )
-        planner.observe(observation)
-        chosen.append(decision.strategy)
-        if face >= 100:
-            predicted.append(decision.predicted_ms[EDGE])
-    return chosen, predicted
+    decisions = _drive(planner, observation_of, 1000, rtt_s=0.0005)
+    return [d.strategy for d in decisions], [d.predicted_ms[EDGE] for d in decisions[100:]]
 
 
 def test_the_edge_is_predicted_from_its_own_faces_not_from_a_remote_strategy_s_head() -> None:
