@@ -47,7 +47,7 @@ if [[ "$(uname -s)-$(uname -m)" =~ ^Linux-(x86_64|aarch64)$ ]] && [ "$("$TRITON_
         "$TRITON_PY" -m venv .venv-triton
     fi
     .venv-triton/bin/python -m pip install --quiet --no-deps 'nvidia-pytriton==0.7.0'
-    .venv-triton/bin/python -m pip install --quiet 'numpy>=1.26,<2' 'onnxruntime>=1.18' 'opencv-python-headless>=4.8,<5' 'Pillow>=10' 'protobuf>=7.35,<8' 'grpcio>=1.85.1'
+    .venv-triton/bin/python -m pip install --quiet 'numpy>=1.26,<2' 'onnxruntime>=1.18' 'opencv-python-headless>=4.8,<5' 'Pillow>=10' 'protobuf>=7.35.1,<8' 'grpcio>=1.85.1'
     .venv-triton/bin/python -m pip install --quiet --no-deps -e .
     TRITONSERVER=$(ls .venv-triton/lib/python*/site-packages/pytriton/tritonserver/bin/tritonserver 2>/dev/null | head -n 1)
     if [ -n "$TRITONSERVER" ]; then

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
+from pathlib import Path
+
 import pytest
 
 from shared_model.protocol import (
@@ -11,6 +15,8 @@ from shared_model.protocol import (
     unpack_bytes_elements,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_generated_code_matches_the_proto() -> None:
     pytest.importorskip("grpc_tools", reason="grpcio-tools is in the dev extra")
@@ -18,6 +24,37 @@ def test_generated_code_matches_the_proto() -> None:
 
     stale = stale_files()
     assert not stale, f"regenerate with `python -m shared_model.protocol.generate`: {stale}"
+
+
+def test_the_freshness_check_ignores_only_the_generators_version_stamps() -> None:
+    from shared_model.protocol.generate import PACKAGE_DIR, without_stamps
+
+    stub = (PACKAGE_DIR / "inference_pb2_grpc.py").read_text()
+    newer_tool = re.sub(r"GRPC_GENERATED_VERSION = '[0-9.]+'", "GRPC_GENERATED_VERSION = '9.99.9'", stub)
+    assert newer_tool != stub and without_stamps(newer_tool) == without_stamps(stub)
+    renamed = stub.replace("/inference.GRPCInferenceService/ModelInfer'", "/inference.GRPCInferenceService/ModelInferX'")
+    assert renamed != stub and without_stamps(renamed) != without_stamps(stub)
+    messages = (PACKAGE_DIR / "inference_pb2.py").read_text()
+    newer_protoc = messages.replace("_runtime_version.Domain.PUBLIC,\n    7,", "_runtime_version.Domain.PUBLIC,\n    8,")
+    assert newer_protoc != messages and without_stamps(newer_protoc) == without_stamps(messages)
+
+
+def _floor(requirement: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in requirement.split(">=")[1].split(",")[0].split("."))
+
+
+def test_the_generated_code_imports_under_the_oldest_grpcio_and_protobuf_the_project_allows() -> None:
+    """The stamps in the committed stubs are the oldest runtimes they import under; pyproject's floors must
+    not be older, or a fresh install at a floor fails at import ("regenerate with grpcio-tools at the floor")."""
+    from shared_model.protocol.generate import generator_stamps
+
+    with (ROOT / "pyproject.toml").open("rb") as handle:
+        dependencies = tomllib.load(handle)["project"]["dependencies"]
+    floors = {name: _floor(next(d for d in dependencies if re.match(rf"{name}>=", d))) for name in ("grpcio", "protobuf")}
+    stamps = generator_stamps()
+    assert set(stamps) == {"grpcio", "protobuf"}
+    for name, stamp in stamps.items():
+        assert stamp <= floors[name] + (0,) * (len(stamp) - len(floors[name])), f"{name}: stubs need {stamp}, pyproject allows {floors[name]}"
 
 
 @pytest.mark.parametrize("value", [True, 7, -3, 0.125, "text"])
