@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   fer-bench network --shapers proxy --rtt-ms 40 --strategies edge,split,split-rest,auto
   fer-bench trace --profile phone                    # the paper's experiment: bandwidth steps up and down over time
   fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for 20 s and restarted
+  fer-bench trace-cost docs/network/inarow_paper_trace   # where auto's time went on a trace run before
   fer-bench offload-accuracy --data ../shared/data/fer2013/public_test
   fer-bench server --concurrency 1,4,16,64 --seconds 3      # fer-cloud and Triton side by side
   fer-bench server --targets triton --batching on --datatype UINT8
@@ -109,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--weights")
     trace.add_argument("--out", type=Path, default=Path("results/trace"))
     trace.add_argument("--json", action="store_true")
+
+    cost = commands.add_parser(
+        "trace-cost", formatter_class=defaults,
+        help="where auto's time went on a trace already run: its faces by choice and reason, against the best fixed strategy",
+        description="Reads the trace.json that `fer-bench trace` wrote and prints, per shaper and auto variant, auto's faces grouped by "
+        "what it chose and why, each group's latency above the best fixed strategy's mean (the lowest of the trace), and its share. "
+        "`fer-bench trace` writes the same as trace_auto_cost.csv.",
+    )
+    cost.add_argument("trace", type=Path, help="a trace's folder (holding trace.json) or the trace.json itself")
+    cost.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
 
     server = commands.add_parser(
         "server", formatter_class=defaults,
@@ -298,7 +309,7 @@ def _edge_runtimes(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from .network import SHAPERS, STRATEGIES, TraceSettings, outage_report, plot_trace, run_trace, trace_steps, trace_summary
+    from .network import SHAPERS, STRATEGIES, TraceSettings, auto_cost, format_auto_cost, outage_report, plot_trace, run_trace, trace_steps, trace_summary
 
     _check_names("strategy", args.strategies, STRATEGIES)
     _check_names("shaper", args.shapers, SHAPERS)
@@ -316,16 +327,46 @@ def _trace(args: argparse.Namespace) -> int:
     outage = outage_report(records, events)
     if outage:
         _write(args.out, "trace_outage", outage)
+    cost = auto_cost(records)
+    if cost:
+        _write(args.out, "trace_auto_cost", cost)
     plot_trace(records, events, settings, args.out / "trace.png")
     if args.json:
-        print(json.dumps({"summary": summary, "events": events}, indent=2))
+        print(json.dumps({"summary": summary, "events": events, "auto_cost": cost}, indent=2))
     else:
         print(f"{'shaper':<8}{'strategy':<14}{'faces':>6}{'mean ms':>9}{'p50 ms':>8}{'p90 ms':>8}{'fallbk':>7}  auto's choices")
         for row in summary:
             print(f"{row['shaper']:<8}{row['strategy']:<14}{row['faces']:>6}{row['mean_ms']:>9.1f}{row['p50_ms']:>8.1f}{row['p90_ms']:>8.1f}{row['fallbacks']:>7}  {row['auto_choices'] or ''}")
         for row in outage:
             print(f"{row['shaper']:<8}{row['strategy']:<14}back on the cloud {row['back_on_cloud_after_restart_s']} s after the restart; slowest face during the outage {row['slowest_during_outage_ms']} ms; answered locally {row['answered_locally']}")
-    print(f"wrote {args.out}/trace.csv, trace_summary.csv, trace_steps.csv, trace_events.json, trace.png" + (", trace_outage.csv" if outage else ""), file=sys.stderr)
+        if cost:
+            print("\nwhere auto's time went, against the best fixed strategy of the trace:\n" + format_auto_cost(cost))
+    written = ["trace.csv", "trace_summary.csv", "trace_steps.csv", "trace_events.json", "trace.png"] + ["trace_outage.csv"] * bool(outage) + ["trace_auto_cost.csv"] * bool(cost)
+    print(f"wrote {args.out}/" + ", ".join(written), file=sys.stderr)
+    return 0
+
+
+def _trace_cost(args: argparse.Namespace) -> int:
+    from .network import auto_cost, format_auto_cost
+
+    path = args.trace / "trace.json" if args.trace.is_dir() else args.trace
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        print(f"fer-bench trace-cost: cannot read {path}: {error}", file=sys.stderr)
+        return 2
+    if not isinstance(records, list) or not all(isinstance(r, dict) and {"shaper", "name", "total"} <= set(r) for r in records):
+        print(f"fer-bench trace-cost: {path} is not the trace.json of `fer-bench trace` (a list of faces with shaper, name, total)", file=sys.stderr)
+        return 2
+    try:
+        rows = auto_cost(records)
+    except KeyError as error:
+        print(f"fer-bench trace-cost: {path} names a strategy this fer-bench does not know: {error}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"fer-bench trace-cost: {path} holds no auto faces beside a fixed strategy", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.json else format_auto_cost(rows))
     return 0
 
 
@@ -418,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still removes its namespaces, qdiscs and cgroups
     try:
-        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "faces": _faces, "edge-runtimes": _edge_runtimes, "video": _video}[args.command](args)
+        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "trace-cost": _trace_cost, "faces": _faces, "edge-runtimes": _edge_runtimes, "video": _video}[args.command](args)
     except (ShaperError, RuntimeError, ValueError) as error:
         print(f"fer-bench: error: {error}", file=sys.stderr)
         return 2

@@ -52,7 +52,7 @@ __all__ = [
     "KB", "StrategySpec", "STRATEGIES", "DEFAULT_STRATEGIES", "TRACE_STRATEGIES", "DeviceProfile", "PROFILES",
     "PointRecord", "percentile", "transfer_floor_ms", "floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
     "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
-    "TraceEvent", "run_trace", "trace_summary", "trace_steps", "outage_report", "plot_trace", "format_table", "auto_against_best",
+    "TraceEvent", "run_trace", "trace_summary", "trace_steps", "outage_report", "fixed_strategy_of", "auto_cost", "format_auto_cost", "plot_trace", "format_table", "auto_against_best",
     "auto_summary", "format_auto_summary", "format_auto_table", "winners", "plot", "record_dicts",
 ]
 
@@ -513,6 +513,61 @@ def outage_report(records: list[dict], events: list[dict]) -> list[dict]:
                 "back_on_cloud_after_restart_s": round(min(back) - restarted, 2) if back else None,
             })
     return rows
+
+
+def fixed_strategy_of(auto_name: str, choice: str) -> str | None:
+    """The fixed strategy of :data:`STRATEGIES` that sends what ``auto_name`` sends when it chooses ``choice``
+    (same strategy and wire options: auto's ``cloud`` is ``cloud-jpeg`` at its image size), or ``None``."""
+    auto = STRATEGIES[auto_name]
+    wire = (auto.encoding, auto.image_format, auto.image_size, auto.split_returns)
+    for spec in STRATEGIES.values():
+        if spec.strategy == choice and (spec.encoding, spec.image_format, spec.image_size, spec.split_returns) == wire:
+            return spec.name
+    return None
+
+
+def auto_cost(records: list[dict]) -> list[dict]:
+    """Where each auto variant's time went against the best fixed strategy of the same trace (the lowest mean).
+
+    Per shaper and auto variant, auto's faces are grouped by what it chose and why (``fastest``,
+    ``exploring``, ``calibrating``); each group's ``excess_ms`` is the sum over its faces of their latency
+    less the best fixed strategy's mean, so the groups add up to auto's whole excess (``all``), and
+    ``share_pct`` is that excess against the best fixed strategy's time for as many faces. A trace where
+    one strategy wins every step shows here what choosing cost: the faces spent re-measuring the others,
+    and how much slower auto's own faces on the winner were than the winner's (auto's own work, the
+    bucket or CPU budget a re-measurement used up)."""
+    rows = []
+    for shaper in sorted({r["shaper"] for r in records}):
+        here = [r for r in records if r["shaper"] == shaper]
+        means = {name: statistics.fmean(r["total"] for r in here if r["name"] == name) for name in {r["name"] for r in here}}
+        fixed = {name: mean for name, mean in means.items() if STRATEGIES[name].strategy != "auto"}
+        if not fixed:
+            continue
+        best = min(fixed, key=fixed.__getitem__)
+        for name in sorted(set(means) - set(fixed)):
+            mine = [r for r in here if r["name"] == name]
+            groups: dict[tuple[str, str], list[float]] = {}
+            for r in mine:
+                groups.setdefault((r.get("auto_choice") or "", r.get("auto_reason") or ""), []).append(r["total"])
+            base = {"shaper": shaper, "auto": name, "best": best, "best_mean_ms": round(fixed[best], 3)}
+            for (choice, reason), totals in [*sorted(groups.items()), (("all", ""), [r["total"] for r in mine])]:
+                excess = sum(totals) - len(totals) * fixed[best]
+                rows.append({
+                    **base, "choice": choice, "as": fixed_strategy_of(name, choice) if choice != "all" else name, "reason": reason,
+                    "faces": len(totals), "mean_ms": round(statistics.fmean(totals), 3), "excess_ms": round(excess, 1),
+                    "share_pct": round(100 * excess / (len(mine) * fixed[best]), 2),
+                })
+    return rows
+
+
+def format_auto_cost(rows: list[dict]) -> str:
+    lines = [f"{'shaper':<8}{'auto':<15}{'best fixed':<12}{'its mean':>9}  {'chose':<11}{'why':<12}{'faces':>6}{'mean ms':>9}{'excess ms':>11}{'share':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r['shaper']:<8}{r['auto']:<15}{r['best']:<12}{r['best_mean_ms']:>9.2f}  {r['choice']:<11}{r['reason']:<12}{r['faces']:>6}"
+            f"{r['mean_ms']:>9.2f}{r['excess_ms']:>11.1f}{r['share_pct']:>7.2f}%"
+        )
+    return "\n".join(lines)
 
 
 def _colours(names: Sequence[str]) -> dict[str, str]:

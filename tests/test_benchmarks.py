@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fer_bench.cli import main as bench_main
-from fer_bench.network import floor_ms, transfer_floor_ms
+from fer_bench.network import auto_cost, fixed_strategy_of, floor_ms, transfer_floor_ms
 from fer_bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +38,47 @@ def test_floor_of_faces_back_to_back_is_at_least_what_the_bucket_earns_per_face(
     long_compute = 40.0
     assert floor_ms(long_compute, 6400, 1000, spec, round_trip_ms=1.0) == pytest.approx(long_compute + (6400 - TBF_BURST_BYTES) / 200 + 1.0)
     assert floor_ms(5.0, 0, 0, spec, round_trip_ms=1.0) == 5.0  # nothing on the wire: compute alone
+
+
+def _face(name: str, total: float, choice: str | None = None, reason: str | None = None, shaper: str = "proxy") -> dict:
+    return {"shaper": shaper, "name": name, "total": total, "auto_choice": choice, "auto_reason": reason}
+
+
+def test_auto_cost_splits_autos_excess_over_the_best_fixed_strategy_by_choice_and_reason() -> None:
+    """cloud-jpeg's mean is 7 ms, the edge's 20: auto's two faces on the cloud at 7.5 and its exploration of the
+    edge at 19 ms are 0.5 + 0.5 + 12 = 13 ms above three faces of cloud-jpeg (21 ms): 61.9 %."""
+    records = [
+        _face("edge", 20.0), _face("edge", 20.0), _face("cloud-jpeg", 6.0), _face("cloud-jpeg", 8.0),
+        _face("auto", 7.5, "cloud", "fastest"), _face("auto", 19.0, "edge", "exploring"), _face("auto", 7.5, "cloud", "fastest"),
+    ]
+    rows = {(r["choice"], r["reason"]): r for r in auto_cost(records)}
+    assert set(rows) == {("cloud", "fastest"), ("edge", "exploring"), ("all", "")}
+    assert all(r["best"] == "cloud-jpeg" and r["best_mean_ms"] == 7.0 for r in rows.values())
+    assert rows[("cloud", "fastest")]["as"] == "cloud-jpeg" and rows[("cloud", "fastest")]["faces"] == 2
+    assert rows[("cloud", "fastest")]["excess_ms"] == 1.0 and rows[("edge", "exploring")]["excess_ms"] == 12.0
+    assert rows[("all", "")]["excess_ms"] == 13.0 and rows[("all", "")]["share_pct"] == 61.9
+
+
+def test_auto_cost_takes_each_shaper_on_its_own_and_needs_a_fixed_strategy() -> None:
+    records = [_face("edge", 5.0, shaper="netns"), _face("auto", 4.0, "edge", "fastest", shaper="netns"), _face("auto", 9.0, "cloud", "fastest")]
+    rows = auto_cost(records)
+    assert [(r["shaper"], r["choice"], r["excess_ms"]) for r in rows] == [("netns", "edge", -1.0), ("netns", "all", -1.0)]
+
+
+def test_the_fixed_strategy_auto_sends_as_has_its_wire_options() -> None:
+    assert [fixed_strategy_of("auto", c) for c in ("edge", "cloud", "split", "split-rest")] == ["edge", "cloud-jpeg", "split", "split-rest"]
+
+
+def test_trace_cost_reads_a_kept_trace_and_refuses_what_is_not_one(tmp_path: Path, capsys) -> None:
+    (tmp_path / "trace.json").write_text(json.dumps([_face("cloud-jpeg", 7.0), _face("auto", 9.0, "split-rest", "exploring")]))
+    assert bench_main(["trace-cost", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["choice"], r["as"], r["excess_ms"]) for r in rows] == [("split-rest", "split-rest", 2.0), ("all", "auto", 2.0)]
+    (tmp_path / "other.json").write_text(json.dumps({"points": []}))
+    assert bench_main(["trace-cost", str(tmp_path / "other.json")]) == 2
+    assert "is not the trace.json" in capsys.readouterr().err
+    assert bench_main(["trace-cost", str(tmp_path / "missing")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def test_model_benchmark_writes_table_files(tmp_path: Path, capsys) -> None:
@@ -101,6 +142,10 @@ def test_trace_with_the_cloud_killed_loses_no_face(tmp_path: Path, capsys) -> No
         outage = {row["strategy"]: row for row in csv.DictReader(handle)}
     assert set(outage) == {"edge", "split", "auto"} and outage["edge"]["answered_locally"] == "{}"
     assert "unavailable" in outage["split"]["answered_locally"] or "circuit_open" in outage["split"]["answered_locally"]
+    whole = next(r for r in report["auto_cost"] if r["choice"] == "all")  # auto's faces, all accounted for
+    assert whole["faces"] == rows["auto"]["faces"] and whole["best"] in {"edge", "split"}
+    assert sum(r["faces"] for r in report["auto_cost"] if r["choice"] != "all") == whole["faces"]
+    assert (tmp_path / "trace_auto_cost.csv").exists()
 
 
 def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
