@@ -365,6 +365,8 @@ class AutoPlanner:
         self.candidates = [s for s in CONCRETE_STRATEGIES if s in set(candidates)]
         if EDGE not in self.candidates:
             self.candidates.insert(0, EDGE)  # the edge can always answer
+        self._allowed = set(self.candidates)  # what may ever be chosen (remove() takes from it)
+        self._suspended: set[str] = set()  # allowed, but refused by the cloud for now (suspend/resume)
         self.deadline_s = deadline_s
         self.explore_every = max(2, explore_every)
         self.hysteresis = hysteresis
@@ -415,12 +417,43 @@ class AutoPlanner:
     # -- what the edge tells the planner --------------------------------------------
 
     def remove(self, strategy: str) -> None:
-        """The cloud does not serve this strategy (or holds other weights): never choose it again."""
+        """Never choose this strategy (the face must stay on the device, or there is no cloud)."""
         with self._lock:
-            if strategy != EDGE and strategy in self.candidates:
-                self.candidates.remove(strategy)
-                if self.current == strategy:
-                    self.current = None
+            self._allowed.discard(strategy)
+            self._drop(strategy)
+
+    def suspend(self, strategy: str) -> None:
+        """The cloud refuses this strategy now (other weights, the model not served): not chosen until
+        :meth:`resume`; the runner asks the cloud again now and then (a rollout finishes, a model loads)."""
+        with self._lock:
+            self._suspend(strategy)
+
+    def resume(self, strategy: str) -> None:
+        """The cloud serves this strategy again with the edge's weights: a candidate again, measured anew
+        (its old estimates were of another server) before it is chosen for its latency."""
+        with self._lock:
+            if strategy not in self._suspended:
+                return
+            self._suspended.discard(strategy)
+            self.candidates = [s for s in CONCRETE_STRATEGIES if s in self.candidates or s == strategy]
+            self._last_seen.pop(strategy, None)  # unmeasured: calibrated beside the edge's answers
+
+    @property
+    def suspended(self) -> frozenset[str]:
+        """The strategies the cloud refuses now (see :meth:`suspend`)."""
+        with self._lock:
+            return frozenset(self._suspended)
+
+    def _suspend(self, strategy: str) -> None:
+        if strategy in self._allowed and strategy != EDGE:
+            self._suspended.add(strategy)
+        self._drop(strategy)
+
+    def _drop(self, strategy: str) -> None:
+        if strategy != EDGE and strategy in self.candidates:
+            self.candidates.remove(strategy)
+            if self.current == strategy:
+                self.current = None
 
     def observe_rtt(self, seconds: float) -> None:
         with self._lock:
@@ -453,7 +486,7 @@ class AutoPlanner:
             if obs.strategy == EDGE:
                 return
             if obs.not_served:
-                self.candidates = [s for s in self.candidates if s != obs.strategy]
+                self._suspend(obs.strategy)
                 return
             if obs.failed:  # one server answers for all its models: a failure counts against every remote strategy
                 self._penalty = dict.fromkeys(self._penalty, self.deadline_s)
@@ -835,6 +868,7 @@ class AutoPlanner:
             return {
                 "current": self.current,
                 "candidates": list(self.candidates),
+                "suspended": sorted(self._suspended),
                 "rtt_ms": round(self.link.rtt_s * 1000, 3),
                 "throughput_kbps": None if throughput is None else round(throughput / 1000, 1),
                 "stage_ms": {k: round(v.get() * 1000, 3) for k, v in self._stage.items()},

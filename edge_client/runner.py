@@ -76,8 +76,11 @@ DEFAULT_JPEG_QUALITY = 95
 MODEL_OF_STRATEGY = {CLOUD: CLASSIFIER_MODEL, SPLIT: ATTENTION_MODEL, SPLIT_REST: REST_MODEL}
 # Fallback reasons that mean "this cloud cannot serve this strategy", not "it failed this time".
 NOT_SERVED_REASONS = ("not_served", "version_mismatch")
+# While the cloud refuses a strategy (other weights, a model it does not serve), it is asked again this often
+# (seconds): a ModelMetadata call per model, in the background, so that a finished rollout brings it back.
+REFUSAL_RECHECK_S = 10.0
 
-__all__ = ["AUTO", "CLOUD", "EDGE", "SPLIT", "SPLIT_REST", "STRATEGIES", "IMAGE_FORMATS", "SPLIT_RETURNS", "Latency", "FaceResult", "EdgeRunner", "softmax"]
+__all__ = ["AUTO", "CLOUD", "EDGE", "SPLIT", "SPLIT_REST", "STRATEGIES", "IMAGE_FORMATS", "SPLIT_RETURNS", "Latency", "FaceResult", "EdgeRunner", "softmax", "REFUSAL_RECHECK_S"]
 
 
 @dataclass
@@ -172,6 +175,7 @@ class EdgeRunner:
         planner: AutoPlanner | None = None,
         rtt_interval_s: float = 2.0,
         auto: AutoSettings = AutoSettings(),
+        refusal_recheck_s: float = REFUSAL_RECHECK_S,
     ) -> None:
         _check_choice("strategy", strategy, STRATEGIES)
         _check_choice("image format", image_format, IMAGE_FORMATS)
@@ -201,7 +205,8 @@ class EdgeRunner:
         self._discovered = threading.Event()
         self._first_discovery = threading.Event()  # the first attempt finished, whatever its outcome
         self._closed = False
-        self._next_discovery = 0.0
+        self._next_discovery = 0.0  # monotonic time before which the cloud is not asked (again)
+        self.refusal_recheck_s = refusal_recheck_s
         self._discovery_lock = threading.Lock()
         self._background: threading.Thread | None = None  # auto's re-measurement behind a local answer, if in flight
         self._background_lock = threading.Lock()
@@ -254,11 +259,12 @@ class EdgeRunner:
             # what the cloud said meanwhile rules this strategy out (other weights, model not served)
             decision = self.planner.choose(cloud_on_trial=False)  # type: ignore[union-attr]
             strategy = decision.strategy
+        refusal = self._refusal  # read once: the discovery thread may clear it meanwhile
         try:
             if not known:  # the cloud did not say what it serves within the deadline
                 result = self._local(pixels_to_array(pixels), Latency(), "timeout")
-            elif self._refusal is not None and strategy != EDGE:  # the cloud holds other weights or lacks the model: never call it
-                result = self._local(pixels_to_array(pixels), Latency(), self._refusal[0])
+            elif refusal is not None and strategy != EDGE:  # the cloud holds other weights or lacks the model: no call until it changes
+                result = self._local(pixels_to_array(pixels), Latency(), refusal[0])
             elif decision is not None and decision.background is not None:
                 result = self._local_measuring(decision.background, pixels, crop)
             else:
@@ -306,7 +312,7 @@ class EdgeRunner:
         self._warm = True
 
     def _start_discovery(self) -> None:
-        """Once per connection: does the cloud serve what we need, with our weights (ModelMetadata)?
+        """Does the cloud serve what we need, with our weights (ModelMetadata)?
 
         For ``auto``, the strategies it may choose from; for a fixed remote strategy,
         whether to call the cloud at all. A cloud that cannot be asked now is asked
@@ -314,13 +320,24 @@ class EdgeRunner:
         face waits for the first answer, up to its own deadline: an engine whose
         versions are its own (Triton) is only known to hold these weights, and
         which version to name, once it has answered (:meth:`_discovery_known`).
-        Asked in the background: a silent link must not hold a face longer than its deadline.
+        Once answered, the cloud is asked again only while it refuses something
+        (other weights, a model it does not serve), every ``refusal_recheck_s``:
+        a rollout that ends or a model that finishes loading brings the cloud
+        back to a running edge. Asked in the background: a silent link must not
+        hold a face longer than its deadline.
         """
-        if self._discovered.is_set() or self.client is None:
+        if self.client is None:
             return
-        if time.monotonic() >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
-            self._next_discovery = time.monotonic() + 5.0
+        if self._discovered.is_set() and not self._refusing():
+            return
+        now = time.monotonic()
+        if now >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
+            self._next_discovery = now + (self.refusal_recheck_s if self._discovered.is_set() else 5.0)
             threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
+
+    def _refusing(self) -> bool:
+        """Does the cloud refuse, for now, what this runner's strategy needs (or one that auto may use)?"""
+        return self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
 
     def _discovery_known(self, deadline: float) -> bool:
         """Has the first answer about what the cloud serves come? Waits for it until ``deadline``
@@ -332,27 +349,41 @@ class EdgeRunner:
     def _discover_now(self) -> None:
         try:
             auto = self.strategy == AUTO
-            strategies = [s for s in self.planner.candidates if s in REMOTE_STRATEGIES] if auto else [self.strategy]  # type: ignore[union-attr]
+            if auto:
+                planner = self.planner
+                strategies = [s for s in REMOTE_STRATEGIES if s in planner.candidates or s in planner.suspended]  # type: ignore[union-attr]
+            else:
+                strategies = [self.strategy]
             try:
                 refusals = {s: self._refusal_of(MODEL_OF_STRATEGY[s]) for s in strategies}
             except RemoteError as error:
-                log.info("cloud metadata unavailable (%s); asking again in 5 s", error.reason)
+                log.info("cloud metadata unavailable (%s); asking again in %.0f s", error.reason, self._next_discovery - time.monotonic())
                 return
             for strategy, refusal in refusals.items():
-                if refusal is None:
-                    continue
-                log.warning("%s will not use the cloud: %s", strategy, refusal[1])
-                if auto:
-                    self.planner.remove(strategy)  # type: ignore[union-attr]
-                else:
-                    self._refusal = refusal
+                self._apply_refusal(strategy, refusal)
+            self._next_discovery = time.monotonic() + self.refusal_recheck_s
+            first = not self._discovered.is_set()
             self._discovered.set()
-            if self._probe is not None and not self._closed:
+            if first and self._probe is not None and not self._closed:
                 self._probe.sample_now()
                 self._probe.start()
         finally:
             self._first_discovery.set()
             self._discovery_lock.release()
+
+    def _apply_refusal(self, strategy: str, refusal: tuple[str, str] | None) -> None:
+        """What the cloud said of ``strategy``'s model: refused (until it says otherwise) or served."""
+        refused_before = strategy in self.planner.suspended if self.strategy == AUTO else self._refusal is not None  # type: ignore[union-attr]
+        if refusal is not None and not refused_before:
+            log.warning("%s will not use the cloud until it changes (asked again every %.0f s): %s", strategy, self.refusal_recheck_s, refusal[1])
+        elif refusal is None and refused_before:
+            log.warning("%s uses the cloud again: it serves %s with the edge's weights", strategy, MODEL_OF_STRATEGY[strategy])
+        if self.strategy != AUTO:
+            self._refusal = refusal
+        elif refusal is not None:
+            self.planner.suspend(strategy)  # type: ignore[union-attr]
+        else:
+            self.planner.resume(strategy)  # type: ignore[union-attr]
 
     def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
         """Block until the cloud's models and weights are known (for tests and tools); True if they are."""

@@ -151,6 +151,35 @@ def test_removed_and_private_candidates_are_never_chosen() -> None:
     assert AutoPlanner((SPLIT_REST,)).candidates == [EDGE, SPLIT_REST]  # the edge can always answer
 
 
+def test_a_suspended_strategy_comes_back_measured_anew_and_a_removed_one_never() -> None:
+    """What the cloud refuses now is suspended (chosen again once resumed, after a fresh measurement);
+    what the edge must never use (removed: --private, no cloud) stays out, resumed or refused."""
+    world = World(bandwidth_bytes_per_ms=5_000.0, tail_ms=25)
+    planner = AutoPlanner((EDGE, CLOUD, SPLIT_REST))
+    _run(planner, world, 30)
+    assert planner.current in (CLOUD, SPLIT_REST)
+    planner.remove(CLOUD)
+    planner.suspend(SPLIT_REST)
+    assert planner.suspended == {SPLIT_REST} and planner.candidates == [EDGE]
+    assert {s for s, _ in _run(planner, world, 20)} == {EDGE}
+    planner.resume(CLOUD)  # removed, not suspended: stays out
+    planner.resume(SPLIT_REST)
+    assert planner.candidates == [EDGE, SPLIT_REST] and not planner.suspended
+    decision = planner.choose()
+    assert decision.strategy == SPLIT_REST and decision.reason == CALIBRATING  # its old estimates were another server's
+    planner.observe(world.observe(SPLIT_REST))
+    assert {s for s, _ in _run(planner, world, 30)} <= {EDGE, SPLIT_REST}
+    assert planner.current == SPLIT_REST
+
+
+def test_a_strategy_the_cloud_stops_serving_is_suspended_not_removed() -> None:
+    planner = AutoPlanner((EDGE, CLOUD, SPLIT))
+    planner.observe(Observation(CLOUD, failed=True, not_served=True))
+    assert planner.suspended == {CLOUD} and CLOUD not in planner.candidates
+    planner.resume(CLOUD)
+    assert CLOUD in planner.candidates
+
+
 def test_a_cloud_back_on_trial_is_tried_at_once() -> None:
     planner = AutoPlanner((EDGE, CLOUD, SPLIT_REST), deadline_s=1.0, explore_every=50)
     fast = World(bandwidth_bytes_per_ms=2_000.0, tail_ms=25)

@@ -169,3 +169,90 @@ def test_concurrent_clients_are_batched_and_all_answered(trained_model, sample_f
         server.stop_now()
     assert not errors and len(sizes) == 8
     assert max(sizes) > 1
+
+
+@pytest.fixture(scope="module")
+def other_weights(trained_model):
+    """The shipped network with one weight nudged: another fingerprint, as a cloud mid-rollout holds."""
+    import copy
+
+    other = copy.deepcopy(trained_model)
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    assert model_fingerprint(other) != model_fingerprint(trained_model)
+    return other
+
+
+def _swap_until(runner: EdgeRunner, face: np.ndarray, done, seconds: float = 10.0) -> list:
+    """Faces classified one after another until ``done(result)`` holds or ``seconds`` pass; all results."""
+    results = []
+    stop = time.monotonic() + seconds
+    while time.monotonic() < stop:
+        results.append(runner.classify(face))
+        if done(results[-1]):
+            break
+        time.sleep(0.02)
+    return results
+
+
+@pytest.mark.parametrize("strategy", ["split", "auto"])
+def test_a_cloud_with_other_weights_is_refused_until_its_rollout_ends(trained_model, other_weights, sample_face, strategy: str) -> None:
+    """The cloud holds other weights when the edge starts: every face is answered locally with no call, and the
+    cloud is asked again while it refuses. Replaced on the same port by one with the edge's weights (a rollout
+    that ends), it is used again by the same runner: a refusal is not for the runner's lifetime."""
+    old = start_server(other_weights)
+    port = old.port
+    servers = [old]
+    client = CloudClient(f"127.0.0.1:{port}", model_fingerprint(trained_model), timeout_s=2.0)
+    runner = EdgeRunner(trained_model, strategy, client, CircuitBreaker(reset_timeout_s=0.2), timeout_s=2.0, refusal_recheck_s=0.3)
+    face = np.ascontiguousarray(sample_face)
+    try:
+        refused = [runner.classify(face) for _ in range(5)]
+        suspended = runner.planner.suspended if runner.planner else None
+        old.stop_now()
+        servers.append(start_server(trained_model, port=port))
+        back = _swap_until(runner, face, lambda r: r.strategy != "edge")
+    finally:
+        runner.close()
+        client.close()
+        for s in servers:
+            s.stop_now()
+    assert all(r.strategy == "edge" and r.bytes_up == 0 for r in refused), [(r.strategy, r.fallback_reason) for r in refused]
+    if strategy == "split":
+        assert {r.fallback_reason for r in refused} == {"version_mismatch"}
+    else:  # auto leaves the refused strategies out for now: its edge answers are no fallback
+        assert suspended == {"cloud", "split", "split-rest"} and not any(r.fallback for r in refused)
+    assert back[-1].strategy != "edge" and not back[-1].fallback, [(r.strategy, r.fallback_reason) for r in back]
+    assert back[-1].label == refused[0].label
+
+
+def test_auto_suspends_what_a_redeployed_cloud_refuses_and_resumes_it_when_the_weights_match(trained_model, other_weights, sample_face) -> None:
+    """Mid-run, the cloud is redeployed with other weights: auto's calls meet them (answers naming another
+    fingerprint), it answers locally and suspends those strategies, and resumes them once the cloud
+    holds the edge's weights again."""
+    first = start_server(trained_model)
+    port = first.port
+    servers = [first]
+    client = CloudClient(f"127.0.0.1:{port}", model_fingerprint(trained_model), timeout_s=2.0)
+    runner = EdgeRunner(trained_model, "auto", client, CircuitBreaker(reset_timeout_s=0.2), timeout_s=2.0, refusal_recheck_s=0.3)
+    face = np.ascontiguousarray(sample_face)
+    try:
+        before = _swap_until(runner, face, lambda r: r.strategy != "edge")
+        first.stop_now()
+        servers.append(start_server(other_weights, port=port))
+        refused = _swap_until(runner, face, lambda r: len(runner.planner.suspended) == 3)
+        suspended = runner.planner.suspended
+        during = [runner.classify(face) for _ in range(5)]
+        servers[-1].stop_now()
+        servers.append(start_server(trained_model, port=port))
+        back = _swap_until(runner, face, lambda r: r.strategy != "edge" and not r.fallback)
+    finally:
+        runner.close()
+        client.close()
+        for s in servers:
+            s.stop_now()
+    assert before[-1].strategy != "edge"
+    assert suspended == {"cloud", "split", "split-rest"}, [(r.strategy, r.fallback_reason) for r in refused]
+    assert all(r.strategy == "edge" and r.bytes_up == 0 for r in during)
+    assert back[-1].strategy != "edge" and not back[-1].fallback, [(r.strategy, r.fallback_reason, r.auto) for r in back]
+    assert runner.planner.suspended != suspended
