@@ -207,6 +207,7 @@ class EdgeRunner:
         self._closed = False
         self._next_discovery = 0.0  # monotonic time before which the cloud is not asked (again)
         self.refusal_recheck_s = refusal_recheck_s
+        self._recheck_requested = False  # a call met a refusal: ask the cloud again (see classify)
         self._discovery_lock = threading.Lock()
         self._background: threading.Thread | None = None  # auto's re-measurement behind a local answer, if in flight
         self._background_lock = threading.Lock()
@@ -281,6 +282,11 @@ class EdgeRunner:
             result.auto = decision.to_dict()
             # What the strategy costs, without this face's one-off wait for the cloud's metadata.
             self.planner.observe(_observation(strategy, result, waited_ms=_ms(waited)))  # type: ignore[union-attr]
+        if result.fallback_reason in NOT_SERVED_REASONS and refusal is None:
+            # A call met a refusal the discovery did not know of (a redeploy, an engine's model reloaded as a
+            # new version): the cloud is asked again, which holds the calls until it serves the edge's weights
+            # and, on an engine with versions of its own, learns the version that holds them now.
+            self._recheck_requested = True
         return result
 
     def measuring_in_background(self) -> bool:
@@ -337,7 +343,7 @@ class EdgeRunner:
 
     def _refusing(self) -> bool:
         """Does the cloud refuse, for now, what this runner's strategy needs (or one that auto may use)?"""
-        return self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
+        return self._recheck_requested or self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
 
     def _discovery_known(self, deadline: float) -> bool:
         """Has the first answer about what the cloud serves come? Waits for it until ``deadline``
@@ -359,6 +365,7 @@ class EdgeRunner:
             except RemoteError as error:
                 log.info("cloud metadata unavailable (%s); asking again in %.0f s", error.reason, self._next_discovery - time.monotonic())
                 return
+            self._recheck_requested = False
             for strategy, refusal in refusals.items():
                 self._apply_refusal(strategy, refusal)
             self._next_discovery = time.monotonic() + self.refusal_recheck_s

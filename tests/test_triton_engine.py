@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ pytest.importorskip("onnxruntime", reason="the Triton repository is exported wit
 
 import grpc  # noqa: E402
 
+from edge_client.breaker import CircuitBreaker  # noqa: E402
 from edge_client.cli import main as edge_main  # noqa: E402
 from edge_client.runner import EdgeRunner  # noqa: E402
 from edge_client.transport import CloudClient  # noqa: E402
@@ -303,3 +306,46 @@ def test_a_triton_with_other_weights_is_refused_and_the_edge_answers_locally(oth
     assert runner.wait_for_discovery() and runner.planner.candidates == ["edge"]
     assert first.strategy == "edge" and not first.fallback
     runner.close()
+
+
+@pytest.fixture
+def own_triton(trained_model, tmp_path):
+    """A Triton of the test's own serving fer_rest (version 1), to be restarted on its port."""
+    root = tmp_path / "triton"
+    triton_repository(trained_model, root, model_fingerprint(trained_model), models=(REST_MODEL,))
+    server = TritonServer(root)
+    try:
+        yield server.start(models=(REST_MODEL,))
+    finally:
+        server.close()
+
+
+def test_an_edge_follows_a_model_redeployed_as_a_new_version(own_triton, trained_model, sample_face) -> None:
+    """The same weights redeployed as version 2 (the repository's version 1 renamed, Triton restarted on its
+    port): the edge named version 1, whose calls now meet NOT_FOUND; it asks the metadata again, learns
+    version 2 and is served again. Before, it kept the version learned at its first face and every later
+    face fell back."""
+    client = CloudClient(own_triton.target, model_fingerprint(trained_model), timeout_s=5.0)
+    runner = EdgeRunner(trained_model, "split-rest", client, CircuitBreaker(reset_timeout_s=0.2), timeout_s=5.0, refusal_recheck_s=0.3)
+    face = np.ascontiguousarray(sample_face)
+    model_dir = own_triton.repository / REST_MODEL
+    try:
+        first = runner.classify(face)
+        assert first.strategy == "split-rest" and client.engine_versions == {REST_MODEL: "1"}
+        port = own_triton.port
+        own_triton.stop()
+        (model_dir / "1").rename(model_dir / "2")
+        own_triton.start(models=(REST_MODEL,))
+        if own_triton.port != port:
+            pytest.skip(f"another process took port {port} while Triton restarted")
+        after = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (after and after[-1].strategy == "split-rest"):
+            after.append(runner.classify(face))
+            time.sleep(0.05)
+    finally:
+        runner.close()
+        client.close()
+    assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
+    assert client.engine_versions == {REST_MODEL: "2"}
+    assert {r.fallback_reason for r in after[:-1]} <= {"version_mismatch", "unavailable", "circuit_open"}
