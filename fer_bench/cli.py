@@ -21,7 +21,7 @@ EXAMPLES = """examples:
   fer-bench network --shapers proxy --rtt-ms 40 --strategies edge,split,split-rest,auto
   fer-bench trace --profile phone                    # the paper's experiment: bandwidth steps up and down over time
   fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for 20 s and restarted
-  fer-bench trace-cost docs/network/inarow_paper_trace   # where auto's time went on a trace run before
+  fer-bench trace-cost docs/network/closing_paper_trace  # where auto's time went on a trace run before
   fer-bench offload-accuracy --data ../shared/data/fer2013/public_test
   fer-bench server --concurrency 1,4,16,64 --seconds 3      # fer-cloud and Triton side by side
   fer-bench server --targets triton --batching on --datatype UINT8
