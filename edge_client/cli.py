@@ -22,7 +22,7 @@ from shared_model.preprocessing import prepare_face
 from .auto import MEDIAN, OBJECTIVES, AutoSettings
 from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
-from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, default_in_flight, run_source, unreadable
+from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, run_source, unreadable
 from .faces import BlazeFaceDetector, FaceDetector
 from .samples import sample_image
 from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
     run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video (.mp4, .m4v, .mov, .avi, .mkv; every frame scaled to the first one's size) or image (.png, .jpg, ...: only for a source of one frame; refused for a video or several images); checked before anything runs")
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames (any source: video, camera, stream, folder)")
-    run.add_argument("--in-flight", type=_positive_int, default=None, help=f"frames classified at once: while one frame is on the wire the next one's head runs; records stay in frame order, one per face; default: {DEFAULT_IN_FLIGHT} with cloud, split or split-rest, 1 with edge and auto (where more measured no gain: docs/network.md)")
+    run.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, help="frames classified at once: while one frame is classified (on the wire or on this CPU) the next is read and detected; records stay in frame order, one per face, and at most this many frames are held; 1 classifies each frame before reading the next (2 gained 8-46 %% frames per second over 1 on a laptop, every strategy: docs/network.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_connection_arguments(run)
     demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=_HelpFormatter)
@@ -180,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
     unread = 0
     try:
-        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight or default_in_flight(strategy)):
+        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight):
             print(json.dumps(record) if args.json else _human(record), flush=True)
             frames_bar.update(1 if record.get("face") in (0, None) else 0)
             unread += unreadable(record)

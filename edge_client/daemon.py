@@ -14,24 +14,20 @@ import numpy as np
 from shared_model.preprocessing import prepare_face
 
 from .faces import Box, ConfirmationWindow, FaceDetector, FaceTracker
-from .runner import AUTO, EDGE, EdgeRunner
+from .runner import EdgeRunner
 from .sources import Frame, Source
 
 __all__ = [
-    "DEFAULT_IN_FLIGHT", "default_in_flight", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
+    "DEFAULT_IN_FLIGHT", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
     "AnnotatedWriter", "VIDEO_CODECS", "IMAGE_OUTPUTS", "run_source", "FrameFaces", "Classified", "NO_FACE", "unreadable",
 ]
 
-# Frames classified at once by default with a fixed remote strategy (fer-edge run --in-flight):
-# 2 gained 1-18 % frames per second for cloud, split and split-rest, while auto, which
-# optimizes each face's latency, lost up to 15 % (docs/network.md, "Frames in flight").
+# Frames classified at once by default (fer-edge run --in-flight), whatever the strategy: on a video,
+# 2 against 1 gained 8-46 % frames per second for every strategy on the laptop profile, auto and the
+# edge included, and -2 to +6 % on the phone, where detection bounds the rate (2026-12-07,
+# docs/network.md, "Frames in flight").
 DEFAULT_IN_FLIGHT = 2
 NO_FACE = "no face found"  # the error of a record for a frame that was read but shows no face
-
-
-def default_in_flight(strategy: str) -> int:
-    """``DEFAULT_IN_FLIGHT`` for a fixed remote strategy; 1 for edge and auto (measured: no gain or a loss)."""
-    return 1 if strategy in (EDGE, AUTO) else DEFAULT_IN_FLIGHT
 
 
 @dataclass
@@ -190,7 +186,7 @@ def run_source(
     faces are classified. Stills and ``whole_image`` get one-shot detection.
 
     ``in_flight`` frames are classified at once (``fer-edge run`` uses
-    :func:`default_in_flight`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
+    :data:`DEFAULT_IN_FLIGHT`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
     frame's head runs. Records still come out in frame order, exactly one per
     face, and at most ``in_flight`` frames are held, so a camera is never
     buffered without bound.
