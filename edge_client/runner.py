@@ -282,10 +282,12 @@ class EdgeRunner:
             result.auto = decision.to_dict()
             # What the strategy costs, without this face's one-off wait for the cloud's metadata.
             self.planner.observe(_observation(strategy, result, waited_ms=_ms(waited)))  # type: ignore[union-attr]
-        if result.fallback_reason in NOT_SERVED_REASONS and refusal is None:
+        if (result.fallback_reason in NOT_SERVED_REASONS and refusal is None) or (result.fallback and self.breaker.state == OPEN):
             # A call met a refusal the discovery did not know of (a redeploy, an engine's model reloaded as a
-            # new version): the cloud is asked again, which holds the calls until it serves the edge's weights
-            # and, on an engine with versions of its own, learns the version that holds them now.
+            # new version), or calls failed until the breaker opened: the cloud is asked again what it serves,
+            # which holds the calls until it serves the edge's weights and, on an engine with versions of its
+            # own, learns the version that holds them now (Triton answers a version it unloaded with
+            # UNAVAILABLE, which its health check does not show: the breaker's trials alone would fail for ever).
             self._recheck_requested = True
         return result
 

@@ -338,14 +338,70 @@ def test_an_edge_follows_a_model_redeployed_as_a_new_version(own_triton, trained
         own_triton.start(models=(REST_MODEL,))
         if own_triton.port != port:
             pytest.skip(f"another process took port {port} while Triton restarted")
-        after = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not (after and after[-1].strategy == "split-rest"):
-            after.append(runner.classify(face))
-            time.sleep(0.05)
+        after = _until_served(runner, face, "split-rest")
     finally:
         runner.close()
         client.close()
     assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
     assert client.engine_versions == {REST_MODEL: "2"}
     assert {r.fallback_reason for r in after[:-1]} <= {"version_mismatch", "unavailable", "circuit_open"}
+
+
+@pytest.fixture
+def polling_triton(trained_model, tmp_path):
+    """Triton serving fer_rest (version 1) from a repository it polls every second, as an in-place update needs."""
+    root = tmp_path / "triton"
+    triton_repository(trained_model, root, model_fingerprint(trained_model), models=(REST_MODEL,))
+    server = TritonServer(root, extra_args=("--model-control-mode=poll", "--repository-poll-secs=1"))
+    try:
+        yield server.start(models=(REST_MODEL,))
+    finally:
+        server.close()
+
+
+def test_an_edge_follows_a_model_triton_reloads_in_place_as_a_new_version(polling_triton, trained_model, sample_face) -> None:
+    """Triton polling its repository reloads the model when version 1 becomes version 2, and answers the edge's
+    version 1 with UNAVAILABLE ("not at ready state") while its health stays SERVING: the breaker opens, the
+    edge asks the metadata again, learns version 2 and is served again. Before, its trials failed for ever."""
+    client = CloudClient(polling_triton.target, model_fingerprint(trained_model), timeout_s=5.0)
+    runner = EdgeRunner(trained_model, "split-rest", client, CircuitBreaker(failure_threshold=2, reset_timeout_s=0.2), timeout_s=5.0, refusal_recheck_s=0.3)
+    face = np.ascontiguousarray(sample_face)
+    model_dir = polling_triton.repository / REST_MODEL
+    try:
+        first = runner.classify(face)
+        assert first.strategy == "split-rest" and client.engine_versions == {REST_MODEL: "1"}
+        time.sleep(3)  # Triton's first polls after its start may reload what it just loaded
+        (model_dir / "1").rename(model_dir / "2")
+        assert _serves_only(polling_triton.target, REST_MODEL, "2"), polling_triton.log_tail()
+        after = _until_served(runner, face, "split-rest")
+    finally:
+        runner.close()
+        client.close()
+    assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
+    assert client.engine_versions == {REST_MODEL: "2"}
+    assert "unavailable" in {r.fallback_reason for r in after}  # what the old version was answered with
+
+
+def _serves_only(target: str, model: str, version: str, timeout_s: float = 60.0) -> bool:
+    """Wait until Triton's metadata lists ``version`` of ``model`` and no other."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if list(stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=1).versions) == [version]:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return False
+
+
+def _until_served(runner: EdgeRunner, face: np.ndarray, strategy: str, seconds: float = 20.0) -> list:
+    """Faces classified until one is answered by ``strategy`` or ``seconds`` pass; all results."""
+    results = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not (results and results[-1].strategy == strategy):
+        results.append(runner.classify(face))
+        time.sleep(0.05)
+    return results
