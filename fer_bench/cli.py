@@ -420,12 +420,14 @@ def _video(args: argparse.Namespace) -> int:
         args.links, args.strategies, args.in_flight, args.rounds, args.profile, args.shaper, args.video, args.frames,
         args.timeout_ms, weights=args.weights,
     )
-    records = run_video_benchmark(settings)
+    records, faces = run_video_benchmark(settings)
     rows = [dataclasses.asdict(r) for r in records]
     _write(args.out, "video", rows)
+    if faces:
+        _write(args.out, "video_faces", faces)
     plot_video(records, args.out / "video.png")
     print(json.dumps(rows, indent=2) if args.json else format_video_table(records))
-    print(f"wrote {args.out}/video.csv, video.json, video.png", file=sys.stderr)
+    print(f"wrote {args.out}/video.csv, video.json, video.png" + (", video_faces.csv" if faces else ""), file=sys.stderr)
     return 0
 
 

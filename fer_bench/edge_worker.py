@@ -20,7 +20,8 @@ line is a JSON command; each answer is one JSON line on stdout.
 - ``{"op": "video", "target", "strategy": spec, "path": VIDEO, "in_flight": N,
   "skip": K, "timeout_ms": T}``: the whole edge pipeline (read, detect, track,
   classify with N frames in flight) over a video file; frames per second from the
-  K-th record to the last, and how the faces were answered.
+  K-th record to the last, how the faces were answered, and each face's record
+  (when it came out, its latency parts, who answered it, auto's choice and why).
 
 Runners (and so auto's estimates) live as long as the worker, per target and spec.
 """
@@ -159,8 +160,11 @@ class EdgeWorker:
         frames: set[int] = set()
         strategies: Counter[str] = Counter()
         fallbacks = 0
+        face_records: list[dict[str, Any]] = []
         for record in run_source(source, FaceDetector(), runner, in_flight=command["in_flight"]):
             times.append(time.perf_counter())
+            if record.get("error") is None:
+                face_records.append(_video_face(record, times[-1] - times[0]))
             frames.add(record["frame"])
             if record.get("error") is None:
                 strategies[record["strategy"]] += 1
@@ -170,6 +174,7 @@ class EdgeWorker:
         return {
             "frames": len(frames), "records": len(times), "faces": sum(strategies.values()), "fallbacks": fallbacks,
             "strategies": dict(strategies), "seconds": seconds, "fps": (len(times) - 1 - skip) / seconds if seconds > 0 else float("nan"),
+            "face_records": face_records,
         }
 
     def close(self) -> None:
@@ -181,6 +186,15 @@ def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
     """The auto variant a benchmark strategy names: each ``auto_<field>`` of its spec sets that field of
     :class:`AutoSettings` (the defaults where it names none)."""
     return AutoSettings(**{f.name: spec[key] for f in fields(AutoSettings) if (key := f"auto_{f.name}") in spec})
+
+
+def _video_face(record: dict[str, Any], t: float) -> dict[str, Any]:
+    """One face of a video run as the benchmark keeps it: when it came out, its parts, who answered and why."""
+    auto = record.get("auto") or {}
+    return {
+        "frame": record["frame"], "t": round(t, 4), **record["latency"], "strategy": record["strategy"],
+        "fallback_reason": record["fallback_reason"], "auto_choice": auto.get("choice"), "auto_reason": auto.get("reason"),
+    }
 
 
 def _record(result: FaceResult) -> dict:

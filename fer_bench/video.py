@@ -115,13 +115,17 @@ def _runs(settings: VideoSettings, video: Path, progress: bool) -> Iterator[tupl
         edge.close()
 
 
-def run_video_benchmark(settings: VideoSettings, progress: bool = True) -> list[VideoRecord]:
-    """One record per (link, strategy, frames in flight): median frames per second over the rounds."""
+def run_video_benchmark(settings: VideoSettings, progress: bool = True) -> tuple[list[VideoRecord], list[dict]]:
+    """One record per (link, strategy, frames in flight): median frames per second over the rounds; and every
+    face of every clip run (link, strategy, frames in flight, run, when it came out, its latency parts, who
+    answered it and, for auto, what it chose and why), the figures behind a frame rate."""
+    faces: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         video = settings.video or sample_clip(Path(tmp), settings.frames)
         results: dict[tuple[str, str, int], list[dict]] = {}
-        for link, strategy, in_flight, result in _runs(settings, video, progress):
+        for run, (link, strategy, in_flight, result) in enumerate(_runs(settings, video, progress)):
             results.setdefault((link, strategy, in_flight), []).append(result)
+            faces.extend({"link": link, "name": strategy, "in_flight": in_flight, "run": run, **face} for face in result.pop("face_records", []))
     records = []
     for (link, strategy, in_flight), runs in results.items():
         fps = [r["fps"] for r in runs]
@@ -135,7 +139,7 @@ def run_video_benchmark(settings: VideoSettings, progress: bool = True) -> list[
             " ".join(f"{k}:{v}" for k, v in sorted(answered.items())),
         ))
     order = {link: i for i, link in enumerate(settings.links)}
-    return sorted(records, key=lambda r: (order[r.link], settings.strategies.index(r.strategy), r.in_flight))
+    return sorted(records, key=lambda r: (order[r.link], settings.strategies.index(r.strategy), r.in_flight)), faces
 
 
 def format_video_table(records: list[VideoRecord]) -> str:

@@ -148,6 +148,25 @@ def test_trace_with_the_cloud_killed_loses_no_face(tmp_path: Path, capsys) -> No
     assert (tmp_path / "trace_auto_cost.csv").exists()
 
 
+def test_video_benchmark_tiny_run_keeps_every_face(tmp_path: Path, capsys) -> None:
+    """The whole edge pipeline on a short clip behind the proxy: a frame rate per combination, and every face's
+    record with its latency parts and, for auto, its choice."""
+    code = bench_main([
+        "video", "--shaper", "proxy", "--links", "unthrottled", "--strategies", "edge,auto", "--in-flight", "1,2", "--rounds", "1",
+        "--frames", "16", "--out", str(tmp_path), "--json",
+    ])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["strategy"], r["in_flight"]) for r in rows} == {("edge", 1), ("edge", 2), ("auto", 1), ("auto", 2)}
+    assert all(r["fps_median"] > 0 and r["fallbacks"] == 0 for r in rows)
+    faces = json.loads((tmp_path / "video_faces.json").read_text())
+    for row in rows:  # each combination's faces, all kept
+        mine = [f for f in faces if f["name"] == row["strategy"] and f["in_flight"] == row["in_flight"]]
+        assert len(mine) == row["faces"] and all(f["total"] > 0 for f in mine)
+    assert all(f["auto_choice"] for f in faces if f["name"] == "auto") and not any(f["auto_choice"] for f in faces if f["name"] == "edge")
+    assert {p.name for p in tmp_path.iterdir()} >= {"video.csv", "video.png", "video_faces.csv"}
+
+
 def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
     if not Path(os.environ.get("FER_TRITON_PYTHON", ROOT / ".venv-tritonclient" / "bin" / "python")).exists():
         pytest.skip("the load client is tritonclient: scripts/test.sh makes .venv-tritonclient and sets FER_TRITON_PYTHON")
