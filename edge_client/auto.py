@@ -376,9 +376,9 @@ class AutoPlanner:
         # The edge's own stages, from its faces in a row alone (with edge_in_a_row, see _rested): a remote
         # strategy's head, which runs on the budget its network wait saved, says little of them.
         self._edge_stage = {stage: Ewma(alpha) for stage in ("head", "attention", "tail")}
-        self._server: dict[str, Ewma | RecentMedian] = {
-            strategy: RecentMedian() if server_estimate == "median" else Ewma(alpha) for strategy in REMOTE_STRATEGIES
-        }
+        self._alpha = alpha
+        self._server_estimate = server_estimate
+        self._server: dict[str, Ewma | RecentMedian] = {strategy: self._new_server_estimate() for strategy in REMOTE_STRATEGIES}
         self._bytes = {strategy: (Ewma(alpha), Ewma(alpha)) for strategy in REMOTE_STRATEGIES}
         # Each strategy's own network time: what the link did to its messages (a small one may pass
         # in a shaper's burst that a large one overflows). The link model extrapolates only where a
@@ -420,6 +420,7 @@ class AutoPlanner:
         """Never choose this strategy (the face must stay on the device, or there is no cloud)."""
         with self._lock:
             self._allowed.discard(strategy)
+            self._suspended.discard(strategy)
             self._drop(strategy)
 
     def suspend(self, strategy: str) -> None:
@@ -430,12 +431,21 @@ class AutoPlanner:
 
     def resume(self, strategy: str) -> None:
         """The cloud serves this strategy again with the edge's weights: a candidate again, measured anew
-        (its old estimates were of another server) before it is chosen for its latency."""
+        before it is chosen for its latency. What was measured of it before (its server time, its own
+        network time and the link model's error for it, its recent faces) was of another server, and is
+        forgotten; the link model and the edge's own stages stay."""
         with self._lock:
             if strategy not in self._suspended:
                 return
             self._suspended.discard(strategy)
             self.candidates = [s for s in CONCRETE_STRATEGIES if s in self.candidates or s == strategy]
+            self._server[strategy] = self._new_server_estimate()
+            self._network[strategy] = Ewma(self._alpha)
+            self._link_bias[strategy] = Ewma(self._alpha)
+            self._totals[strategy].clear()
+            self._latest_network_s.pop(strategy, None)
+            self._suspect.discard(strategy)
+            self._last_foreground.pop(strategy, None)
             self._last_seen.pop(strategy, None)  # unmeasured: calibrated beside the edge's answers
 
     @property
@@ -443,6 +453,9 @@ class AutoPlanner:
         """The strategies the cloud refuses now (see :meth:`suspend`)."""
         with self._lock:
             return frozenset(self._suspended)
+
+    def _new_server_estimate(self) -> Ewma | RecentMedian:
+        return RecentMedian() if self._server_estimate == "median" else Ewma(self._alpha)
 
     def _suspend(self, strategy: str) -> None:
         if strategy in self._allowed and strategy != EDGE:

@@ -79,6 +79,7 @@ NOT_SERVED_REASONS = ("not_served", "version_mismatch")
 # While the cloud refuses a strategy (other weights, a model it does not serve), it is asked again this often
 # (seconds): a ModelMetadata call per model, in the background, so that a finished rollout brings it back.
 REFUSAL_RECHECK_S = 10.0
+RECHECK_FLOOR_S = 1.0  # a call that meets a refusal has the cloud asked again this soon, not sooner
 
 __all__ = ["AUTO", "CLOUD", "EDGE", "SPLIT", "SPLIT_REST", "STRATEGIES", "IMAGE_FORMATS", "SPLIT_RETURNS", "Latency", "FaceResult", "EdgeRunner", "softmax", "REFUSAL_RECHECK_S"]
 
@@ -282,14 +283,22 @@ class EdgeRunner:
             result.auto = decision.to_dict()
             # What the strategy costs, without this face's one-off wait for the cloud's metadata.
             self.planner.observe(_observation(strategy, result, waited_ms=_ms(waited)))  # type: ignore[union-attr]
-        if (result.fallback_reason in NOT_SERVED_REASONS and refusal is None) or (result.fallback and self.breaker.state == OPEN):
-            # A call met a refusal the discovery did not know of (a redeploy, an engine's model reloaded as a
-            # new version), or calls failed until the breaker opened: the cloud is asked again what it serves,
-            # which holds the calls until it serves the edge's weights and, on an engine with versions of its
-            # own, learns the version that holds them now (Triton answers a version it unloaded with
-            # UNAVAILABLE, which its health check does not show: the breaker's trials alone would fail for ever).
-            self._recheck_requested = True
+        if result.fallback and (refusal is None or result.fallback_reason != refusal[0]):
+            self._after_failed_call(result.fallback_reason)
         return result
+
+    def _after_failed_call(self, reason: str | None) -> None:
+        """A remote call (a face's or a background one) produced no answer. If it met a refusal the discovery
+        did not know of (a redeploy, an engine's model reloaded as a new version), the cloud is asked again
+        what it serves within a second; if calls failed until the breaker opened, at the usual interval.
+        That holds the calls until the cloud serves the edge's weights and, on an engine with versions of
+        its own, learns the version that holds them now (Triton answers a version it unloaded with
+        UNAVAILABLE, which its health check does not show: the breaker's trials alone would fail for ever)."""
+        if reason in NOT_SERVED_REASONS:
+            self._recheck_requested = True
+            self._next_discovery = min(self._next_discovery, time.monotonic() + RECHECK_FLOOR_S)
+        elif self.breaker.state == OPEN:
+            self._recheck_requested = True
 
     def measuring_in_background(self) -> bool:
         """Is a re-measurement of a remote strategy (auto's, behind a local answer) in flight?"""
@@ -324,7 +333,8 @@ class EdgeRunner:
 
         For ``auto``, the strategies it may choose from; for a fixed remote strategy,
         whether to call the cloud at all. A cloud that cannot be asked now is asked
-        again 5 s later; meanwhile calls go ahead and fail over as usual. The first
+        again 5 s later (``refusal_recheck_s`` once it has answered); meanwhile calls
+        go ahead and fail over as usual. The first
         face waits for the first answer, up to its own deadline: an engine whose
         versions are its own (Triton) is only known to hold these weights, and
         which version to name, once it has answered (:meth:`_discovery_known`).
@@ -334,7 +344,7 @@ class EdgeRunner:
         back to a running edge. Asked in the background: a silent link must not
         hold a face longer than its deadline.
         """
-        if self.client is None:
+        if self.client is None or self._closed:
             return
         if self._discovered.is_set() and not self._refusing():
             return
@@ -365,8 +375,12 @@ class EdgeRunner:
             try:
                 refusals = {s: self._refusal_of(MODEL_OF_STRATEGY[s]) for s in strategies}
             except RemoteError as error:
-                log.info("cloud metadata unavailable (%s); asking again in %.0f s", error.reason, self._next_discovery - time.monotonic())
+                log.info("cloud metadata unavailable (%s); asking again in %.3g s", error.reason, self._next_discovery - time.monotonic())
                 return
+            except ValueError:  # the runner closed its channel meanwhile
+                if self._closed:
+                    return
+                raise
             self._recheck_requested = False
             for strategy, refusal in refusals.items():
                 self._apply_refusal(strategy, refusal)
@@ -384,7 +398,7 @@ class EdgeRunner:
         """What the cloud said of ``strategy``'s model: refused (until it says otherwise) or served."""
         refused_before = strategy in self.planner.suspended if self.strategy == AUTO else self._refusal is not None  # type: ignore[union-attr]
         if refusal is not None and not refused_before:
-            log.warning("%s will not use the cloud until it changes (asked again every %.0f s): %s", strategy, self.refusal_recheck_s, refusal[1])
+            log.warning("%s will not use the cloud until it changes (asked again every %.3g s): %s", strategy, self.refusal_recheck_s, refusal[1])
         elif refusal is None and refused_before:
             log.warning("%s uses the cloud again: it serves %s with the edge's weights", strategy, MODEL_OF_STRATEGY[strategy])
         if self.strategy != AUTO:
@@ -562,6 +576,7 @@ class EdgeRunner:
         try:
             call = self._call(request, time.perf_counter() + self.timeout_s)
         except RemoteError as error:
+            self._after_failed_call(error.reason)
             return Observation(strategy, encode_ms=encode_ms, failed=True, not_served=error.reason in NOT_SERVED_REASONS, background=True)
         if not self._usable(strategy, call):
             self.breaker.record_failure()

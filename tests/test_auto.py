@@ -163,8 +163,10 @@ def test_a_suspended_strategy_comes_back_measured_anew_and_a_removed_one_never()
     assert planner.suspended == {SPLIT_REST} and planner.candidates == [EDGE]
     assert {s for s, _ in _run(planner, world, 20)} == {EDGE}
     planner.resume(CLOUD)  # removed, not suspended: stays out
+    assert planner.state()["server_ms"][SPLIT_REST] > 0
     planner.resume(SPLIT_REST)
     assert planner.candidates == [EDGE, SPLIT_REST] and not planner.suspended
+    assert planner.state()["server_ms"][SPLIT_REST] == 0  # measured of the server before: forgotten
     decision = planner.choose()
     assert decision.strategy == SPLIT_REST and decision.reason == CALIBRATING  # its old estimates were another server's
     planner.observe(world.observe(SPLIT_REST))
@@ -178,6 +180,15 @@ def test_a_strategy_the_cloud_stops_serving_is_suspended_not_removed() -> None:
     assert planner.suspended == {CLOUD} and CLOUD not in planner.candidates
     planner.resume(CLOUD)
     assert CLOUD in planner.candidates
+
+
+def test_a_suspended_strategy_removed_meanwhile_never_comes_back() -> None:
+    planner = AutoPlanner((EDGE, CLOUD, SPLIT))
+    planner.suspend(CLOUD)
+    planner.remove(CLOUD)
+    assert not planner.suspended  # nothing left to ask the cloud about
+    planner.resume(CLOUD)
+    assert planner.candidates == [EDGE, SPLIT]
 
 
 def test_a_cloud_back_on_trial_is_tried_at_once() -> None:

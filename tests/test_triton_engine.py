@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -284,18 +286,23 @@ def test_tritonclient_works_against_triton_unchanged(triton, trained_model, tmp_
     assert np.abs(np.asarray(report["probabilities"]) - expected).max() < 1e-4
 
 
-@pytest.fixture(scope="module")
-def other_triton(trained_model, tmp_path_factory):
-    """Triton holding other weights (same architecture, another initialisation)."""
-    torch.manual_seed(1)
-    other = FERNet(trained_model.config).eval()
-    root = tmp_path_factory.mktemp("other") / "triton"
-    triton_repository(other, root, model_fingerprint(other), models=(REST_MODEL,))
-    server = TritonServer(root)
+@contextmanager
+def _rest_triton(model: FERNet, root: Path, *extra_args: str) -> Iterator[TritonServer]:
+    """Triton serving ``model``'s fer_rest (version 1) from a repository written under ``root``."""
+    triton_repository(model, root, model_fingerprint(model), models=(REST_MODEL,))
+    server = TritonServer(root, extra_args=extra_args)
     try:
         yield server.start(models=(REST_MODEL,))
     finally:
         server.close()
+
+
+@pytest.fixture(scope="module")
+def other_triton(trained_model, tmp_path_factory):
+    """Triton holding other weights (same architecture, another initialisation)."""
+    torch.manual_seed(1)
+    with _rest_triton(FERNet(trained_model.config).eval(), tmp_path_factory.mktemp("other") / "triton") as server:
+        yield server
 
 
 def test_a_triton_with_other_weights_is_refused_and_the_edge_answers_locally(other_triton, trained_model, capsys) -> None:
@@ -311,13 +318,27 @@ def test_a_triton_with_other_weights_is_refused_and_the_edge_answers_locally(oth
 @pytest.fixture
 def own_triton(trained_model, tmp_path):
     """A Triton of the test's own serving fer_rest (version 1), to be restarted on its port."""
-    root = tmp_path / "triton"
-    triton_repository(trained_model, root, model_fingerprint(trained_model), models=(REST_MODEL,))
-    server = TritonServer(root)
+    with _rest_triton(trained_model, tmp_path / "triton") as server:
+        yield server
+
+
+def _across_a_version_bump(triton: TritonServer, model: FERNet, face: np.ndarray, bump, failures_to_open: int = 5) -> list:
+    """A split-rest edge served by ``triton``'s fer_rest version 1; ``bump()`` makes it version 2; then faces
+    until one is served again (or 20 s pass), which names version 2. The faces after the bump."""
+    client = CloudClient(triton.target, model_fingerprint(model), timeout_s=5.0)
+    breaker = CircuitBreaker(failure_threshold=failures_to_open, reset_timeout_s=0.2)
+    runner = EdgeRunner(model, "split-rest", client, breaker, timeout_s=5.0, refusal_recheck_s=0.3)
     try:
-        yield server.start(models=(REST_MODEL,))
+        first = runner.classify(face)
+        assert first.strategy == "split-rest" and client.engine_versions == {REST_MODEL: "1"}
+        bump()
+        after = _until_served(runner, face, "split-rest")
     finally:
-        server.close()
+        runner.close()
+        client.close()
+    assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
+    assert client.engine_versions == {REST_MODEL: "2"}
+    return after
 
 
 def test_an_edge_follows_a_model_redeployed_as_a_new_version(own_triton, trained_model, sample_face) -> None:
@@ -325,60 +346,39 @@ def test_an_edge_follows_a_model_redeployed_as_a_new_version(own_triton, trained
     port): the edge named version 1, whose calls now meet NOT_FOUND; it asks the metadata again, learns
     version 2 and is served again. Before, it kept the version learned at its first face and every later
     face fell back."""
-    client = CloudClient(own_triton.target, model_fingerprint(trained_model), timeout_s=5.0)
-    runner = EdgeRunner(trained_model, "split-rest", client, CircuitBreaker(reset_timeout_s=0.2), timeout_s=5.0, refusal_recheck_s=0.3)
-    face = np.ascontiguousarray(sample_face)
     model_dir = own_triton.repository / REST_MODEL
-    try:
-        first = runner.classify(face)
-        assert first.strategy == "split-rest" and client.engine_versions == {REST_MODEL: "1"}
+
+    def redeploy() -> None:
         port = own_triton.port
         own_triton.stop()
         (model_dir / "1").rename(model_dir / "2")
         own_triton.start(models=(REST_MODEL,))
         if own_triton.port != port:
             pytest.skip(f"another process took port {port} while Triton restarted")
-        after = _until_served(runner, face, "split-rest")
-    finally:
-        runner.close()
-        client.close()
-    assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
-    assert client.engine_versions == {REST_MODEL: "2"}
+
+    after = _across_a_version_bump(own_triton, trained_model, np.ascontiguousarray(sample_face), redeploy)
     assert {r.fallback_reason for r in after[:-1]} <= {"version_mismatch", "unavailable", "circuit_open"}
 
 
 @pytest.fixture
 def polling_triton(trained_model, tmp_path):
     """Triton serving fer_rest (version 1) from a repository it polls every second, as an in-place update needs."""
-    root = tmp_path / "triton"
-    triton_repository(trained_model, root, model_fingerprint(trained_model), models=(REST_MODEL,))
-    server = TritonServer(root, extra_args=("--model-control-mode=poll", "--repository-poll-secs=1"))
-    try:
-        yield server.start(models=(REST_MODEL,))
-    finally:
-        server.close()
+    with _rest_triton(trained_model, tmp_path / "triton", "--model-control-mode=poll", "--repository-poll-secs=1") as server:
+        yield server
 
 
 def test_an_edge_follows_a_model_triton_reloads_in_place_as_a_new_version(polling_triton, trained_model, sample_face) -> None:
     """Triton polling its repository reloads the model when version 1 becomes version 2, and answers the edge's
     version 1 with UNAVAILABLE ("not at ready state") while its health stays SERVING: the breaker opens, the
     edge asks the metadata again, learns version 2 and is served again. Before, its trials failed for ever."""
-    client = CloudClient(polling_triton.target, model_fingerprint(trained_model), timeout_s=5.0)
-    runner = EdgeRunner(trained_model, "split-rest", client, CircuitBreaker(failure_threshold=2, reset_timeout_s=0.2), timeout_s=5.0, refusal_recheck_s=0.3)
-    face = np.ascontiguousarray(sample_face)
     model_dir = polling_triton.repository / REST_MODEL
-    try:
-        first = runner.classify(face)
-        assert first.strategy == "split-rest" and client.engine_versions == {REST_MODEL: "1"}
+
+    def reload_in_place() -> None:
         time.sleep(3)  # Triton's first polls after its start may reload what it just loaded
         (model_dir / "1").rename(model_dir / "2")
         assert _serves_only(polling_triton.target, REST_MODEL, "2"), polling_triton.log_tail()
-        after = _until_served(runner, face, "split-rest")
-    finally:
-        runner.close()
-        client.close()
-    assert after[-1].strategy == "split-rest" and not after[-1].fallback, [(r.strategy, r.fallback_reason) for r in after]
-    assert client.engine_versions == {REST_MODEL: "2"}
+
+    after = _across_a_version_bump(polling_triton, trained_model, np.ascontiguousarray(sample_face), reload_in_place, failures_to_open=2)
     assert "unavailable" in {r.fallback_reason for r in after}  # what the old version was answered with
 
 
