@@ -332,29 +332,28 @@ class EdgeRunner:
         """Does the cloud serve what we need, with our weights (ModelMetadata)?
 
         For ``auto``, the strategies it may choose from; for a fixed remote strategy,
-        whether to call the cloud at all. A cloud that cannot be asked now is asked
-        again 5 s later (``refusal_recheck_s`` once it has answered); meanwhile calls
-        go ahead and fail over as usual. The first
-        face waits for the first answer, up to its own deadline: an engine whose
-        versions are its own (Triton) is only known to hold these weights, and
-        which version to name, once it has answered (:meth:`_discovery_known`).
-        Once answered, the cloud is asked again only while it refuses something
-        (other weights, a model it does not serve), every ``refusal_recheck_s``:
-        a rollout that ends or a model that finishes loading brings the cloud
-        back to a running edge. Asked in the background: a silent link must not
-        hold a face longer than its deadline.
+        whether to call the cloud at all. Until it has answered once, a cloud that
+        cannot be asked is asked again 5 s later; meanwhile calls go ahead and fail
+        over as usual. The first face waits for the first answer, up to its own
+        deadline: an engine whose versions are its own (Triton) is only known to
+        hold these weights, and which version to name, once it has answered
+        (:meth:`_discovery_known`). After that, the cloud is asked again only when
+        :meth:`_recheck_due`, every ``refusal_recheck_s``: a rollout that ends or a
+        model that finishes loading brings the cloud back to a running edge. Asked
+        in the background: a silent link must not hold a face longer than its deadline.
         """
         if self.client is None or self._closed:
             return
-        if self._discovered.is_set() and not self._refusing():
+        if self._discovered.is_set() and not self._recheck_due():
             return
         now = time.monotonic()
         if now >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
             self._next_discovery = now + (self.refusal_recheck_s if self._discovered.is_set() else 5.0)
             threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
 
-    def _refusing(self) -> bool:
-        """Does the cloud refuse, for now, what this runner's strategy needs (or one that auto may use)?"""
+    def _recheck_due(self) -> bool:
+        """Is the cloud to be asked again: it refuses, for now, what this runner's strategy needs (or one that
+        auto may use), or a call met a refusal or opened the breaker?"""
         return self._recheck_requested or self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
 
     def _discovery_known(self, deadline: float) -> bool:

@@ -163,10 +163,9 @@ class EdgeWorker:
         face_records: list[dict[str, Any]] = []
         for record in run_source(source, FaceDetector(), runner, in_flight=command["in_flight"]):
             times.append(time.perf_counter())
-            if record.get("error") is None:
-                face_records.append(_video_face(record, times[-1] - times[0]))
             frames.add(record["frame"])
             if record.get("error") is None:
+                face_records.append(_video_face(record, times[-1] - times[0]))
                 strategies[record["strategy"]] += 1
                 fallbacks += bool(record["fallback"])
         skip = min(command.get("skip", 10), max(len(times) - 2, 0))

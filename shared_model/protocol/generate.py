@@ -25,7 +25,7 @@ GENERATOR_STAMPS = {
     "grpcio": re.compile(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'$", re.M),
     "protobuf": re.compile(r"^_runtime_version\.ValidateProtobufRuntimeVersion\(\n\s*_runtime_version\.Domain\.PUBLIC,\n\s*(\d+),\n\s*(\d+),\n\s*(\d+),", re.M),
 }
-_PROTOBUF_COMMENT = re.compile(r"^# Protobuf Python Version: .*$", re.M)
+_PROTOBUF_COMMENT = re.compile(r"^# Protobuf Python Version: (.*)$", re.M)  # the same, as a comment
 
 
 def generate(out_root: Path) -> Path:
@@ -48,9 +48,9 @@ def generate(out_root: Path) -> Path:
 
 def without_stamps(text: str) -> str:
     """Generated code with the generator's version stamps blanked: what the proto alone decides."""
-    text = _PROTOBUF_COMMENT.sub("# Protobuf Python Version: -", text)
-    text = GENERATOR_STAMPS["grpcio"].sub("GRPC_GENERATED_VERSION = '-'", text)
-    return GENERATOR_STAMPS["protobuf"].sub(_blank_groups, text)
+    for pattern in (*GENERATOR_STAMPS.values(), _PROTOBUF_COMMENT):
+        text = pattern.sub(_blank_groups, text)
+    return text
 
 
 def _blank_groups(match: re.Match[str]) -> str:
