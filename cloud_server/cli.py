@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 # gRPC's core reads GRPC_EXPERIMENTS once, when the grpc module loads (just below): its legacy TCP
-# listener and endpoints cost about half the thread hand-offs per call of the EventEngine ones
-# (docs/server_faults.md: some 40 us of CPU less per call on one core). The environment's own value wins
-# (GRPC_EXPERIMENTS= for gRPC's defaults).
+# listener and endpoints cost fewer thread hand-offs per call than the EventEngine ones. The
+# environment's own value wins (GRPC_EXPERIMENTS= for gRPC's defaults).
 GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints"
 os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 
 # No PyTorch here: served by ONNX Runtime (the default on a CPU), fer-cloud never imports it.
+from shared_model.runtimes import RUNTIMES  # noqa: E402
+
 from .engine import BatchingSettings, InferenceEngine  # noqa: E402 (after GRPC_EXPERIMENTS)
 from .inference import Limits  # noqa: E402
-from .runtimes import RUNTIMES, load_runtime  # noqa: E402
+from .runtimes import load_runtime  # noqa: E402
 from .server import CloudServer, ServerOptions, check_tls_options, is_loopback  # noqa: E402
 
 __all__ = ["GRPC_EXPERIMENTS", "TOKEN_ENV", "build_parser", "read_token", "server_options", "main"]
@@ -40,7 +41,8 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-cloud", description="Cloud side of split FER inference: serves fer_attention (ASP+SFP on the 8x28x28 split tensor) and fer_classifier (whole network) over the Open Inference Protocol (gRPC).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="fer-cloud", description="Cloud side of split FER inference: serves fer_attention (ASP+SFP on the 8x28x28\n"
+        "split tensor) and fer_classifier (whole network) over the Open Inference Protocol (gRPC).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the service until SIGTERM/SIGINT (which drains gracefully)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     serve.add_argument("--host", default="0.0.0.0", help="address to bind")
@@ -53,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: the export of --weights from `fer-train export` (which writes attention.npz too) (default: the shipped export of the shipped weights)")
     serve.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="the gRPC server's event loop: uvloop (less CPU per request) where installed, else asyncio's")
     serve.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching: items per batch (1 disables batching)")
-    serve.add_argument("--max-queue-delay-ms", type=float, default=6.0, help="dynamic batching: longest wait for more requests to join a batch, and only while others are waiting (on a model's worker thread) or until as many have come as in the last batch (fer_attention on the event loop, the CPU default); a lone request never waits (0 disables batching). 6 ms measured 15 %% more throughput at 64 clients than 2 ms and no slower at 2 to 32 (docs/server.md)")
+    serve.add_argument("--max-queue-delay-ms", type=float, default=6.0, help="dynamic batching: longest wait for more requests to join a batch, and only while others are waiting (on a model's worker thread) or until as many have come as in the last batch (fer_attention on the event loop, the CPU default); a lone request never waits (0 disables batching)")
     serve.add_argument("--max-queue-size", type=int, default=512, help="per model: requests waiting for the model beyond this are refused at once with RESOURCE_EXHAUSTED (the edge answers them locally)")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=4096, help="open calls (a stream counts as one, health checks too) beyond this are refused with RESOURCE_EXHAUSTED")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics over HTTP on this port")
@@ -167,8 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
     server = CloudServer(engine, options, event_loop=args.event_loop)
     port = server.start()
     # What start-up made (the model, the libraries' objects) lives as long as the process: out of the cyclic
-    # collector's sight, its full collections stop pausing the event loop (p99 at 64 clients: 17.7-19.1 ms
-    # against 22.0-26.7 without, docs/server.md).
+    # collector's sight, its full collections stop pausing the event loop (a lower p99).
     gc.freeze()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -1,4 +1,5 @@
-"""What computes each served model: ONNX Runtime on a CPU, or PyTorch (any device); the attention stage on the CPU where its matrices hold.
+"""What computes each served model: the partitions of :mod:`shared_model.runtimes` (ONNX Runtime on a CPU,
+or PyTorch on any device), and the attention stage on the CPU where its matrices hold.
 
 Each model is one batch function, NumPy array in, NumPy array out, run by its batcher:
 
@@ -7,21 +8,20 @@ Each model is one batch function, NumPy array in, NumPy array out, run by its ba
 - ``fer_rest``: split tensor -> probabilities (attention and tail);
 - ``fer_classifier``: image -> probabilities (the whole network).
 
-On a CPU, ONNX Runtime runs this network 1.8-4x faster than PyTorch at batch 1
-(`fer-bench edge-runtimes`, docs/network.md), so ``auto`` picks it there when
-it is installed; on CUDA, PyTorch, except ``fer_attention``, which is
-faster on the CPU (:func:`cpu_attention`). The ONNX partitions come from an export
-folder (``fer-train export``, plus ``attention.npz`` from
+On a CPU, ONNX Runtime runs this network several times faster than PyTorch at
+batch 1, so ``auto`` picks it there when it is installed; on CUDA, PyTorch,
+except ``fer_attention``, whose few thousand multiply-adds per face gain nothing
+from a GPU's copies and launches (:func:`cpu_attention`). The ONNX partitions
+come from an export folder (``fer-train export``, plus ``attention.npz`` from
 :mod:`shared_model.attention_matrices`: the attention stage as a few matrices,
 run with NumPy; the package ships the export of the default weights), whose
 ``model.json`` gives the config and the fingerprint: served this way, the
-process never imports PyTorch (hundreds of MiB resident). An export without
-``attention.npz`` still works: ``fer_attention`` then runs under PyTorch from
-the checkpoint, as before.
+process never imports PyTorch. An export without ``attention.npz`` still works:
+``fer_attention`` then runs under PyTorch from the checkpoint.
 
 A :class:`Runtime` also says which models are light enough to compute on the
 event loop itself (inline batches, see :mod:`cloud_server.batching`): the
-attention stage in NumPy, tens of microseconds per request.
+attention stage in NumPy, microseconds per request.
 """
 
 from __future__ import annotations
@@ -36,18 +36,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from shared_model.attention_matrices import ATTENTION_FILE, NumpyAttention
 from shared_model.config import ModelConfig
 from shared_model.protocol import ATTENTION_MODEL, CLASSIFIER_MODEL, REST_MODEL
-
-from shared_model.attention_matrices import ATTENTION_FILE, NumpyAttention
+from shared_model.runtimes import OnnxBackend, resolve_runtime, shipped_onnx_dir, softmax
 
 __all__ = [
-    "RUNTIMES", "BatchFunction", "Runtime", "resolve_device", "resolve_runtime", "softmax", "attention_function",
-    "torch_runtime", "cpu_attention", "onnx_runtime", "load_runtime",
+    "BatchFunction", "Runtime", "resolve_device", "attention_function", "torch_runtime", "cpu_attention", "onnx_runtime", "load_runtime",
 ]
 
 log = logging.getLogger(__name__)
-RUNTIMES = ("auto", "torch", "onnx")
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
 
@@ -87,25 +85,6 @@ def resolve_device(name: str) -> str:
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}; expected auto, cpu or cuda[:N]")
     return name
-
-
-def resolve_runtime(runtime: str, device: str) -> str:
-    """``auto``: ONNX Runtime on a CPU where it is installed, else PyTorch."""
-    if runtime not in RUNTIMES:
-        raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
-    device = str(device)
-    if runtime == "onnx" and device != "cpu":
-        raise ValueError(f"--runtime onnx runs on the CPU; the device is {device}")
-    if runtime != "auto":
-        return runtime
-    from edge_client.backends import onnxruntime_available
-
-    return "onnx" if device == "cpu" and onnxruntime_available() else "torch"
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32, copy=False)
 
 
 def _torch_function(function: Callable[[Any], Any], device: Any) -> BatchFunction:
@@ -154,10 +133,8 @@ def torch_runtime(model: Any, device: str = "cpu", threads: int | None = None) -
 def cpu_attention(model: Any, tolerance: float = 1e-4) -> BatchFunction | None:
     """``fer_attention`` as :class:`NumpyAttention` on the CPU, computed on the event loop, whatever the device.
 
-    The stage is a few thousand multiply-adds per face (about 9 us here compiled);
-    a GPU only adds its copies and launches: on an H200, fer-cloud served it at
-    2,926 req/s and 0.85 ms p50 on one CPU core against 1,572 req/s and 2.07 ms
-    on CUDA (docs/gpu.md). None, with a warning, where the matrices do not
+    The stage is a few thousand multiply-adds per face: a GPU would only add its
+    copies and launches. None, with a warning, where the matrices do not
     reproduce PyTorch within ``tolerance`` (then PyTorch computes it on the device).
     """
     import torch
@@ -186,8 +163,6 @@ def onnx_runtime(folder: Path | None = None, threads: int | None = None, model: 
     PyTorch: ``model``, or the shipped checkpoint when the export is of the
     shipped weights.
     """
-    from edge_client.backends import OnnxBackend, shipped_onnx_dir
-
     folder = Path(folder) if folder else shipped_onnx_dir()
     partitions = OnnxBackend(folder, threads)
     if model is not None:
@@ -235,9 +210,7 @@ def load_runtime(
     PyTorch when ONNX Runtime serves an export.
     """
     device = resolve_device(str(device))
-    if runtime == "auto" and weights is not None and onnx_dir is None and model is None:
-        runtime = "torch"  # a checkpoint of its own has no shipped export
-    if resolve_runtime(runtime, device) == "onnx":
+    if resolve_runtime(runtime, weights if model is None else None, onnx_dir, device) == "onnx":
         if model is None and weights is not None:
             from shared_model.checkpoint import load_model
 

@@ -3,8 +3,9 @@
 The server is ``grpc.aio``: one event loop (on a thread of its own, so that
 :class:`CloudServer` can be driven from ordinary code) serves every call, so
 long-lived streams hold no threads and health checks are answered beside any
-number of them. Thread model: the event loop; one compute thread per model
-(the batchers); a small pool decoding images; the metrics HTTP server.
+number of them. Thread model: the event loop (which also computes the light
+models); one compute thread per other model (its ThreadBatcher); a small pool
+decoding images; the metrics HTTP server.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def grpc_options(options: ServerOptions) -> list[tuple[str, Any]]:
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
-    """The server's event loop: ``uvloop`` (about 15 % less CPU per call than asyncio's own), ``asyncio``, or ``auto`` (uvloop where installed)."""
+    """The server's event loop: ``uvloop`` (less CPU per call than asyncio's own), ``asyncio``, or ``auto`` (uvloop where installed)."""
     if kind not in ("auto", "uvloop", "asyncio"):
         raise ValueError(f"unknown event loop {kind!r}; expected auto, uvloop or asyncio")
     if kind != "asyncio":

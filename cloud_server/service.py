@@ -1,8 +1,8 @@
 """The gRPC servicer (grpc.aio): thin, it maps protocol calls onto the engine and statuses onto errors.
 
 Every method is a coroutine on the server's one event loop, so an open stream
-costs a coroutine, not a thread; the model computes on the engine's batcher
-threads and the loop only validates, queues and answers.
+costs a coroutine, not a thread; every inference request takes the engine's
+one path (:meth:`~cloud_server.engine.InferenceEngine.infer`).
 
 ``ModelInfer`` and ``ModelStreamInfer`` take and return serialized messages
 (:func:`add_inference_service` registers them without protobuf (de)serializers), so
@@ -33,7 +33,6 @@ SERVER_NAME = "fer-cloud"
 SERVER_VERSION = "0.1.0"
 STREAM_WINDOW = 64  # requests of one stream in the server at once; more wait in the transport (flow control)
 RAW_METHODS = ("ModelInfer", "ModelStreamInfer")  # served on serialized messages
-DRAINING = "server is draining; send requests to another replica"
 MAX_DETAILS = 2000  # bytes of an error message (gRPC percent-encodes non-ASCII bytes, and its trailers hold ~8 KB); inference.echoed bounds what clients sent
 
 
@@ -49,15 +48,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, engine: InferenceEngine, stream_window: int = STREAM_WINDOW) -> None:
         self.engine = engine
         self.stream_window = stream_window
-        self._draining = False
 
     def start_draining(self) -> None:
         """From now on: not ready, new inference calls UNAVAILABLE."""
-        self._draining = True
+        self.engine.start_draining()
 
     @property
     def draining(self) -> bool:
-        return self._draining
+        return self.engine.draining
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -79,22 +77,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {request.name} version {echoed(request.version)} is not served here (this server holds version {self.engine.fingerprint})")
         return model_metadata(request.name, self.engine.config, self.engine.fingerprint)
 
-    def _refuse_draining(self, request: bytes) -> InferenceError:
-        """UNAVAILABLE for a request that came while draining, counted in the metrics as every answer is."""
-        self.engine.count_refusal(request, grpc.StatusCode.UNAVAILABLE.name)
-        return InferenceError(grpc.StatusCode.UNAVAILABLE, DRAINING)
-
-    async def _infer(self, request: bytes, deadline: float | None) -> bytes:
-        if self.draining:
-            raise self._refuse_draining(request)
-        return await self.engine.infer_bytes_async(request, deadline)
-
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         """A serialized ``ModelInferRequest`` in, a serialized ``ModelInferResponse`` out."""
         try:
-            if self.draining:
-                raise self._refuse_draining(request)
-            return await self.engine.infer_bytes_async(request, _deadline(context))  # not through _infer: one frame less
+            return await self.engine.infer(request, _deadline(context))
         except InferenceError as error:
             await context.abort(error.code, _bounded(error.message))
         except Exception as error:  # a bug must not kill the server: report it, keep serving
@@ -138,7 +124,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _stream_reply(self, request: bytes, deadline: float | None) -> tuple[bytes, bool]:
         """The stream response for one request, and whether the stream should end after it."""
         try:
-            return wire.stream_response_bytes(await self._infer(request, deadline)), False
+            return wire.stream_response_bytes(await self.engine.infer(request, deadline)), False
         except InferenceError as error:
             return _stream_error(request, stream_error_message(error.code.name, _bounded(error.message))), error.code == grpc.StatusCode.UNAVAILABLE
         except Exception as error:

@@ -4,8 +4,8 @@ gRPC hands the server each request as bytes and sends whatever bytes the
 handler returns. Parsing a request with protobuf copies every
 ``raw_input_contents`` buffer twice (into protobuf's arena, then into a Python
 ``bytes`` when read), and serializing a response copies every
-``raw_output_contents`` buffer twice more: for a split tensor, four copies of
-25 KB per request, which on one core cost as much as the attention itself.
+``raw_output_contents`` buffer twice more: four copies of each split tensor
+per request, as costly on one core as the attention itself.
 Following the protobuf encoding (a published specification):
 
 - :func:`split_infer_request` walks a request's top-level fields (tags and
@@ -15,8 +15,8 @@ Following the protobuf encoding (a published specification):
   usual. The walk is a Python loop, so it stops at :data:`MAX_FIELDS` fields or
   ``max_raws`` tensors: a megabyte of two-byte fields would otherwise hold the
   event loop for seconds. An input tensor larger than a plain one is walked
-  too, for the same reason: protobuf parses 60 MB of packed ``shape`` in 1-2 s
-  (and half a gigabyte of integers), so a shape of more than :data:`MAX_RANK`
+  too, for the same reason: protobuf parses a packed ``shape`` of tens of
+  megabytes for seconds, so a shape of more than :data:`MAX_RANK`
   dimensions, typed ``contents`` of more than :data:`MAX_CONTENT_ELEMENTS`
   integers, or a tensor of more than :data:`MAX_FIELDS` fields is refused
   unparsed;
@@ -52,7 +52,7 @@ _MAX_VARINT_BYTES = 10
 MAX_FIELDS = 1024  # top-level fields of one request; a real one has a dozen
 MAX_RAWS = 64  # raw_input_contents buffers of one request, unless the caller allows fewer
 MAX_RANK = 8  # dimensions of an input's shape; every served model takes rank 1 to 4
-MAX_CONTENT_ELEMENTS = 1 << 24  # integers in an input's typed contents (64 raw 224x224x3 images are 9.6 M); ~0.2 s to parse
+MAX_CONTENT_ELEMENTS = 1 << 24  # integers in an input's typed contents (64 raw 224x224x3 images are 9.6 M)
 _PLAIN_TENSOR_BYTES = 256  # an input tensor this small (raw contents: name, datatype, shape, parameters) is not walked
 
 

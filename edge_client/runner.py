@@ -1,16 +1,10 @@
 """The edge runner: one face in, exactly one result out, by the chosen strategy or locally.
 
-Strategies (see DESIGN.md and ARCHITECTURE.md):
-
-- ``edge``: everything here.
-- ``cloud``: the face image goes up (JPEG/PNG at ``image_size``, or raw pixels
-  as in the paper); class probabilities come back.
-- ``split``: the head runs here, the split tensor goes up; by default only the
-  attention comes back (a 1xHxW spatial map and C channel weights, 792 bytes as
-  uint8) and is applied to the edge's own full-precision tensor; with
-  ``split_returns="features"`` the attended tensor comes back (the paper's round trip).
-- ``split-rest``: the head runs here, the split tensor goes up, probabilities come back.
-- ``auto``: one of the above per face, chosen by :class:`~edge_client.auto.AutoPlanner`.
+The strategies are named in :mod:`edge_client.strategies`; what goes on the wire is set by
+:class:`~edge_client.wire_options.WireOptions`; ``auto`` asks
+:class:`~edge_client.planner.AutoPlanner` per face, and re-measures a remote strategy behind a
+local answer when the planner says so; what the cloud serves comes from
+:class:`~edge_client.discovery.CloudDiscovery`.
 
 Any remote failure (error, timeout, refusal, version mismatch, open circuit, a
 malformed answer, even a bug on the remote path) is answered locally from the
@@ -26,62 +20,28 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 
 from shared_model import codec
-from shared_model.preprocessing import pixels_to_array, to_gray
-from shared_model.protocol import (
-    ATTENTION_MODEL,
-    CHANNEL_ATTENTION,
-    CLASSIFIER_MODEL,
-    FEATURES,
-    FINGERPRINT,
-    PROBABILITIES,
-    REST_MODEL,
-    SPATIAL_ATTENTION,
-    read_parameters,
-)
+from shared_model.offload import apply_attention
+from shared_model.preprocessing import pixels_to_array
+from shared_model.protocol import ATTENTION_MODEL, CHANNEL_ATTENTION, FEATURES, PROBABILITIES, REST_MODEL, SPATIAL_ATTENTION
+from shared_model.runtimes import Backend, as_backend, softmax
 
-from .auto import (
-    CLOUD,
-    CONCRETE_STRATEGIES,
-    EDGE,
-    PRIVATE_STRATEGIES,
-    REMOTE_STRATEGIES,
-    SPLIT,
-    SPLIT_REST,
-    AutoPlanner,
-    AutoSettings,
-    Decision,
-    Observation,
-    RttProbe,
-    link_changed,
-)
-from .backends import Backend, as_backend
 from .breaker import HALF_OPEN, OPEN, CircuitBreaker
+from .discovery import REFUSAL_RECHECK_S, CloudDiscovery, Refusal
+from .estimates import RttProbe, link_changed
+from .planner import AutoPlanner, Decision, Observation
+from .strategies import (
+    AUTO, CLOUD, CONCRETE_STRATEGIES, EDGE, MODEL_OF_STRATEGY, NOT_SERVED_REASONS, PRIVATE_STRATEGIES, REMOTE_STRATEGIES, SPLIT,
+    SPLIT_REST, STRATEGIES, check_choice,
+)
 from .transport import CloudClient, RemoteCall, RemoteError
+from .wire_options import WireOptions
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
-STRATEGIES = (*CONCRETE_STRATEGIES, AUTO)
-IMAGE_FORMATS = ("jpeg", "png", "raw")
-SPLIT_RETURNS = ("attention", "features")
-# The cloud strategy sends the face crop itself, shrunk to at most this side:
-# the smallest that kept FER2013 accuracy within 0.3 points of sending 224x224
-# (docs/offload_accuracy.md); FER2013's faces are 48x48, the network's training data.
-DEFAULT_IMAGE_SIZE = 48
-DEFAULT_JPEG_QUALITY = 95
-MODEL_OF_STRATEGY = {CLOUD: CLASSIFIER_MODEL, SPLIT: ATTENTION_MODEL, SPLIT_REST: REST_MODEL}
-# Fallback reasons that mean "this cloud cannot serve this strategy", not "it failed this time".
-NOT_SERVED_REASONS = ("not_served", "version_mismatch")
-# While the cloud refuses a strategy (other weights, a model it does not serve), it is asked again this often
-# (seconds): a ModelMetadata call per model, in the background, so that a finished rollout brings it back.
-REFUSAL_RECHECK_S = 10.0
-RECHECK_FLOOR_S = 1.0  # a call that meets a refusal has the cloud asked again this soon, not sooner
-
-__all__ = ["AUTO", "CLOUD", "EDGE", "SPLIT", "SPLIT_REST", "STRATEGIES", "IMAGE_FORMATS", "SPLIT_RETURNS", "Latency", "FaceResult", "EdgeRunner", "softmax", "REFUSAL_RECHECK_S"]
+__all__ = ["Latency", "FaceResult", "EdgeRunner"]
 
 
 @dataclass
@@ -99,6 +59,8 @@ class Latency:
 
 @dataclass
 class FaceResult:
+    """One face's answer: its label and probabilities, who produced it and why, and what it cost."""
+
     label: str
     probabilities: dict[str, float]
     strategy: str  # what produced the answer: edge, cloud, split or split-rest
@@ -111,6 +73,7 @@ class FaceResult:
     auto: dict[str, Any] | None = None  # with strategy auto: its choice, why, and each candidate's predicted ms
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as plain data (a record's fields)."""
         return asdict(self)
 
 
@@ -118,45 +81,15 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def encode_face_image(
-    pixels: np.ndarray,
-    image_format: str = "jpeg",
-    size: int | None = DEFAULT_IMAGE_SIZE,
-    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-    crop: np.ndarray | None = None,
-) -> bytes | np.ndarray:
-    """What the cloud strategy sends: the raw prepared (S, S, 3) pixels as in the paper, or the gray
-    face as JPEG/PNG: the ``crop`` as found (else the prepared pixels), shrunk to ``size`` if larger."""
-    if image_format == "raw":
-        return pixels
-    gray = to_gray(crop) if crop is not None else pixels[:, :, 0]
-    if size and max(gray.shape[:2]) > size:
-        gray = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
-    if image_format == "png":
-        ok, buffer = cv2.imencode(".png", gray)
-    else:
-        ok, buffer = cv2.imencode(".jpg", gray, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-    if not ok:
-        raise ValueError(f"could not encode the face as {image_format}")
-    return buffer.tobytes()
-
-
-def apply_attention(z: np.ndarray, spatial: np.ndarray, channel: np.ndarray) -> np.ndarray:
-    """The attended tensor ``z * S * c`` from the edge's own ``z`` and the attention it received."""
-    return z * spatial * channel[:, :, None, None]
-
-
 class EdgeRunner:
     """Classifies prepared faces (uint8 (S, S, 3)) with a strategy and local fallback.
 
-    ``model`` is a :class:`~edge_client.backends.Backend` or a PyTorch ``FERNet``.
-    With ``private`` the face image never leaves the device (``cloud`` is refused,
-    ``auto`` never picks it).
+    ``model`` is a :class:`~shared_model.runtimes.Backend` or a PyTorch ``FERNet``.
+    ``wire``: what goes on the wire. With ``private`` the face image never leaves the
+    device (``cloud`` is refused, ``auto`` never picks it). ``background_measuring``:
+    while auto answers on the edge, it re-measures remote strategies with calls beside
+    the local answers (off: on faces of their own, fewer bytes on a metered link).
+    ``refusal_recheck_s``: how often a cloud that refuses something is asked again.
     """
 
     def __init__(
@@ -165,22 +98,14 @@ class EdgeRunner:
         strategy: str = EDGE,
         client: CloudClient | None = None,
         breaker: CircuitBreaker | None = None,
-        encoding: str = codec.UINT8,
-        image_format: str = "jpeg",
-        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+        wire: WireOptions = WireOptions(),
         timeout_s: float = 1.0,
         use_stream: bool = False,
-        image_size: int | None = DEFAULT_IMAGE_SIZE,
-        split_returns: str = "attention",
         private: bool = False,
-        planner: AutoPlanner | None = None,
-        rtt_interval_s: float = 2.0,
-        auto: AutoSettings = AutoSettings(),
+        background_measuring: bool = True,
         refusal_recheck_s: float = REFUSAL_RECHECK_S,
     ) -> None:
-        _check_choice("strategy", strategy, STRATEGIES)
-        _check_choice("image format", image_format, IMAGE_FORMATS)
-        _check_choice("split return", split_returns, SPLIT_RETURNS)
+        check_choice("strategy", strategy, STRATEGIES)
         if strategy not in (EDGE, AUTO) and client is None:
             raise ValueError(f"strategy {strategy!r} needs a cloud address")
         if private and strategy == CLOUD:
@@ -191,29 +116,24 @@ class EdgeRunner:
         self.strategy = strategy
         self.client = client
         self.breaker = breaker or CircuitBreaker(probe=(lambda: client.healthy(min(0.25, timeout_s))) if client else None)
-        self.encoding = encoding
-        self.image_format = image_format
-        self.jpeg_quality = jpeg_quality
-        self.image_size = image_size
-        self.split_returns = split_returns
+        self.wire = wire
         self.timeout_s = timeout_s
         self.use_stream = use_stream
         self.private = private
-        self.planner = planner
+        self.background_measuring = background_measuring
+        self.planner: AutoPlanner | None = None
         self._probe: RttProbe | None = None
         self._warm = False
-        self._refusal: tuple[str, str] | None = None  # why a fixed remote strategy must not call this cloud
-        self._discovered = threading.Event()
-        self._first_discovery = threading.Event()  # the first attempt finished, whatever its outcome
+        self._refusal: Refusal | None = None  # why a fixed remote strategy must not call this cloud
         self._closed = False
-        self._next_discovery = 0.0  # monotonic time before which the cloud is not asked (again)
-        self.refusal_recheck_s = refusal_recheck_s
-        self._recheck_requested = False  # a call met a refusal: ask the cloud again (see classify)
-        self._discovery_lock = threading.Lock()
         self._background: threading.Thread | None = None  # auto's re-measurement behind a local answer, if in flight
         self._background_lock = threading.Lock()
         if strategy == AUTO:
-            self._start_auto(rtt_interval_s, auto)
+            self._start_auto()
+        self.discovery = None if client is None else CloudDiscovery(
+            client, self.backend.fingerprint, self._strategies_to_check, self._apply_refusal, self._refusing, self._on_first_discovery,
+            refusal_recheck_s,
+        )
         self._run_strategy: dict[str, Callable[[np.ndarray, np.ndarray | None, float], FaceResult]] = {
             EDGE: lambda pixels, crop, deadline: self._local(pixels_to_array(pixels), Latency()),
             CLOUD: self._cloud,
@@ -221,18 +141,13 @@ class EdgeRunner:
             SPLIT_REST: self._split_rest,
         }
 
-    def _start_auto(self, rtt_interval_s: float, settings: AutoSettings) -> None:
+    def _start_auto(self) -> None:
         allowed = PRIVATE_STRATEGIES if self.private else CONCRETE_STRATEGIES
         remote = [s for s in allowed if s in REMOTE_STRATEGIES] if self.client else []
-        if self.planner is None:
-            self.planner = settings.planner([EDGE, *remote], self.timeout_s)
-        else:
-            for strategy in list(self.planner.candidates):
-                if strategy not in allowed or (strategy in REMOTE_STRATEGIES and not self.client):
-                    self.planner.remove(strategy)
+        self.planner = AutoPlanner([EDGE, *remote], self.timeout_s)
         if self.client is not None:
             client = self.client
-            self._probe = RttProbe(lambda: client.round_trip(min(0.5, self.timeout_s)), self.planner.observe_rtt, rtt_interval_s)
+            self._probe = RttProbe(lambda: client.round_trip(min(0.5, self.timeout_s)), self.planner.observe_rtt)
 
     # -- the one public call ----------------------------------------------------------
 
@@ -247,19 +162,20 @@ class EdgeRunner:
             self._warm_up()  # once: a first inference is no measure of the next, so not part of any face's latency
         started = time.perf_counter()
         deadline = started + self.timeout_s  # one deadline for the whole face, the wait for ModelMetadata included
-        self._start_discovery()
+        if self.discovery is not None:
+            self.discovery.start()
         decision: Decision | None = None
         strategy = self.strategy
         if strategy == AUTO:
             if self.breaker.state == OPEN:
                 self.breaker.allow()  # starts the health probe when it is due; never blocks
-            decision = self.planner.choose(cloud_on_trial=self.breaker.state == HALF_OPEN, background_ready=not self.measuring_in_background())  # type: ignore[union-attr]
+            decision = self._choose(cloud_on_trial=self.breaker.state == HALF_OPEN, background_ready=not self.measuring_in_background())
             strategy = decision.strategy
         known = strategy == EDGE or self._discovery_known(deadline)  # the first remote face waits for ModelMetadata, within its deadline
         waited = time.perf_counter() - started
         if decision is not None and strategy not in self.planner.candidates:  # type: ignore[union-attr]
             # what the cloud said meanwhile rules this strategy out (other weights, model not served)
-            decision = self.planner.choose(cloud_on_trial=False)  # type: ignore[union-attr]
+            decision = self._choose(cloud_on_trial=False, background_ready=None)
             strategy = decision.strategy
         refusal = self._refusal  # read once: the discovery thread may clear it meanwhile
         try:
@@ -287,18 +203,15 @@ class EdgeRunner:
             self._after_failed_call(result.fallback_reason)
         return result
 
+    def _choose(self, cloud_on_trial: bool, background_ready: bool | None) -> Decision:
+        """Auto's decision; a runner that does not measure in the background tells the planner it cannot."""
+        return self.planner.choose(cloud_on_trial, background_ready if self.background_measuring else None)  # type: ignore[union-attr]
+
     def _after_failed_call(self, reason: str | None) -> None:
-        """A remote call (a face's or a background one) produced no answer. If it met a refusal the discovery
-        did not know of (a redeploy, an engine's model reloaded as a new version), the cloud is asked again
-        what it serves within a second; if calls failed until the breaker opened, at the usual interval.
-        That holds the calls until the cloud serves the edge's weights and, on an engine with versions of
-        its own, learns the version that holds them now (Triton answers a version it unloaded with
-        UNAVAILABLE, which its health check does not show: the breaker's trials alone would fail for ever)."""
-        if reason in NOT_SERVED_REASONS:
-            self._recheck_requested = True
-            self._next_discovery = min(self._next_discovery, time.monotonic() + RECHECK_FLOOR_S)
-        elif self.breaker.state == OPEN:
-            self._recheck_requested = True
+        """A remote call (a face's or a background one) produced no answer: discovery decides whether to ask
+        the cloud again (see :meth:`CloudDiscovery.after_failure`)."""
+        if self.discovery is not None:
+            self.discovery.after_failure(reason, self.breaker.state == OPEN)
 
     def measuring_in_background(self) -> bool:
         """Is a re-measurement of a remote strategy (auto's, behind a local answer) in flight?"""
@@ -314,12 +227,12 @@ class EdgeRunner:
     def close(self) -> None:
         """Stop the RTT probe and close the connection to the cloud."""
         self._closed = True
+        if self.discovery is not None:
+            self.discovery.close()
         if self._probe is not None:
             self._probe.stop()
         if self.client is not None:
             self.client.close()
-
-    # -- auto: what the cloud serves ----------------------------------------------------
 
     def _warm_up(self) -> None:
         """Run each local stage once, untimed: a first inference (lazy initialisation) is no measure of the next."""
@@ -328,76 +241,38 @@ class EdgeRunner:
         self.backend.tail(self.backend.cloud(z))
         self._warm = True
 
-    def _start_discovery(self) -> None:
-        """Does the cloud serve what we need, with our weights (ModelMetadata)?
+    # -- what the cloud serves (asked by self.discovery) --------------------------------
 
-        For ``auto``, the strategies it may choose from; for a fixed remote strategy,
-        whether to call the cloud at all. Until it has answered once, a cloud that
-        cannot be asked is asked again 5 s later; meanwhile calls go ahead and fail
-        over as usual. The first face waits for the first answer, up to its own
-        deadline: an engine whose versions are its own (Triton) is only known to
-        hold these weights, and which version to name, once it has answered
-        (:meth:`_discovery_known`). After that, the cloud is asked again only when
-        :meth:`_recheck_due`, every ``refusal_recheck_s``: a rollout that ends or a
-        model that finishes loading brings the cloud back to a running edge. Asked
-        in the background: a silent link must not hold a face longer than its deadline.
-        """
-        if self.client is None or self._closed:
-            return
-        if self._discovered.is_set() and not self._recheck_due():
-            return
-        now = time.monotonic()
-        if now >= self._next_discovery and self._discovery_lock.acquire(blocking=False):
-            self._next_discovery = now + (self.refusal_recheck_s if self._discovered.is_set() else 5.0)
-            threading.Thread(target=self._discover_now, name="fer-discovery", daemon=True).start()
-
-    def _recheck_due(self) -> bool:
-        """Is the cloud to be asked again: it refuses, for now, what this runner's strategy needs (or one that
-        auto may use), or a call met a refusal or opened the breaker?"""
-        return self._recheck_requested or self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
+    def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
+        """Block until the cloud's models and weights are known (for tests and tools); True if they are."""
+        return self.discovery is None or self.discovery.wait(timeout_s)
 
     def _discovery_known(self, deadline: float) -> bool:
-        """Has the first answer about what the cloud serves come? Waits for it until ``deadline``
-        (a ``perf_counter`` value); at once after the first attempt, whatever its outcome."""
-        if self._discovered.is_set() or self.client is None:
-            return True
-        return self._first_discovery.wait(max(0.0, deadline - time.perf_counter()))
+        """Has the first answer about what the cloud serves come? Waits for it until ``deadline``."""
+        return self.discovery is None or self.discovery.known(deadline)
 
-    def _discover_now(self) -> None:
-        try:
-            auto = self.strategy == AUTO
-            if auto:
-                planner = self.planner
-                strategies = [s for s in REMOTE_STRATEGIES if s in planner.candidates or s in planner.suspended]  # type: ignore[union-attr]
-            else:
-                strategies = [self.strategy]
-            try:
-                refusals = {s: self._refusal_of(MODEL_OF_STRATEGY[s]) for s in strategies}
-            except RemoteError as error:
-                log.info("cloud metadata unavailable (%s); asking again in %.3g s", error.reason, self._next_discovery - time.monotonic())
-                return
-            except ValueError:  # the runner closed its channel meanwhile
-                if self._closed:
-                    return
-                raise
-            self._recheck_requested = False
-            for strategy, refusal in refusals.items():
-                self._apply_refusal(strategy, refusal)
-            self._next_discovery = time.monotonic() + self.refusal_recheck_s
-            first = not self._discovered.is_set()
-            self._discovered.set()
-            if first and self._probe is not None and not self._closed:
-                self._probe.sample_now()
-                self._probe.start()
-        finally:
-            self._first_discovery.set()
-            self._discovery_lock.release()
+    def _strategies_to_check(self) -> list[str]:
+        """The remote strategies discovery asks about: auto's candidates and suspended ones, or the fixed one."""
+        if self.strategy != AUTO:
+            return [self.strategy]
+        planner = self.planner
+        return [s for s in REMOTE_STRATEGIES if s in planner.candidates or s in planner.suspended]  # type: ignore[union-attr]
 
-    def _apply_refusal(self, strategy: str, refusal: tuple[str, str] | None) -> None:
+    def _refusing(self) -> bool:
+        """Does the cloud refuse, for now, what this runner's strategy needs (or one that auto may use)?"""
+        return self._refusal is not None or bool(self.planner is not None and self.planner.suspended)
+
+    def _on_first_discovery(self) -> None:
+        """The cloud has answered once: the round trip is measured from now on."""
+        if self._probe is not None and not self._closed:
+            self._probe.sample_now()
+            self._probe.start()
+
+    def _apply_refusal(self, strategy: str, refusal: Refusal | None) -> None:
         """What the cloud said of ``strategy``'s model: refused (until it says otherwise) or served."""
         refused_before = strategy in self.planner.suspended if self.strategy == AUTO else self._refusal is not None  # type: ignore[union-attr]
         if refusal is not None and not refused_before:
-            log.warning("%s will not use the cloud until it changes (asked again every %.3g s): %s", strategy, self.refusal_recheck_s, refusal[1])
+            log.warning("%s will not use the cloud until it changes (asked again every %.3g s): %s", strategy, self.discovery.recheck_s, refusal[1])  # type: ignore[union-attr]
         elif refusal is None and refused_before:
             log.warning("%s uses the cloud again: it serves %s with the edge's weights", strategy, MODEL_OF_STRATEGY[strategy])
         if self.strategy != AUTO:
@@ -406,36 +281,6 @@ class EdgeRunner:
             self.planner.suspend(strategy)  # type: ignore[union-attr]
         else:
             self.planner.resume(strategy)  # type: ignore[union-attr]
-
-    def wait_for_discovery(self, timeout_s: float = 5.0) -> bool:
-        """Block until the cloud's models and weights are known (for tests and tools); True if they are."""
-        return self._discovered.wait(timeout_s)
-
-    def _refusal_of(self, model: str) -> tuple[str, str] | None:
-        """None when the cloud serves ``model`` with this edge's weights, else (fallback reason, why)."""
-        try:
-            metadata = self.client.model_metadata(model)  # type: ignore[union-attr]
-        except RemoteError as error:
-            if error.reason in NOT_SERVED_REASONS:
-                return error.reason, f"{model}: {error.detail or error.reason}"
-            raise
-        fingerprint = read_parameters(metadata.parameters).get(FINGERPRINT)
-        versions = list(metadata.versions)
-        if fingerprint is None and self.backend.fingerprint not in versions:
-            # An engine with versions of its own (Triton: integers, no metadata parameters)
-            # keeps the fingerprint in the model's configuration; requests then name its version.
-            try:
-                fingerprint = self.client.model_config_parameters(model).get(FINGERPRINT)  # type: ignore[union-attr]
-            except RemoteError:
-                fingerprint = None
-            if fingerprint == self.backend.fingerprint and versions:
-                self.client.engine_versions[model] = max(versions, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v))  # type: ignore[union-attr]
-                return None
-        if fingerprint is not None and fingerprint != self.backend.fingerprint:
-            return "version_mismatch", f"{model} holds weights {fingerprint}, the edge {self.backend.fingerprint}"
-        if fingerprint is None and versions and self.backend.fingerprint not in versions:
-            return "version_mismatch", f"{model} serves versions {versions}, not the edge's {self.backend.fingerprint}"
-        return None
 
     # -- strategies -------------------------------------------------------------------
 
@@ -463,7 +308,7 @@ class EdgeRunner:
             return "circuit_open"
         t0 = time.perf_counter()
         try:
-            request = self.client.features_request(model, z, self.encoding, outputs)  # type: ignore[union-attr]
+            request = self.client.features_request(model, z, self.wire.encoding, outputs)  # type: ignore[union-attr]
         except codec.CodecError as error:
             self.breaker.release_trial()
             return f"encode_error: {error}"
@@ -476,8 +321,8 @@ class EdgeRunner:
     def _split(self, pixels: np.ndarray, crop: np.ndarray | None, deadline: float) -> FaceResult:
         latency = Latency()
         z = self._head(pixels_to_array(pixels), latency)
-        lean = self.split_returns == "attention"
-        call = self._send_features(ATTENTION_MODEL, z, latency, deadline, self._requested_outputs(SPLIT))
+        lean = self.wire.split_returns == "attention"
+        call = self._send_features(ATTENTION_MODEL, z, latency, deadline, self.wire.requested_outputs(SPLIT))
         if isinstance(call, str):
             return self._finish_locally(z, latency, call)
         t0 = time.perf_counter()
@@ -502,7 +347,7 @@ class EdgeRunner:
         if not self.breaker.allow():
             return self._local(pixels_to_array(pixels), latency, "circuit_open")
         t0 = time.perf_counter()
-        request = self.client.image_request(self.encode_image(pixels, crop))  # type: ignore[union-attr]
+        request = self.client.image_request(self.wire.encode_image(pixels, crop))  # type: ignore[union-attr]
         latency.encode = _ms(time.perf_counter() - t0)
         try:
             call = self._call(request, deadline)
@@ -524,12 +369,12 @@ class EdgeRunner:
         latency = Latency()
         x = pixels_to_array(pixels)
         if strategy == CLOUD:
-            self._start_background(strategy, lambda: self.client.image_request(self.encode_image(pixels, crop)))  # type: ignore[union-attr]
+            self._start_background(strategy, lambda: self.client.image_request(self.wire.encode_image(pixels, crop)))  # type: ignore[union-attr]
             z = self._head(x, latency)
         else:
             z = self._head(x, latency)
-            model, outputs = MODEL_OF_STRATEGY[strategy], self._requested_outputs(strategy)
-            self._start_background(strategy, lambda: self.client.features_request(model, z, self.encoding, outputs))  # type: ignore[union-attr]
+            model, outputs = MODEL_OF_STRATEGY[strategy], self.wire.requested_outputs(strategy)
+            self._start_background(strategy, lambda: self.client.features_request(model, z, self.wire.encoding, outputs))  # type: ignore[union-attr]
         return self._finish_locally(z, latency, None)
 
     def _start_background(self, strategy: str, make_request: Callable[[], Any]) -> None:
@@ -586,22 +431,14 @@ class EdgeRunner:
             bytes_up=call.bytes_up, bytes_down=call.bytes_down, background=True,
         )
 
-    def _requested_outputs(self, strategy: str) -> tuple[str, ...]:
-        """The outputs a request of ``strategy`` names (none: the model's default output)."""
-        return (SPATIAL_ATTENTION, CHANNEL_ATTENTION) if strategy == SPLIT and self.split_returns == "attention" else ()
-
     def _usable(self, strategy: str, call: RemoteCall) -> bool:
         """Does the answer hold what ``strategy`` needs, in the shape the edge uses?"""
         if strategy != SPLIT:
             probabilities = call.outputs.get(PROBABILITIES)
             return probabilities is not None and probabilities[0].size == len(self.class_names)
-        return all(name in call.outputs for name in self._requested_outputs(SPLIT) or (FEATURES,))
+        return all(name in call.outputs for name in self.wire.requested_outputs(SPLIT) or (FEATURES,))
 
     # -- helpers ----------------------------------------------------------------------
-
-    def encode_image(self, pixels: np.ndarray, crop: np.ndarray | None = None) -> bytes | np.ndarray:
-        """What the cloud strategy sends (see :func:`encode_face_image`)."""
-        return encode_face_image(pixels, self.image_format, self.image_size, self.jpeg_quality, crop)
 
     def _call(self, request: Any, deadline: float) -> RemoteCall:
         """One remote call within what is left of the face's deadline; a failure is recorded here, a
@@ -635,11 +472,6 @@ class EdgeRunner:
             fallback_reason=reason,
             latency=latency,
         )
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {choices}")
 
 
 def _observation(strategy: str, result: FaceResult, waited_ms: float = 0.0) -> Observation:

@@ -18,8 +18,8 @@ line is a JSON command; each answer is one JSON line on stdout.
 - ``{"op": "trace", ...same..., "seconds": S}``: the same round robin for S
   seconds (while the parent changes the link), each record with its time.
 - ``{"op": "video", "target", "strategy": spec, "path": VIDEO, "in_flight": N,
-  "skip": K, "timeout_ms": T}``: the whole edge pipeline (read, detect, track,
-  classify with N frames in flight) over a video file; frames per second from the
+  "skip": K, "timeout_ms": T, "detector": D}``: the whole edge pipeline (read, detect
+  with ``fer-edge run --detector D``, default auto, track, classify with N frames in flight, smooth) over a video file; frames per second from the
   K-th record to the last, how the faces were answered, and each face's record
   (when it came out, its latency parts, who answered it, auto's choice and why).
 
@@ -34,21 +34,21 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import cv2
 
-from edge_client.auto import AutoSettings
 from edge_client.samples import sample_image
-from edge_client.backends import load_backend
 from edge_client.breaker import CircuitBreaker
 from edge_client.daemon import run_source
-from edge_client.faces import FaceDetector
+from edge_client.faces import AUTO_DETECTOR, FaceDetector, make_detector
 from edge_client.sources import open_source
 from edge_client.runner import FaceResult, EdgeRunner
 from edge_client.transport import CloudClient
+from edge_client.wire_options import WireOptions
 from shared_model.preprocessing import pixels_to_array, prepare_face
+from shared_model.runtimes import load_backend
 
 __all__ = ["EdgeWorker", "main"]
 
@@ -101,12 +101,10 @@ class EdgeWorker:
             remote = spec["strategy"] != "edge"
             client = CloudClient(target, self.fingerprint, timeout_s=timeout_s) if remote else None
             breaker = CircuitBreaker(probe=(lambda: client.healthy(min(0.25, timeout_s)))) if client else None
-            self._runners[key] = EdgeRunner(
-                self.backend, spec["strategy"], client, breaker, encoding=spec.get("encoding", "uint8"),
-                image_format=spec.get("image_format", "jpeg"), timeout_s=timeout_s, image_size=spec.get("image_size"),
-                split_returns=spec.get("split_returns", "attention"), auto=_auto_settings(spec),
-                use_stream=use_stream,
+            wire = WireOptions(
+                spec.get("encoding", "uint8"), spec.get("image_format", "jpeg"), spec.get("image_size"), split_returns=spec.get("split_returns", "attention"),
             )
+            self._runners[key] = EdgeRunner(self.backend, spec["strategy"], client, breaker, wire, timeout_s=timeout_s, use_stream=use_stream)
         return self._runners[key]
 
     def _round_robin(self, command: dict, rounds: int | None, seconds: float | None) -> dict[str, list[dict]]:
@@ -161,7 +159,8 @@ class EdgeWorker:
         strategies: Counter[str] = Counter()
         fallbacks = 0
         face_records: list[dict[str, Any]] = []
-        for record in run_source(source, FaceDetector(), runner, in_flight=command["in_flight"]):
+        detector = make_detector(command.get("detector", AUTO_DETECTOR))
+        for record in run_source(source, detector, runner, in_flight=command["in_flight"]):
             times.append(time.perf_counter())
             frames.add(record["frame"])
             if record.get("error") is None:
@@ -179,12 +178,6 @@ class EdgeWorker:
     def close(self) -> None:
         for runner in self._runners.values():
             runner.close()
-
-
-def _auto_settings(spec: dict[str, Any]) -> AutoSettings:
-    """The auto variant a benchmark strategy names: each ``auto_<field>`` of its spec sets that field of
-    :class:`AutoSettings` (the defaults where it names none)."""
-    return AutoSettings(**{f.name: spec[key] for f in fields(AutoSettings) if (key := f"auto_{f.name}") in spec})
 
 
 def _video_face(record: dict[str, Any], t: float) -> dict[str, Any]:

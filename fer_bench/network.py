@@ -20,7 +20,6 @@ for a stretch and restarted.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -32,10 +31,9 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from edge_client.auto import AutoSettings
-from edge_client.runner import DEFAULT_IMAGE_SIZE
+from shared_model.offload import DEFAULT_IMAGE_SIZE
 
 from .processes import CloudProcess
 from .shaping import (
@@ -52,8 +50,8 @@ __all__ = [
     "KB", "StrategySpec", "STRATEGIES", "DEFAULT_STRATEGIES", "TRACE_STRATEGIES", "DeviceProfile", "PROFILES",
     "PointRecord", "percentile", "transfer_floor_ms", "floor_ms", "summarize", "EdgeProcess", "ShapedCloud", "netns_cloud",
     "proxy_cloud", "SHAPERS", "NetworkSettings", "run_network_benchmark", "compare_runtimes", "TraceSettings",
-    "TraceEvent", "run_trace", "trace_summary", "trace_steps", "outage_report", "fixed_strategy_of", "auto_cost", "format_auto_cost", "plot_trace", "format_table", "auto_against_best",
-    "auto_summary", "format_auto_summary", "format_auto_table", "winners", "plot", "record_dicts",
+    "TraceEvent", "run_trace", "trace_summary", "trace_steps", "outage_report", "plot_trace", "text_table", "format_table", "winners",
+    "plot", "record_dicts",
 ]
 
 KB = 1000
@@ -69,20 +67,6 @@ class StrategySpec:
     image_format: str = "jpeg"
     image_size: int | None = DEFAULT_IMAGE_SIZE
     split_returns: str = "attention"
-    auto_objective: str = AutoSettings.objective
-    auto_far: float = AutoSettings.far  # auto: beyond this ratio to the best, strategies are re-measured less often
-    auto_link_change: float = AutoSettings.link_change  # auto: a network time this many times its estimate changes every strategy's
-    auto_background: bool = AutoSettings.background  # auto: far remote strategies re-measured behind local answers while the edge is the choice
-    # auto: each model's server time, the median of recent samples or an EWMA
-    auto_server_estimate: str = AutoSettings.server_estimate
-    # auto: a stalled call, or a near strategy measured behind the edge, re-checked at once
-    auto_recheck: bool = AutoSettings.recheck
-    # auto: a remote strategy slower than the best on a free link re-measured rarely
-    auto_floor_stretch: bool = AutoSettings.floor_stretch
-    # auto: the link model's extrapolation corrected by its error on each strategy's calls
-    auto_link_bias: bool = AutoSettings.link_bias
-    # auto: the edge learned from its faces in a row only, explored on two in a row
-    auto_edge_in_a_row: bool = AutoSettings.edge_in_a_row
 
 
 STRATEGIES = {
@@ -95,29 +79,6 @@ STRATEGIES = {
     "split-fp32": StrategySpec("split-fp32", "split", encoding="fp32", split_returns="features"),
     "split-rest": StrategySpec("split-rest", "split-rest"),
     "auto": StrategySpec("auto", "auto"),
-    "auto-mean": StrategySpec("auto-mean", "auto", auto_objective="mean"),  # auto before it compared close strategies by median
-    "auto-uniform": StrategySpec("auto-uniform", "auto", auto_far=math.inf),  # auto before it re-measured far strategies less often
-    # auto before a change of the link that one strategy's call showed was carried to the others
-    "auto-own-link": StrategySpec("auto-own-link", "auto", auto_link_change=math.inf),
-    # auto before it re-measured far remote strategies in the background (each exploration a face of its own)
-    "auto-foreground": StrategySpec("auto-foreground", "auto", auto_background=False),
-    # auto before each model's server time was the median of its recent samples (an EWMA: one stalled answer moved it)
-    "auto-server-ewma": StrategySpec("auto-server-ewma", "auto", auto_server_estimate="ewma"),
-    # auto before a remote strategy slower than the best even on a free link was re-measured at the longest interval
-    "auto-no-floor": StrategySpec("auto-no-floor", "auto", auto_floor_stretch=False),
-    # auto before the link model's extrapolation for a strategy was corrected by the model's error on its calls
-    "auto-no-bias": StrategySpec("auto-no-bias", "auto", auto_link_bias=False),
-    # auto before the edge was learned from its faces in a row only (one after a remote face runs on saved CPU
-    # budget) and had stages of its own (not shared with the splits, whose head runs after a network wait)
-    "auto-edge-any": StrategySpec("auto-edge-any", "auto", auto_edge_in_a_row=False),
-    # auto as of 4e2cd2d in what AutoSettings switches (not the edge compared by its recent median where
-    # that is close, which has no switch): the server-time EWMA, neither a stalled call nor a near strategy
-    # measured behind the edge re-checked at once, a remote strategy's interval set by its prediction alone,
-    # and the link model's extrapolation uncorrected
-    "auto-prior": StrategySpec(
-        "auto-prior", "auto", auto_server_estimate="ewma", auto_recheck=False, auto_floor_stretch=False, auto_link_bias=False,
-        auto_edge_in_a_row=False,
-    ),
 }
 DEFAULT_STRATEGIES = ("edge", "cloud-raw", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
 TRACE_STRATEGIES = ("edge", "cloud-jpeg", "split-paper", "split", "split-rest", "auto")
@@ -132,9 +93,9 @@ class DeviceProfile:
 
 
 # Faces in a row per strategy turn, the first untimed. Under a CPU quota a face's time depends on what
-# ran before it: on the phone profile, the edge strategy took 5.0-5.3 ms (p50) right after a cloud call
-# (whose network wait refills the quota) and 8.4-9.2 ms right after another local inference
-# (docs/network.md). A device runs one strategy at a time; so is each timed.
+# ran before it: a local inference right after a cloud call runs on the quota that call's network wait
+# refilled, and is faster than one right after another local inference. A device runs one strategy at
+# a time; so is each timed.
 BLOCK = 5
 
 PROFILES = {
@@ -515,61 +476,6 @@ def outage_report(records: list[dict], events: list[dict]) -> list[dict]:
     return rows
 
 
-def fixed_strategy_of(auto_name: str, choice: str) -> str | None:
-    """The fixed strategy of :data:`STRATEGIES` that sends what ``auto_name`` sends when it chooses ``choice``
-    (same strategy and wire options: auto's ``cloud`` is ``cloud-jpeg`` at its image size), or ``None``."""
-    auto = STRATEGIES[auto_name]
-    wire = (auto.encoding, auto.image_format, auto.image_size, auto.split_returns)
-    for spec in STRATEGIES.values():
-        if spec.strategy == choice and (spec.encoding, spec.image_format, spec.image_size, spec.split_returns) == wire:
-            return spec.name
-    return None
-
-
-def auto_cost(records: list[dict]) -> list[dict]:
-    """Where each auto variant's time went against the best fixed strategy of the same trace (the lowest mean).
-
-    Per shaper and auto variant, auto's faces are grouped by what it chose and why (``fastest``,
-    ``exploring``, ``calibrating``); each group's ``excess_ms`` is the sum over its faces of their latency
-    less the best fixed strategy's mean, so the groups add up to auto's whole excess (``all``), and
-    ``share_pct`` is that excess against the best fixed strategy's time for as many faces. A trace where
-    one strategy wins every step shows here what choosing cost: the faces spent re-measuring the others,
-    and how much slower auto's own faces on the winner were than the winner's (auto's own work, the
-    bucket or CPU budget a re-measurement used up)."""
-    rows = []
-    for shaper in sorted({r["shaper"] for r in records}):
-        here = [r for r in records if r["shaper"] == shaper]
-        means = {name: statistics.fmean(r["total"] for r in here if r["name"] == name) for name in {r["name"] for r in here}}
-        fixed = {name: mean for name, mean in means.items() if STRATEGIES[name].strategy != "auto"}
-        if not fixed:
-            continue
-        best = min(fixed, key=fixed.__getitem__)
-        for name in sorted(set(means) - set(fixed)):
-            mine = [r for r in here if r["name"] == name]
-            groups: dict[tuple[str, str], list[float]] = {}
-            for r in mine:
-                groups.setdefault((r.get("auto_choice") or "", r.get("auto_reason") or ""), []).append(r["total"])
-            base = {"shaper": shaper, "auto": name, "best": best, "best_mean_ms": round(fixed[best], 3)}
-            for (choice, reason), totals in [*sorted(groups.items()), (("all", ""), [r["total"] for r in mine])]:
-                excess = sum(totals) - len(totals) * fixed[best]
-                rows.append({
-                    **base, "choice": choice, "as": fixed_strategy_of(name, choice) if choice != "all" else name, "reason": reason,
-                    "faces": len(totals), "mean_ms": round(statistics.fmean(totals), 3), "excess_ms": round(excess, 1),
-                    "share_pct": round(100 * excess / (len(mine) * fixed[best]), 2),
-                })
-    return rows
-
-
-def format_auto_cost(rows: list[dict]) -> str:
-    lines = [f"{'shaper':<8}{'auto':<15}{'best fixed':<12}{'its mean':>9}  {'chose':<11}{'why':<12}{'faces':>6}{'mean ms':>9}{'excess ms':>11}{'share':>8}"]
-    for r in rows:
-        lines.append(
-            f"{r['shaper']:<8}{r['auto']:<15}{r['best']:<12}{r['best_mean_ms']:>9.2f}  {r['choice']:<11}{r['reason']:<12}{r['faces']:>6}"
-            f"{r['mean_ms']:>9.2f}{r['excess_ms']:>11.1f}{r['share_pct']:>7.2f}%"
-        )
-    return "\n".join(lines)
-
-
 def _colours(names: Sequence[str]) -> dict[str, str]:
     """A colour per plotted strategy, distinct for up to ten (matplotlib's cycle), in the order given."""
     return {name: f"C{i % 10}" for i, name in enumerate(names)}
@@ -612,83 +518,19 @@ def plot_trace(records: list[dict], events: list[dict], settings: TraceSettings,
     plt.close(figure)
 
 
+def text_table(header: str, row: str, rows: Iterable[Mapping[str, Any]]) -> str:
+    """A header line, then ``row.format_map`` of each row."""
+    return "\n".join([header, *(row.format_map(r) for r in rows)])
+
+
 def format_table(records: list[PointRecord]) -> str:
-    lines = [f"{'profile':<8}{'shaper':<7}{'KB/s':>6}  {'strategy':<15}{'p50 ms':>8}{'mean':>8}{'p90 ms':>8}{'p99 ms':>8}{'floor':>8}{'x floor':>8}{'up B':>8}{'down B':>8}{'fallbk':>7}  auto's choices"]
-    for r in records:
-        lines.append(
-            f"{r.profile:<8}{r.shaper:<7}{r.bandwidth_kbps:>6.0f}  {r.strategy:<15}{r.p50_ms:>8.1f}{r.mean_ms:>8.1f}{r.p90_ms:>8.1f}{r.p99_ms:>8.1f}"
-            f"{r.floor_ms:>8.1f}{r.ratio_to_floor:>8.2f}{r.bytes_up:>8.0f}{r.bytes_down:>8.0f}{r.fallbacks:>7}  {r.auto_choices}"
-        )
-    return "\n".join(lines)
-
-
-def auto_against_best(records: list[PointRecord]) -> list[dict]:
-    """At each point: the best fixed strategy by p50, and auto's p50 and mean against it (and each other
-    auto variant's that ran beside it, under ``variants``)."""
-    rows = []
-    points = sorted({(r.profile, r.shaper, r.bandwidth_kbps) for r in records}, key=lambda k: (list(PROFILES).index(k[0]), k[1], k[2]))
-    for key in points:
-        here = [r for r in records if (r.profile, r.shaper, r.bandwidth_kbps) == key]
-        auto = next((r for r in here if r.strategy == "auto"), None)
-        fixed = [r for r in here if STRATEGIES[r.strategy].strategy != "auto"]
-        if auto is None or not fixed:
-            continue
-        best = min(fixed, key=lambda r: r.p50_ms)
-        row = {
-            "profile": key[0], "shaper": key[1], "bandwidth_kbps": key[2], "best": best.strategy, "best_p50_ms": best.p50_ms,
-            "auto_p50_ms": auto.p50_ms, "p50_ratio": auto.p50_ms / best.p50_ms, "best_mean_ms": best.mean_ms, "auto_mean_ms": auto.mean_ms,
-            "auto_choices": auto.auto_choices, "explorations": auto.explorations,
-            "variants": {
-                r.strategy: {"p50_ms": r.p50_ms, "p50_ratio": r.p50_ms / best.p50_ms, "mean_ms": r.mean_ms, "explorations": r.explorations}
-                for r in here if r.strategy != "auto" and STRATEGIES[r.strategy].strategy == "auto"
-            },
-        }
-        rows.append(row)
-    return rows
-
-
-def auto_summary(rows: list[dict]) -> dict[str, object]:
-    """Over the points of :func:`auto_against_best`: how often auto's p50 was within 1.10x of the best
-    fixed strategy's, the median and worst ratio, its mean latency averaged over the points, and the
-    same for every other auto variant that ran beside it (with the points where auto had the lower p50)."""
-    if not rows:
-        return {}
-
-    def of(ratios: list[float], means: list[float]) -> dict[str, float]:
-        return {
-            "points": len(ratios), "within_1.10x": sum(v <= 1.10 for v in ratios), "median_ratio": round(statistics.median(ratios), 3),
-            "worst_ratio": round(max(ratios), 3), "mean_ms_averaged": round(statistics.mean(means), 2),
-        }
-
-    summary: dict[str, object] = {"auto": of([r["p50_ratio"] for r in rows], [r["auto_mean_ms"] for r in rows])}
-    for name in sorted(set.intersection(*(set(r["variants"]) for r in rows))):
-        summary[name] = of([r["variants"][name]["p50_ratio"] for r in rows], [r["variants"][name]["mean_ms"] for r in rows])
-        summary[f"auto_lower_p50_than_{name}_points"] = sum(r["p50_ratio"] < r["variants"][name]["p50_ratio"] for r in rows)
-    return summary
-
-
-def format_auto_summary(summary: dict[str, object]) -> str:
-    lines = []
-    for name, part in summary.items():
-        if isinstance(part, dict):
-            lines.append(
-                f"{name}: p50 within 1.10x of the best fixed at {part['within_1.10x']} of {part['points']} points, median {part['median_ratio']:.3f}x, "
-                f"worst {part['worst_ratio']:.2f}x; mean latency averaged over the points {part['mean_ms_averaged']:.2f} ms"
-            )
-        else:
-            lines.append(f"{name.replace('_', ' ')}: {part}")
-    return "\n".join(lines)
-
-
-def format_auto_table(rows: list[dict]) -> str:
-    lines = [f"{'profile':<8}{'shaper':<7}{'KB/s':>6}  {'best fixed':<15}{'p50':>7}{'auto p50':>9}{'ratio':>7}{'best mean':>10}{'auto mean':>10}  auto's choices (explorations)"]
-    for r in rows:
-        lines.append(
-            f"{r['profile']:<8}{r['shaper']:<7}{r['bandwidth_kbps']:>6.0f}  {r['best']:<15}{r['best_p50_ms']:>7.1f}{r['auto_p50_ms']:>9.1f}{r['p50_ratio']:>7.2f}"
-            f"{r['best_mean_ms']:>10.1f}{r['auto_mean_ms']:>10.1f}  {r['auto_choices']} ({r['explorations']})"
-            + "".join(f"  [{name} p50 {v['p50_ms']:.1f}, {v['p50_ratio']:.2f}x, mean {v['mean_ms']:.1f}]" for name, v in r["variants"].items())
-        )
-    return "\n".join(lines)
+    """The points as a table."""
+    return text_table(
+        f"{'profile':<8}{'shaper':<7}{'KB/s':>6}  {'strategy':<15}{'p50 ms':>8}{'mean':>8}{'p90 ms':>8}{'p99 ms':>8}{'floor':>8}{'x floor':>8}{'up B':>8}{'down B':>8}{'fallbk':>7}  auto's choices",
+        "{profile:<8}{shaper:<7}{bandwidth_kbps:>6.0f}  {strategy:<15}{p50_ms:>8.1f}{mean_ms:>8.1f}{p90_ms:>8.1f}{p99_ms:>8.1f}"
+        "{floor_ms:>8.1f}{ratio_to_floor:>8.2f}{bytes_up:>8.0f}{bytes_down:>8.0f}{fallbacks:>7}  {auto_choices}",
+        map(vars, records),
+    )
 
 
 def winners(records: list[PointRecord]) -> dict[tuple[str, str, float], str]:

@@ -12,7 +12,7 @@ size), then per variant
   full-precision map, tail (the lean split);
 - ``split-rest``: head, uint8 split tensor, attention and tail (in the cloud);
 - ``cloud-<format>-<size>``: the face crop (the dataset's image) encoded as the
-  cloud strategy sends it (:func:`edge_client.runner.encode_face_image`: shrunk
+  cloud strategy sends it (:func:`shared_model.offload.encode_face_image`: shrunk
   to ``size`` if larger), decoded by the server's
   :func:`cloud_server.inference.decode_image`, the whole network;
 - ``cloud-jpeg-from-224``: the prepared 224x224 face as JPEG (what the cloud
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from cloud_server.inference import Limits, decode_image
-from edge_client.runner import apply_attention, encode_face_image
 from shared_model import codec
 from shared_model.network import FERNet
+from shared_model.offload import apply_attention, encode_face_image
 from shared_model.preprocessing import pixels_to_tensor, prepare_face
 from shared_model.protocol import ATTENTION_SCALE
 

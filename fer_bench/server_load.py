@@ -1,6 +1,16 @@
 """Server load: ``fer-cloud`` and Triton Inference Server side by side on the same closed-loop client.
 
-Each engine serves ``fer_attention`` (or ``fer_rest``: ``--model``) on loopback, pinned with ``taskset`` to
+Three engines (:data:`TARGETS`), each serving ``fer_attention`` (or ``fer_rest``: ``--model``):
+
+- ``fer-cloud``, this project's server;
+- ``triton-minimal``, the reference: Triton serving the leanest model for the
+  same work (``deploy/triton/minimal_model.py``: a batch's FP32 inputs
+  concatenated, the stage's ONNX export run with one ONNX Runtime thread, one
+  instance, dynamic batching; FP32 only);
+- ``triton-full``, Triton serving the project's full model
+  (``deploy/triton/model.py``: quantization parameters, UINT8, requested outputs).
+
+Each engine runs on loopback, pinned with ``taskset`` to
 its own core (``--server-cpu``) with one compute thread; the client runs as a
 separate process pinned to another core (``--client-cpu``): tritonclient, from
 its own virtual environment (``.venv-tritonclient``; ``FER_TRITON_PYTHON``
@@ -13,11 +23,11 @@ processes over the window, from /proc: it hardly depends on what else runs on
 the machine) and its resident memory (all its processes: Triton's backend
 stubs included).
 
-Both engines run during the whole sweep (each first loaded for
-``--warmup-seconds``, unrecorded) and take turns point by point
-(``fer-cloud`` first at one level, Triton first at the next), so that a drift
-of the machine's speed hits both alike; ``--repeats`` measures every point
-several times to show the spread.
+The engines run during the whole sweep (each first loaded for
+``--warmup-seconds``, unrecorded) and take turns round by round: in each round
+(a concurrency level, a repeat) every engine is measured once, the first of
+them rotating from round to round, so that a drift of the machine's speed hits
+all alike; ``--repeats`` measures every point several times to show the spread.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,17 +44,37 @@ import warnings
 from contextlib import ExitStack
 import dataclasses
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, REST_MODEL, DATATYPE_FP32, DATATYPE_UINT8, FEATURES, SCALE, ZERO_POINT
+from shared_model.protocol import ATTENTION_MODEL, BATCH_SIZE, DATATYPE_FP32, DATATYPE_UINT8, FEATURES, PROBABILITIES, REST_MODEL, SCALE, ZERO_POINT
 
 from .processes import cloud_command, stop_process, wait_ready
+from .triton_server import group_pids
 
-__all__ = ["TARGETS", "MODELS", "DATATYPES", "LoadRecord", "LoadSettings", "CLIENT", "client_python", "group_pids", "rss_mib", "RunningServer", "STARTERS", "measure", "server_sweep", "summary", "format_table", "plot", "record_dicts"]
+if TYPE_CHECKING:
+    from shared_model.checkpoint import Checkpoint
+    from shared_model.network import FERNet
+    from shared_model.training.export import TritonSettings
+
+__all__ = [
+    "FER_CLOUD", "TRITON_MINIMAL", "TRITON_FULL", "TARGETS", "REFERENCE", "DESCRIPTIONS", "MODELS", "DATATYPES", "LoadRecord", "LoadSettings",
+    "CLIENT", "client_python", "memory_mib", "RunningServer", "minimal_repository", "STARTERS", "measure", "server_sweep",
+    "summary", "format_table", "format_comparison", "legend", "plot", "record_dicts",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("fer-cloud", "triton")
+FER_CLOUD = "fer-cloud"
+TRITON_MINIMAL = "triton-minimal"
+TRITON_FULL = "triton-full"
+TARGETS = (FER_CLOUD, TRITON_MINIMAL, TRITON_FULL)
+REFERENCE = TRITON_MINIMAL  # what fer-cloud is compared with
+DESCRIPTIONS = {
+    FER_CLOUD: "this project's server",
+    TRITON_MINIMAL: "the reference: Triton, deploy/triton/minimal_model.py (FP32 batch in, the ONNX export run, nothing else)",
+    TRITON_FULL: "Triton, the project's full model deploy/triton/model.py (parameters, UINT8, requested outputs)",
+}
 MODELS = (ATTENTION_MODEL, REST_MODEL)  # both take the split tensor: the attention stage alone, or everything after the head
 DATATYPES = (DATATYPE_FP32, DATATYPE_UINT8)
 
@@ -63,7 +94,8 @@ class LoadRecord:
     p99_ms: float
     mean_batch_size: float  # from the responses' batch_size parameter (fer-cloud); NaN where the engine does not say
     server_cpu_us_per_request: float
-    server_rss_mib: float
+    server_rss_mib: float  # resident memory after the point, all the engine's processes
+    server_peak_rss_mib: float  # the most each process held since it started, summed
     datatype: str
     model: str = ATTENTION_MODEL
 
@@ -186,24 +218,12 @@ def _pinned(cpus: str, command: list[str]) -> list[str]:
     return (["taskset", "-c", cpus] if cpus else []) + command
 
 
-def group_pids(leader: int) -> list[int]:
-    """The processes of the group led by ``leader`` (a server started in a session of its own)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.getpgid(int(entry.name)) == leader:
-                    found.append(int(entry.name))
-            except (ProcessLookupError, PermissionError):
-                continue
-    return found
-
-
-def rss_mib(pids: list[int]) -> float:
+def memory_mib(pids: list[int], field: str = "VmRSS") -> float:
+    """``field`` of /proc/PID/status (VmRSS: resident now; VmHWM: the most resident), summed over ``pids``, MiB."""
     total = 0
     for pid in pids:
         try:
-            total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS:"))
+            total += next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(f"{field}:"))
         except (OSError, StopIteration):
             continue
     return total / 1024
@@ -226,33 +246,75 @@ def _start_fer_cloud(stack: ExitStack, folder: Path, settings: LoadSettings, bat
     command += ["--device", settings.device]
     process = subprocess.Popen(_pinned(settings.server_cpu, command), stdout=subprocess.DEVNULL, start_new_session=True)
     stack.callback(stop_process, process)
-    return RunningServer("fer-cloud", f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
+    return RunningServer(FER_CLOUD, f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
 
 
-def _start_triton(stack: ExitStack, folder: Path, settings: LoadSettings, batching: bool) -> RunningServer:
-    from shared_model.checkpoint import default_weights_path, load_checkpoint
-    from shared_model.training.export import TritonSettings, triton_repository
+def _triton_settings(settings: LoadSettings, batching: bool) -> "TritonSettings":
+    from shared_model.training.export import TritonSettings
 
-    from .triton_server import TritonServer
-
-    checkpoint = load_checkpoint(Path(settings.weights) if settings.weights else default_weights_path())
-    repository = folder / f"triton-{'batching' if batching else 'single'}"
-    triton_settings = TritonSettings(
+    return TritonSettings(
         features="fp32" if settings.datatype == DATATYPE_FP32 else "uint8", max_batch_size=settings.max_batch_size,
         max_queue_delay_us=settings.triton_queue_delay_us, dynamic_batching=batching, threads=settings.server_threads,
         device="gpu" if settings.device == "cuda" else "cpu",
     )
+
+
+def _checkpoint(settings: LoadSettings) -> "Checkpoint":
+    from shared_model.checkpoint import default_weights_path, load_checkpoint
+
+    return load_checkpoint(Path(settings.weights) if settings.weights else default_weights_path())
+
+
+def minimal_repository(model: "FERNet", root: Path, name: str, settings: "TritonSettings") -> Path:
+    """A Triton repository serving ``name`` (fer_attention or fer_rest) with ``deploy/triton/minimal_model.py``.
+
+    Beside it, the ONNX export of what the model computes (the cloud stage, or
+    the cloud stage and the tail with softmax), checked against PyTorch; FP32 in
+    and out, one instance, ``settings``' batching. Returns the model's folder.
+    """
+    import torch
+
+    from shared_model.training.export import TRITON_FOLDER, Probabilities, export_onnx, triton_config
+
+    model = model.eval()
+    split = list(model.config.split_shape)
+    if name == ATTENTION_MODEL:
+        module, output = model.cloud, (FEATURES, "TYPE_FP32", split)
+    else:
+        module, output = Probabilities(model.cloud, model.tail), (PROBABILITIES, "TYPE_FP32", [model.config.num_classes])
+    folder = root / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    export_onnx(module.eval(), torch.randn(1, *split), folder / "1" / "model.onnx")  # eval: a new wrapper is in training mode
+    shutil.copy(TRITON_FOLDER / "minimal_model.py", folder / "1" / "model.py")
+    (folder / "config.pbtxt").write_text(triton_config(name, settings, [(FEATURES, "TYPE_FP32", split)], [output], {}))
+    return folder
+
+
+def _start_triton(stack: ExitStack, folder: Path, settings: LoadSettings, batching: bool, target: str) -> RunningServer:
+    from shared_model.training.export import triton_repository
+
+    from .triton_server import TritonServer
+
+    checkpoint = _checkpoint(settings)
+    repository = folder / f"{target}-{'batching' if batching else 'single'}"
     with warnings.catch_warnings():  # the ONNX exporter's tracer warnings are no news here
         warnings.simplefilter("ignore")
-        triton_repository(checkpoint.build_model(), repository, checkpoint.fingerprint, triton_settings, models=(settings.model,))
+        if target == TRITON_MINIMAL:
+            minimal_repository(checkpoint.build_model(), repository, settings.model, _triton_settings(settings, batching))
+        else:
+            triton_repository(checkpoint.build_model(), repository, checkpoint.fingerprint, _triton_settings(settings, batching), models=(settings.model,))
     server = TritonServer(repository, cpus=settings.server_cpu)
     stack.callback(server.close)
     server.start(models=(settings.model,))
     assert server.process is not None
-    return RunningServer("triton", server.target, server.process.pid)
+    return RunningServer(target, server.target, server.process.pid)
 
 
-STARTERS = {"fer-cloud": _start_fer_cloud, "triton": _start_triton}
+STARTERS = {
+    FER_CLOUD: _start_fer_cloud,
+    TRITON_MINIMAL: partial(_start_triton, target=TRITON_MINIMAL),
+    TRITON_FULL: partial(_start_triton, target=TRITON_FULL),
+}
 
 
 def measure(server: RunningServer, settings: LoadSettings, concurrency: int, batching: bool, repeat: int, script: Path) -> LoadRecord:
@@ -271,20 +333,19 @@ def measure(server: RunningServer, settings: LoadSettings, concurrency: int, bat
         target=server.name, batching=batching, concurrency=concurrency, repeat=repeat, requests=requests, errors=result["errors"],
         seconds=round(result["seconds"], 3), throughput_rps=requests / result["seconds"], p50_ms=result["p50_ms"], p90_ms=result["p90_ms"],
         p99_ms=result["p99_ms"], mean_batch_size=result["mean_batch_size"],
-        server_cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6, server_rss_mib=rss_mib(server.pids()), datatype=settings.datatype,
-        model=settings.model,
+        server_cpu_us_per_request=result["server_cpu_s"] / max(requests, 1) * 1e6, server_rss_mib=memory_mib(pids := server.pids()),
+        server_peak_rss_mib=memory_mib(pids, "VmHWM"), datatype=settings.datatype, model=settings.model,
     )
 
 
-def _turns(servers: list[RunningServer], level: int) -> Iterator[RunningServer]:
-    """The engines in turn, the first one alternating from level to level."""
-    shift = level % len(servers)
+def _turns(servers: list[RunningServer], round_: int) -> Iterator[RunningServer]:
+    """The engines of one round, each once, the first one rotating from round to round."""
+    shift = round_ % len(servers)
     yield from servers[shift:] + servers[:shift]
 
 
-def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadRecord]:
-    from tqdm import tqdm
-
+def _check(settings: LoadSettings) -> None:
+    """Refuse settings no engine could measure (ValueError), before anything starts."""
     unknown = [t for t in settings.targets if t not in STARTERS]
     if unknown:
         raise ValueError(f"unknown targets {unknown}; expected some of {', '.join(TARGETS)}")
@@ -292,7 +353,16 @@ def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadReco
         raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
     if settings.datatype not in DATATYPES:
         raise ValueError(f"datatype must be one of {DATATYPES}, got {settings.datatype!r}")
-    client_python()  # fail before starting anything
+    if TRITON_MINIMAL in settings.targets and settings.datatype != DATATYPE_FP32:
+        raise ValueError(f"{TRITON_MINIMAL} takes FP32 only: use --datatype {DATATYPE_FP32}, or leave it out of the targets")
+    client_python()
+
+
+def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadRecord]:
+    """Every point of ``settings``, the engines taking turns round by round (see the module's docstring)."""
+    from tqdm import tqdm
+
+    _check(settings)
     points = len(settings.batching) * len(settings.concurrencies) * settings.repeats * len(settings.targets)
     bar = tqdm(total=points, desc="server load", unit="point", disable=not progress, file=sys.stderr)
     records: list[LoadRecord] = []
@@ -307,11 +377,11 @@ def server_sweep(settings: LoadSettings, progress: bool = True) -> list[LoadReco
                     warmup = dataclasses.replace(settings, seconds=settings.warmup_seconds)
                     for server in servers:
                         measure(server, warmup, min(4, max(settings.concurrencies)), batching, -1, script)
-                for level, concurrency in enumerate(settings.concurrencies):
-                    for repeat in range(settings.repeats):
-                        for server in _turns(servers, level + repeat):
-                            records.append(measure(server, settings, concurrency, batching, repeat, script))
-                            bar.update(1)
+                rounds = [(concurrency, repeat) for concurrency in settings.concurrencies for repeat in range(settings.repeats)]
+                for round_, (concurrency, repeat) in enumerate(rounds):
+                    for server in _turns(servers, round_):
+                        records.append(measure(server, settings, concurrency, batching, repeat, script))
+                        bar.update(1)
     bar.close()
     return sorted(records, key=lambda r: (not r.batching, settings.targets.index(r.target), r.concurrency, r.repeat))
 
@@ -328,21 +398,57 @@ def summary(records: list[LoadRecord]) -> list[dict]:
             "target": target, "batching": batching, "concurrency": concurrency, "repeats": len(group),
             "throughput_rps": statistics.median(throughput), "throughput_min": min(throughput), "throughput_max": max(throughput),
             **{key: statistics.median(getattr(r, key) for r in group) for key in ("p50_ms", "p90_ms", "p99_ms", "server_cpu_us_per_request", "server_rss_mib", "mean_batch_size")},
-            "errors": sum(r.errors for r in group),
+            "server_peak_rss_mib": max(r.server_peak_rss_mib for r in group), "errors": sum(r.errors for r in group),
         })
     return rows
 
 
 def format_table(records: list[LoadRecord]) -> str:
-    lines = [f"{'engine':<11}{'batching':<9}{'clients':>8}{'req/s':>9}{'(range)':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}{'RSS MiB':>9}{'batch':>7}{'errors':>7}"]
+    """One line per engine, batching and concurrency (medians over the repeats; peak memory: the most)."""
+    lines = [
+        f"{'engine':<16}{'batching':<9}{'clients':>8}{'req/s':>9}{'(range)':>14}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}"
+        f"{'RSS MiB':>9}{'peak MiB':>9}{'batch':>7}{'errors':>7}"
+    ]
     for row in summary(records):
         spread = f"{row['throughput_min']:.0f}-{row['throughput_max']:.0f}" if row["repeats"] > 1 else ""
         lines.append(
-            f"{row['target']:<11}{'on' if row['batching'] else 'off':<9}{row['concurrency']:>8}{row['throughput_rps']:>9.0f}{spread:>14}"
+            f"{row['target']:<16}{'on' if row['batching'] else 'off':<9}{row['concurrency']:>8}{row['throughput_rps']:>9.0f}{spread:>14}"
             f"{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['server_cpu_us_per_request']:>11.0f}{row['server_rss_mib']:>9.0f}"
-            f"{_number(row['mean_batch_size'], 7, 2)}{row['errors']:>7}"
+            f"{row['server_peak_rss_mib']:>9.0f}{_number(row['mean_batch_size'], 7, 2)}{row['errors']:>7}"
         )
     return "\n".join(lines)
+
+
+def format_comparison(records: list[LoadRecord]) -> str:
+    """fer-cloud against :data:`REFERENCE` per batching and concurrency: throughput ratios (of the medians, and of
+    each round's pair, measured back to back), p50 of each and fer-cloud's memory; empty without both engines."""
+    rows = {(r["target"], r["batching"], r["concurrency"]): r for r in summary(records)}
+    paired = _paired_ratios(records)
+    lines = [f"{FER_CLOUD} against {REFERENCE}, the reference (ratio: of the medians; rounds: of each round's pair)", f"{'batching':<9}{'clients':>8}{'ratio':>8}{'(rounds)':>14}{'p50 ms':>9}{'ref p50':>9}{'RSS MiB':>9}{'peak MiB':>9}"]
+    for (batching, concurrency), ratios in paired.items():
+        ours, theirs = rows[(FER_CLOUD, batching, concurrency)], rows[(REFERENCE, batching, concurrency)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
+        lines.append(
+            f"{'on' if batching else 'off':<9}{concurrency:>8}{ours['throughput_rps'] / theirs['throughput_rps']:>7.2f}x{spread:>14}"
+            f"{ours['p50_ms']:>9.2f}{theirs['p50_ms']:>9.2f}{ours['server_rss_mib']:>9.0f}{ours['server_peak_rss_mib']:>9.0f}"
+        )
+    return "\n".join(lines) if paired else ""
+
+
+def _paired_ratios(records: list[LoadRecord]) -> dict[tuple[bool, int], list[float]]:
+    """fer-cloud's throughput over the reference's, round by round, per batching and concurrency."""
+    by_round = {(r.target, r.batching, r.concurrency, r.repeat): r for r in records}
+    ratios: dict[tuple[bool, int], list[float]] = {}
+    for (target, batching, concurrency, repeat), ours in by_round.items():
+        theirs = by_round.get((REFERENCE, batching, concurrency, repeat))
+        if target == FER_CLOUD and theirs is not None and theirs.throughput_rps > 0:
+            ratios.setdefault((batching, concurrency), []).append(ours.throughput_rps / theirs.throughput_rps)
+    return ratios
+
+
+def legend(targets: tuple[str, ...]) -> str:
+    """Which engine is which."""
+    return "\n".join(f"{target}: {DESCRIPTIONS[target]}" for target in targets)
 
 
 def _number(value: float, width: int, decimals: int) -> str:
@@ -357,21 +463,22 @@ def plot(records: list[LoadRecord], path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     rows = summary(records)
+    model = records[0].model if records else ATTENTION_MODEL
     for index, target in enumerate(dict.fromkeys(r["target"] for r in rows)):
         color = f"C{index}"
         for batching, style in ((True, "-"), (False, "--")):
             line = sorted((r for r in rows if r["target"] == target and r["batching"] == batching), key=lambda r: r["concurrency"])
             if not line:
                 continue
-            label = f"{target}, batching {'on' if batching else 'off'}"
+            label = f"{target}{' (reference)' if target == REFERENCE else ''}, batching {'on' if batching else 'off'}"
             xs = [r["concurrency"] for r in line]
             left.plot(xs, [r["throughput_rps"] for r in line], style, color=color, marker="o", label=label)
             if any(r["repeats"] > 1 for r in line):
                 left.fill_between(xs, [r["throughput_min"] for r in line], [r["throughput_max"] for r in line], color=color, alpha=0.15)
             right.plot(xs, [r["p50_ms"] for r in line], style, color=color, marker="o", label=f"p50, {label}")
             right.plot(xs, [r["p99_ms"] for r in line], style, color=color, marker="x", alpha=0.6, label=f"p99, {label}")
-    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title="fer_attention throughput (one server core)")
-    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title="fer_attention latency")
+    left.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title=f"{model} throughput (one server core)")
+    right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=f"{model} latency")
     for axis in (left, right):
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7)

@@ -33,7 +33,7 @@ import grpc
 
 from shared_model.protocol import pb, pb_grpc
 
-__all__ = ["ENV_VARIABLE", "PYTHON_VARIABLE", "TritonUnavailable", "find_tritonserver", "free_port", "TritonLayout", "python_facts", "TritonServer"]
+__all__ = ["ENV_VARIABLE", "PYTHON_VARIABLE", "TritonUnavailable", "find_tritonserver", "free_port", "TritonLayout", "group_pids", "python_facts", "TritonServer"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_VARIABLE = "FER_TRITON_SERVER"
@@ -99,6 +99,19 @@ class TritonLayout:
             shutil.copytree(self.dist / "backends", backends)
             shutil.copy(self.stub(python_version), backends / "python" / "triton_python_backend_stub")
         return backends
+
+
+def group_pids(leader: int) -> list[int]:
+    """The processes of the group led by ``leader`` (a server started in a session of its own)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == leader:
+                    found.append(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                continue
+    return found
 
 
 def python_facts(python: str) -> tuple[str, str]:
@@ -197,29 +210,7 @@ class TritonServer:
 
     def pids(self) -> list[int]:
         """The server and its backend stubs (its process group)."""
-        if self.process is None:
-            return []
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if os.getpgid(int(entry.name)) == self.process.pid:
-                        found.append(int(entry.name))
-                except (ProcessLookupError, PermissionError):
-                    continue
-        return found
-
-    def rss_mib(self) -> float:
-        """Resident memory of the server and its backend stubs together, MiB."""
-        total = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            except OSError:
-                continue
-        return total / 1024
+        return [] if self.process is None else group_pids(self.process.pid)
 
     def stop(self) -> None:
         """SIGTERM (Triton unloads its models and stops the stubs), then SIGKILL to the whole group if it lingers."""

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge_client.backends import load_backend
 from edge_client.transport import CloudClient
 from fer_bench.processes import CloudProcess
 from shared_model.protocol import ATTENTION_MODEL, REST_MODEL
+from shared_model.runtimes import load_backend
 
 
 def _face_jpeg(size: int = 48) -> bytes:

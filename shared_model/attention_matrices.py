@@ -19,7 +19,7 @@ ONNX Runtime takes 48 us and 34 us for the same graph (every op a kernel
 launch); the module order is kept, so any Table 2/Table 3 configuration works.
 The export is checked against PyTorch before it is written.
 
-    python -m shared_model.attention_matrices --out edge_client/onnx_model            # the shipped weights
+    python -m shared_model.attention_matrices --out shared_model/onnx_model           # the shipped weights
     python -m shared_model.attention_matrices --weights ckpt.pt --out exported/        # beside `fer-train export --out exported/`
 
 PyTorch is needed here, at export time only.

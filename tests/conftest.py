@@ -86,7 +86,7 @@ def parity_faces(bundled_faces, request):
 
 @pytest.fixture
 def server(trained_model):
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     running = start_server(trained_model)
     yield running
@@ -95,10 +95,12 @@ def server(trained_model):
 
 @pytest.fixture(scope="module")
 def inline_server(trained_model):
-    """The CPU default: fer_attention computed in inline batches on the event loop, requests parsed and answered in the batch's turn."""
-    from servers import start_server
+    """The CPU default: fer_attention computed in batches on the event loop, each request answered in its batch's turn."""
+    from fer_bench.loopback import start_server
+
+    from cloud_server.batching import LoopBatcher
 
     running = start_server(trained_model, runtime="onnx")
-    assert running.engine.batchers["fer_attention"].inline
+    assert isinstance(running.engine.batchers["fer_attention"], LoopBatcher)
     yield running
     running.stop_now()

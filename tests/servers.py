@@ -1,34 +1,9 @@
-"""Helpers for tests: real gRPC servers on loopback, clients, certificates."""
+"""Helpers for tests: certificates and videos (servers on loopback: :mod:`fer_bench.loopback`)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-
-from cloud_server.engine import BatchingSettings, InferenceEngine
-from cloud_server.inference import Limits
-from cloud_server.server import CloudServer, ServerOptions
-from shared_model.network import FERNet
-
-
-def start_server(
-    model: FERNet, port: int = 0, batching: BatchingSettings | None = None, limits: Limits | None = None, runtime: str = "torch", **options
-) -> CloudServer:
-    engine = InferenceEngine(model, "cpu", batching or BatchingSettings(max_batch_size=8, max_queue_delay_ms=1.0), limits, runtime=runtime)
-    server = CloudServer(engine, ServerOptions(host="127.0.0.1", port=port, **options))
-    server.start()
-    return server
-
-
-def attention_off_the_loop(model: FERNet):
-    """The PyTorch runtime with fer_attention computed by PyTorch on its batcher thread, as a stage the
-    matrices cannot express is served (by default it runs inline, on the event loop)."""
-    from dataclasses import replace
-
-    from cloud_server.runtimes import attention_function, torch_runtime
-
-    served = torch_runtime(model)
-    return replace(served, functions={**served.functions, "fer_attention": attention_function(model)}, inline=frozenset(), checks_finite=frozenset())
 
 
 def make_certificates(folder: Path) -> dict[str, Path]:

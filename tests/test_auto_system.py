@@ -89,9 +89,11 @@ def test_on_the_edge_a_link_that_comes_back_is_found_behind_local_answers(slow_e
         _auto_records(slow_edge, cloud.target, 20)
         cloud.shape(LinkSpec(5_000))
         slow = _auto_records(slow_edge, cloud.target, 30)
-        first_edge = next(i for i, r in enumerate(slow) if r["auto_choice"] == "edge")
+        # From the first face on which auto settles on the edge (not one of the edge's exploration faces,
+        # which may come before the slow link has been seen), no face goes remote.
+        first_edge = next(i for i, r in enumerate(slow) if r["auto_choice"] == "edge" and r["auto_reason"] == "fastest")
         on_edge = slow[first_edge:]
-        assert all(r["auto_choice"] == "edge" and r["strategy"] == "edge" for r in on_edge), [(r["auto_choice"], r["auto_reason"]) for r in slow]
+        assert all(r["auto_choice"] == "edge" and r["strategy"] == "edge" for r in on_edge), " ".join(f"{r['auto_choice']}:{r['auto_reason']}:{r['strategy']}" for r in slow)
         # one set of calls in flight at a time: at 5 KB/s a set for split-rest (2-3 x 6.4 KB) takes seconds
         assert sum(r["auto_background"] is not None for r in on_edge) >= 1, on_edge
         cloud.shape(LinkSpec(20_000_000))

@@ -1,4 +1,4 @@
-"""The circuit breaker's states and the dynamic batcher's grouping, with real threads and a fake clock."""
+"""The circuit breaker's states and the dynamic batchers' grouping (on a thread, on the event loop), with real threads and a fake clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from concurrent.futures import Future
 import numpy as np
 import pytest
 
-from cloud_server.batching import BatcherClosed, BatchResult, DeadlineExpired, DynamicBatcher, QueueFull
+from cloud_server.batching import BatcherClosed, BatchFailed, BatchResult, DeadlineExpired, LoopBatcher, QueueFull, ThreadBatcher
 from edge_client.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
 
@@ -20,6 +20,11 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def _infer(batcher: ThreadBatcher, inputs: np.ndarray, timeout: float | None = None) -> BatchResult:
+    """Blocking: ``inputs`` through ``batcher`` (``timeout``: its deadline, from now)."""
+    return batcher.submit(inputs, None if timeout is None else time.perf_counter() + timeout).result()
 
 
 def _probe_now(breaker: CircuitBreaker) -> bool:
@@ -61,11 +66,11 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
         time.sleep(0.05)  # requests arriving meanwhile queue up for the next batch
         return x * 2
 
-    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.2)
+    batcher = ThreadBatcher(forward, max_batch_size=8, max_queue_delay=0.2)
     results = {}
 
     def call(i: int) -> None:
-        results[i] = batcher.infer(np.full((1, 3), float(i)))
+        results[i] = _infer(batcher, np.full((1, 3), float(i)))
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(6)]
     for t in threads:
@@ -80,8 +85,8 @@ def test_batcher_groups_concurrent_requests_and_returns_each_its_rows() -> None:
 
 def test_batcher_respects_max_batch_size() -> None:
     sizes = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or time.sleep(0.02) or x, max_batch_size=2, max_queue_delay=0.2)
-    threads = [threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),)) for _ in range(5)]
+    batcher = ThreadBatcher(lambda x: sizes.append(x.shape[0]) or time.sleep(0.02) or x, max_batch_size=2, max_queue_delay=0.2)
+    threads = [threading.Thread(target=_infer, args=(batcher, np.zeros((1, 1)),)) for _ in range(5)]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,25 +99,26 @@ def test_batcher_errors_reach_every_waiting_request() -> None:
     def broken(x: np.ndarray) -> np.ndarray:
         raise RuntimeError("kernel failed")
 
-    batcher = DynamicBatcher(broken, max_batch_size=4, max_queue_delay=0.01)
-    with pytest.raises(RuntimeError, match="kernel failed"):
-        batcher.infer(np.zeros((1, 1)))
+    batcher = ThreadBatcher(broken, max_batch_size=4, max_queue_delay=0.01)
+    with pytest.raises(BatchFailed, match="kernel failed") as caught:
+        _infer(batcher, np.zeros((1, 1)))
+    assert isinstance(caught.value.__cause__, RuntimeError)
     batcher.close()
     with pytest.raises(BatcherClosed):
-        batcher.infer(np.zeros((1, 1)))
+        _infer(batcher, np.zeros((1, 1)))
 
 
 def test_full_queue_is_refused_not_blocked() -> None:
     release = threading.Event()
-    batcher = DynamicBatcher(lambda x: release.wait(5) and x, max_batch_size=1 + 1, max_queue_delay=0.001, max_queue_size=1)
-    first = threading.Thread(target=batcher.infer, args=(np.zeros((2, 1)),))
+    batcher = ThreadBatcher(lambda x: release.wait(5) and x, max_batch_size=1 + 1, max_queue_delay=0.001, max_queue_size=1)
+    first = threading.Thread(target=_infer, args=(batcher, np.zeros((2, 1)),))
     first.start()
     time.sleep(0.1)  # the worker now holds the first batch
-    second = threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),))
+    second = threading.Thread(target=_infer, args=(batcher, np.zeros((1, 1)),))
     second.start()
     time.sleep(0.1)  # the second fills the queue
     with pytest.raises(QueueFull):
-        batcher.infer(np.zeros((1, 1)))
+        _infer(batcher, np.zeros((1, 1)))
     release.set()
     first.join()
     second.join()
@@ -120,9 +126,9 @@ def test_full_queue_is_refused_not_blocked() -> None:
 
 
 def test_a_lone_request_is_not_held_for_the_full_delay() -> None:
-    batcher = DynamicBatcher(lambda x: x, max_batch_size=8, max_queue_delay=5.0)
+    batcher = ThreadBatcher(lambda x: x, max_batch_size=8, max_queue_delay=5.0)
     started = time.perf_counter()
-    result = batcher.infer(np.zeros((1, 1)))
+    result = _infer(batcher, np.zeros((1, 1)))
     batcher.close()
     assert time.perf_counter() - started < 2.5 and result.batch_size == 1
 
@@ -136,14 +142,14 @@ def test_without_batching_each_request_is_a_batch_of_its_own_on_the_worker() -> 
         time.sleep(0.02)
         return x
 
-    batcher = DynamicBatcher(forward, max_batch_size=1)
-    callers = [threading.Thread(target=batcher.infer, args=(np.zeros((1, 1)),)) for _ in range(4)]
+    batcher = ThreadBatcher(forward, max_batch_size=1)
+    callers = [threading.Thread(target=_infer, args=(batcher, np.zeros((1, 1)),)) for _ in range(4)]
     for t in callers:
         t.start()
     for t in callers:
         t.join()
     batcher.close()
-    assert not batcher.enabled and sizes == [1, 1, 1, 1]
+    assert not batcher.batching and sizes == [1, 1, 1, 1]
     assert len(set(threads)) == 1 and threads[0] not in callers  # one compute thread, not the callers'
 
 
@@ -162,7 +168,7 @@ class Gate:
         return x
 
 
-def _hold_worker(batcher: DynamicBatcher, gate: Gate) -> Future:
+def _hold_worker(batcher: ThreadBatcher, gate: Gate) -> Future:
     busy = batcher.submit(np.full((1, 1), -1.0))
     assert gate.entered.wait(5)
     return busy
@@ -187,24 +193,24 @@ class FailingOn(Gate):
 @pytest.mark.parametrize("wrong_rows", [False, True])
 def test_an_exception_in_a_batch_reaches_its_requests_and_the_worker_survives(wrong_rows: bool) -> None:
     forward = FailingOn(7.0, wrong_rows)
-    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.05)
+    batcher = ThreadBatcher(forward, max_batch_size=8, max_queue_delay=0.05)
     busy = _hold_worker(batcher, forward)
     failing = [batcher.submit(np.full((1, 1), 7.0)) for _ in range(3)]
     forward.release.set()
     assert busy.result(timeout=5).output.item() == -1.0
     errors = [f.exception(timeout=5) for f in failing]
-    assert all(isinstance(e, RuntimeError) for e in errors), errors
+    assert all(isinstance(e, BatchFailed) and isinstance(e.__cause__, RuntimeError) for e in errors), errors
     if not wrong_rows:
         assert all("kernel failed" in str(e) for e in errors)
-    assert batcher.infer(np.ones((1, 1)), timeout=5).output.item() == 1.0  # the worker lives
+    assert _infer(batcher, np.ones((1, 1)), timeout=5).output.item() == 1.0  # the worker lives
     batcher.close()
     with pytest.raises(BatcherClosed):
-        batcher.infer(np.zeros((1, 1)))
+        _infer(batcher, np.zeros((1, 1)))
 
 
 def test_close_racing_infers_never_leaves_a_request_waiting() -> None:
     for _ in range(20):
-        batcher = DynamicBatcher(lambda x: x, max_batch_size=4, max_queue_delay=0.001)
+        batcher = ThreadBatcher(lambda x: x, max_batch_size=4, max_queue_delay=0.001)
         outcomes: list[str] = []
         start = threading.Barrier(9)
 
@@ -236,7 +242,7 @@ def test_close_racing_infers_never_leaves_a_request_waiting() -> None:
 
 def test_full_queue_is_refused_within_milliseconds() -> None:
     gate = Gate()
-    batcher = DynamicBatcher(gate, max_batch_size=4, max_queue_delay=0.001, max_queue_size=3)
+    batcher = ThreadBatcher(gate, max_batch_size=4, max_queue_delay=0.001, max_queue_size=3)
     busy = _hold_worker(batcher, gate)
     queued = [batcher.submit(np.zeros((1, 1))) for _ in range(3)]
     started = time.perf_counter()
@@ -249,8 +255,8 @@ def test_full_queue_is_refused_within_milliseconds() -> None:
 
 
 def test_expired_and_cancelled_requests_are_dropped_before_compute() -> None:
-    gate, expired = Gate(), []
-    batcher = DynamicBatcher(gate, max_batch_size=8, max_queue_delay=0.001, on_expired=expired.append)
+    gate = Gate()
+    batcher = ThreadBatcher(gate, max_batch_size=8, max_queue_delay=0.001)
     _hold_worker(batcher, gate)
     late = batcher.submit(np.full((1, 1), 1.0), deadline=time.perf_counter() + 0.05)
     gone = batcher.submit(np.full((1, 1), 2.0))
@@ -261,12 +267,12 @@ def test_expired_and_cancelled_requests_are_dropped_before_compute() -> None:
     assert isinstance(late.exception(timeout=5), DeadlineExpired)
     assert kept.result(timeout=5).output.item() == 3.0
     batcher.close()
-    assert gate.seen == [-1.0, 3.0] and expired == [1]
+    assert gate.seen == [-1.0, 3.0]
 
 
 def test_close_answers_everything_queued() -> None:
     gate = Gate()
-    batcher = DynamicBatcher(gate, max_batch_size=2, max_queue_delay=0.001)
+    batcher = ThreadBatcher(gate, max_batch_size=2, max_queue_delay=0.001)
     busy = _hold_worker(batcher, gate)
     queued = [batcher.submit(np.full((1, 1), float(i))) for i in range(5)]
     closer = threading.Thread(target=batcher.close)
@@ -355,11 +361,11 @@ def test_inline_batch_holds_what_arrived_in_one_turn_and_runs_on_the_loop_thread
         seen.append((x.shape[0], threading.current_thread()))
         return x * 2
 
-    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.002, inline=True)
+    batcher = LoopBatcher(forward, max_batch_size=8, max_queue_delay=0.002)
 
     async def run() -> list:
-        lone = await batcher.submit_inline(np.full((1, 2), 5.0))  # nothing else queued: a batch of its own, at once
-        futures = [batcher.submit_inline(np.full((1, 2), float(i))) for i in range(5)]
+        lone = await batcher.submit(np.full((1, 2), 5.0))  # nothing else queued: a batch of its own, at once
+        futures = [batcher.submit(np.full((1, 2), float(i))) for i in range(5)]
         return [lone, *await asyncio.gather(*futures)]
 
     results = _on_loop(run)
@@ -373,10 +379,10 @@ def test_inline_batch_holds_what_arrived_in_one_turn_and_runs_on_the_loop_thread
 
 def test_inline_batches_respect_max_batch_size_and_take_turns() -> None:
     sizes: list[int] = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=2, max_queue_delay=0.002, inline=True)
+    batcher = LoopBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=2, max_queue_delay=0.002)
 
     async def run() -> list:
-        return await asyncio.gather(*[batcher.submit_inline(np.full((1, 1), float(i))) for i in range(5)])
+        return await asyncio.gather(*[batcher.submit(np.full((1, 1), float(i))) for i in range(5)])
 
     results = _on_loop(run)
     batcher.close()
@@ -384,42 +390,39 @@ def test_inline_batches_respect_max_batch_size_and_take_turns() -> None:
 
 
 def test_inline_errors_expired_cancelled_full_and_closed() -> None:
-    expired: list[int] = []
-
     def forward(x: np.ndarray) -> np.ndarray:
         if (x == 7.0).any():
             raise RuntimeError("kernel failed")
         return x
 
-    batcher = DynamicBatcher(forward, max_batch_size=8, max_queue_delay=0.002, max_queue_size=3, inline=True, on_expired=expired.append)
+    batcher = LoopBatcher(forward, max_batch_size=8, max_queue_delay=0.002, max_queue_size=3)
 
     async def run() -> None:
-        failing = [batcher.submit_inline(np.full((1, 1), 7.0)) for _ in range(2)]
+        failing = [batcher.submit(np.full((1, 1), 7.0)) for _ in range(2)]
         for future in failing:
-            with pytest.raises(RuntimeError, match="kernel failed"):
+            with pytest.raises(BatchFailed, match="kernel failed"):
                 await future
-        late = batcher.submit_inline(np.full((1, 1), 1.0), deadline=time.perf_counter() - 0.001)
-        gone = batcher.submit_inline(np.full((1, 1), 2.0))
-        kept = batcher.submit_inline(np.full((1, 1), 3.0))
+        late = batcher.submit(np.full((1, 1), 1.0), deadline=time.perf_counter() - 0.001)
+        gone = batcher.submit(np.full((1, 1), 2.0))
+        kept = batcher.submit(np.full((1, 1), 3.0))
         with pytest.raises(QueueFull):
-            batcher.submit_inline(np.zeros((1, 1)))
+            batcher.submit(np.zeros((1, 1)))
         gone.cancel()
         with pytest.raises(DeadlineExpired):
             await late
         assert (await kept).output.item() == 3.0 and (await kept).batch_size == 1  # the cancelled one was not computed
-        assert (await batcher.submit_inline(np.ones((1, 1)))).output.item() == 1.0  # the loop's batches carry on
+        assert (await batcher.submit(np.ones((1, 1)))).output.item() == 1.0  # the loop's batches carry on
         batcher.close()
         with pytest.raises(BatcherClosed):
-            batcher.submit_inline(np.zeros((1, 1)))
+            batcher.submit(np.zeros((1, 1)))
 
     _on_loop(run)
-    assert expired == [1]
 
 
 def test_inline_waits_for_company_only_after_a_batch_of_several() -> None:
     """A lone caller never waits; once a batch held several requests, the next waits (at most the delay) until as many have come."""
     sizes: list[int] = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=0.5, inline=True)
+    batcher = LoopBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=0.5)
 
     async def timed(*futures) -> float:  # type: ignore[no-untyped-def]
         started = time.perf_counter()
@@ -427,10 +430,10 @@ def test_inline_waits_for_company_only_after_a_batch_of_several() -> None:
         return time.perf_counter() - started
 
     async def run() -> list[float]:
-        lone = await timed(batcher.submit_inline(np.zeros((1, 1))))  # no concurrency seen: the next turn
-        pair = await timed(*[batcher.submit_inline(np.zeros((1, 1))) for _ in range(2)])  # a batch of 2, at once
-        waited = await timed(batcher.submit_inline(np.zeros((1, 1))))  # after a pair: waits the delay for a second one
-        company = asyncio.ensure_future(timed(batcher.submit_inline(np.zeros((1, 1)))))  # after a lone batch again: no wait ...
+        lone = await timed(batcher.submit(np.zeros((1, 1))))  # no concurrency seen: the next turn
+        pair = await timed(*[batcher.submit(np.zeros((1, 1))) for _ in range(2)])  # a batch of 2, at once
+        waited = await timed(batcher.submit(np.zeros((1, 1))))  # after a pair: waits the delay for a second one
+        company = asyncio.ensure_future(timed(batcher.submit(np.zeros((1, 1)))))  # after a lone batch again: no wait ...
         await asyncio.sleep(0)
         return [lone, pair, waited, await company]
 
@@ -443,14 +446,14 @@ def test_inline_waits_for_company_only_after_a_batch_of_several() -> None:
 
 def test_inline_batch_that_reaches_the_last_size_runs_without_waiting() -> None:
     sizes: list[int] = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=5.0, inline=True)
+    batcher = LoopBatcher(lambda x: sizes.append(x.shape[0]) or x, max_batch_size=8, max_queue_delay=5.0)
 
     async def run() -> float:
-        await asyncio.gather(*[batcher.submit_inline(np.zeros((1, 1))) for _ in range(3)])  # concurrency of 3 seen
+        await asyncio.gather(*[batcher.submit(np.zeros((1, 1))) for _ in range(3)])  # concurrency of 3 seen
         started = time.perf_counter()
-        first = batcher.submit_inline(np.zeros((1, 1)))  # waits for company ...
+        first = batcher.submit(np.zeros((1, 1)))  # waits for company ...
         await asyncio.sleep(0.05)
-        await asyncio.gather(first, *[batcher.submit_inline(np.zeros((1, 1))) for _ in range(2)])  # ... and 3 came: no 5 s wait
+        await asyncio.gather(first, *[batcher.submit(np.zeros((1, 1))) for _ in range(2)])  # ... and 3 came: no 5 s wait
         return time.perf_counter() - started
 
     elapsed = _on_loop(run)
@@ -458,28 +461,35 @@ def test_inline_batch_that_reaches_the_last_size_runs_without_waiting() -> None:
     assert sizes == [3, 3] and elapsed < 2.5
 
 
-def test_inline_requests_prepared_and_answered_in_the_batch_turn_fail_alone() -> None:
-    """Requests as they arrived (text here): parsed and answered in the batch's turn, beside plain inputs;
-    one that cannot be parsed, and one whose answer cannot be built, fail alone."""
+def _respond(text: str, result: BatchResult) -> str:
+    """An answer built in the batch's turn; none for request "3"."""
+    if text == "3":
+        raise RuntimeError("cannot answer 3")
+    return f"{text}->{result.output.item():g}@{threading.current_thread().name}"
+
+
+def test_loop_batcher_answers_in_the_batch_turn_and_a_failed_answer_fails_alone() -> None:
     sizes: list[int] = []
-    batcher = DynamicBatcher(lambda x: sizes.append(x.shape[0]) or x * 10, max_batch_size=8, max_queue_delay=0.002, inline=True)
-
-    def prepare(text: str) -> np.ndarray:
-        return np.full((1, 1), float(text))  # ValueError for what is not a number
-
-    def finish(text: str, result: BatchResult) -> str:
-        if text == "3":
-            raise RuntimeError("cannot answer 3")
-        return f"{text}->{result.output.item():g}"
+    batcher = LoopBatcher(lambda x: sizes.append(x.shape[0]) or x * 10, _respond, max_batch_size=8, max_queue_delay=0.002)
 
     async def run() -> list:
-        futures = [batcher.submit_inline(t, prepare=prepare, finish=finish) for t in ("1", "two", "3", "4")]
-        futures.append(batcher.submit_inline(np.full((1, 1), 5.0)))  # a plain one in the same batch
+        futures = [batcher.submit(np.full((1, 1), float(t)), request=t) for t in ("1", "3", "4")]
         return await asyncio.gather(*futures, return_exceptions=True)
 
-    one, two, three, four, five = _on_loop(run)
+    one, three, four = _on_loop(run)
     batcher.close()
-    assert sizes == [4]  # "two" never reached the batch
-    assert (one, four) == ("1->10", "4->40")
-    assert isinstance(two, ValueError) and isinstance(three, RuntimeError)
-    assert isinstance(five, BatchResult) and five.output.item() == 50.0
+    assert sizes == [3] and (one, four) == ("1->10@MainThread", "4->40@MainThread")
+    assert isinstance(three, RuntimeError) and "cannot answer 3" in str(three)
+
+
+def test_thread_batcher_answers_on_its_worker_and_a_failed_answer_fails_alone() -> None:
+    gate = Gate()
+    batcher = ThreadBatcher(gate, _respond, max_batch_size=8, max_queue_delay=0.05, name="answering")
+    busy = batcher.submit(np.full((1, 1), -1.0), request="-1")
+    assert gate.entered.wait(5)
+    futures = [batcher.submit(np.full((1, 1), float(t)), request=t) for t in ("1", "3", "4")]
+    gate.release.set()
+    assert busy.result(timeout=5) == "-1->-1@answering"
+    assert [futures[0].result(timeout=5), futures[2].result(timeout=5)] == ["1->1@answering", "4->4@answering"]
+    assert isinstance(futures[1].exception(timeout=5), RuntimeError)
+    batcher.close()

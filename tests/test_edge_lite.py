@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="the ONNX runtime comes with the edge-lite or export extra")
 
-from edge_client.backends import OnnxBackend, TorchBackend  # noqa: E402
 from edge_client.cli import sample_image  # noqa: E402
 from edge_client.runner import EdgeRunner  # noqa: E402
 from edge_client.transport import CloudClient  # noqa: E402
 from shared_model.checkpoint import default_weights_path, load_checkpoint  # noqa: E402
+from shared_model.runtimes import OnnxBackend, TorchBackend  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -27,7 +27,7 @@ def _max_difference(a: dict[str, float], b: dict[str, float]) -> float:
 
 def test_shipped_onnx_export_matches_the_shipped_weights() -> None:
     assert OnnxBackend().fingerprint == load_checkpoint(default_weights_path()).fingerprint, (
-        "regenerate: fer-train export --out edge_client/onnx_model --parts head,cloud,tail --formats onnx --no-triton"
+        "regenerate: fer-train export --out shared_model/onnx_model --parts head,cloud,tail --formats onnx --no-triton"
     )
 
 

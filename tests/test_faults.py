@@ -7,8 +7,8 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
-from faults import CLOSE_MID_STREAM, GARBAGE, SILENT, SLOW, WRONG_SHAPE, BlackholeLink, Fault, FaultyServer
-from servers import start_server
+from fer_bench.fault_injection import CLOSE_MID_STREAM, GARBAGE, SILENT, SLOW, WRONG_SHAPE, BlackholeLink, Fault, FaultyServer
+from fer_bench.loopback import start_server
 
 from edge_client.breaker import OPEN, CircuitBreaker
 from edge_client.daemon import run_source

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from faults import SILENT, SLOW, Fault, FaultyServer
+from fer_bench.fault_injection import SILENT, SLOW, Fault, FaultyServer
 from servers import still_video
 
 from edge_client.breaker import CircuitBreaker

@@ -84,7 +84,7 @@ def features(trained_model, faces) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def cpu_server(trained_model):
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     server = start_server(trained_model)
     yield server

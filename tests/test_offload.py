@@ -8,6 +8,7 @@ import pytest
 
 from edge_client.breaker import CircuitBreaker
 from edge_client.runner import EdgeRunner
+from edge_client.wire_options import WireOptions
 from edge_client.transport import CloudClient
 from shared_model import codec
 from shared_model.checkpoint import model_fingerprint
@@ -121,7 +122,7 @@ def test_lean_split_agrees_with_the_papers_round_trip_and_carries_an_eighth(serv
     client = _client(server, trained_model)
     local = EdgeRunner(trained_model)
     lean = EdgeRunner(trained_model, "split", client, timeout_s=5.0)
-    paper = EdgeRunner(trained_model, "split", client, timeout_s=5.0, split_returns="features")
+    paper = EdgeRunner(trained_model, "split", client, wire=WireOptions(split_returns="features"), timeout_s=5.0)
     for pixels in parity_faces_or_sample:
         ours, a, b = local.classify(pixels), lean.classify(pixels), paper.classify(pixels)
         assert a.strategy == b.strategy == "split" and not a.fallback and not b.fallback
@@ -148,7 +149,7 @@ def test_split_rest_equals_local_within_quantization(server, trained_model, pari
 
 
 def test_split_rest_finishes_from_its_own_head_when_the_cloud_is_gone(trained_model, sample_face) -> None:
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     server = start_server(trained_model)
     client = _client(server, trained_model, timeout_s=1.0)
@@ -165,7 +166,7 @@ def test_cloud_sends_the_face_at_the_requested_size(server, trained_model, sampl
     client = _client(server, trained_model)
     sizes = {}
     for side in (48, 112, 224):
-        result = EdgeRunner(trained_model, "cloud", client, image_size=side, timeout_s=5.0).classify(sample_face)
+        result = EdgeRunner(trained_model, "cloud", client, wire=WireOptions(image_size=side), timeout_s=5.0).classify(sample_face)
         assert result.strategy == "cloud" and not result.fallback
         sizes[side] = result.bytes_up
     assert sizes[48] < sizes[112] < sizes[224]
@@ -204,7 +205,7 @@ def test_private_never_sends_the_face_image(server, trained_model, sample_face) 
 
 def test_auto_refuses_a_cloud_with_other_weights_and_answers_locally(trained_model, sample_face) -> None:
     """A cloud holding other weights is found out from ModelMetadata: auto never sends it a face."""
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     from shared_model.network import FERNet
 
@@ -224,7 +225,7 @@ def test_auto_refuses_a_cloud_with_other_weights_and_answers_locally(trained_mod
 
 
 def test_a_fixed_strategy_never_sends_to_a_cloud_with_other_weights(trained_model, sample_face) -> None:
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     from shared_model.network import FERNet
 
@@ -253,7 +254,7 @@ def test_metadata_lists_the_attention_outputs_and_the_fingerprint(server, traine
 
 def test_onnx_runtime_engine_answers_as_pytorch_does(trained_model, sample_face) -> None:
     """fer_rest and fer_classifier computed by ONNX Runtime (the shipped export) agree with PyTorch's."""
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     from cloud_server.engine import InferenceEngine
 
@@ -261,8 +262,8 @@ def test_onnx_runtime_engine_answers_as_pytorch_does(trained_model, sample_face)
     try:
         assert onnx_server.engine.runtime == "onnx" and torch_server.engine.runtime == "torch"
         for strategy, options in (("split-rest", {}), ("cloud", {"image_format": "png", "image_size": None})):
-            a = EdgeRunner(trained_model, strategy, _client(torch_server, trained_model), **options).classify(sample_face)
-            b = EdgeRunner(trained_model, strategy, _client(onnx_server, trained_model), **options).classify(sample_face)
+            a = EdgeRunner(trained_model, strategy, _client(torch_server, trained_model), wire=WireOptions(**options)).classify(sample_face)
+            b = EdgeRunner(trained_model, strategy, _client(onnx_server, trained_model), wire=WireOptions(**options)).classify(sample_face)
             assert a.strategy == b.strategy == strategy and not b.fallback
             assert _max_difference(a.probabilities, b.probabilities) < 1e-4
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servers import start_server
+from fer_bench.loopback import start_server
 
 from edge_client.runner import EdgeRunner
 from edge_client.transport import CloudClient, channel_target

@@ -9,7 +9,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import start_server
+from fer_bench.loopback import start_server
 from test_server_errors import features_request
 
 from cloud_server.engine import BatchingSettings

@@ -180,7 +180,7 @@ def test_long_names_in_model_metadata_are_echoed_short(stub) -> None:
 
 def test_a_stream_error_for_a_long_model_name_fits_the_send_limit(trained_model) -> None:
     """The answer to a request that fits the message limit fits it too (the unknown name is not echoed whole, twice)."""
-    from servers import start_server
+    from fer_bench.loopback import start_server
 
     running = start_server(trained_model, max_message_bytes=32 * 1024)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")

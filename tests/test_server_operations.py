@@ -10,7 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from servers import attention_off_the_loop, make_certificates, start_server
+from fer_bench.loopback import attention_off_the_loop, start_server
+from servers import make_certificates
 from test_server_errors import features_request
 
 from cloud_server.engine import BatchingSettings

@@ -11,9 +11,10 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from servers import start_server
+from fer_bench.loopback import start_server
 from test_server_errors import features_request
 
+from cloud_server.batching import LoopBatcher, ThreadBatcher
 from shared_model.attention_matrices import NumpyAttention, attention_arrays, export_attention, packed_attention
 from shared_model.config import ModelConfig
 from shared_model.network import FERNet
@@ -93,10 +94,10 @@ def test_the_onnx_runtime_serves_without_importing_torch() -> None:
 
 def test_inline_and_worker_paths_answer_alike(trained_model) -> None:
     """The same request, served by PyTorch on the batcher's thread and by NumPy on the event loop."""
-    from servers import attention_off_the_loop
+    from fer_bench.loopback import attention_off_the_loop
 
     servers = [start_server(attention_off_the_loop(trained_model)), start_server(trained_model, runtime="onnx")]
-    assert [s.engine.batchers["fer_attention"].inline for s in servers] == [False, True]
+    assert [type(s.engine.batchers["fer_attention"]) for s in servers] == [ThreadBatcher, LoopBatcher]
     data = np.random.default_rng(1).standard_normal(2 * 8 * 28 * 28).astype("<f4").tobytes()
     answers = []
     try:

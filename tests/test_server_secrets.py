@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from servers import make_certificates, start_server
+from fer_bench.loopback import start_server
+from servers import make_certificates
 from test_server_errors import features_request
 
 from cloud_server import cli as cloud_cli

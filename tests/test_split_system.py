@@ -8,12 +8,13 @@ import time
 import numpy as np
 import pytest
 import torch
-from servers import attention_off_the_loop, start_server
+from fer_bench.loopback import attention_off_the_loop, start_server
 
 from edge_client.breaker import CircuitBreaker
 from edge_client.daemon import run_source
 from edge_client.faces import FaceDetector
 from edge_client.runner import EdgeRunner
+from edge_client.wire_options import WireOptions
 from edge_client.sources import Frame, Source
 from edge_client.transport import CloudClient
 from shared_model.checkpoint import model_fingerprint
@@ -49,7 +50,7 @@ def test_split_agrees_with_local(server, trained_model, faces) -> None:
 
 def test_split_in_fp32_is_exact_to_float_precision(server, trained_model, sample_face) -> None:
     local = EdgeRunner(trained_model).classify(sample_face)
-    split = EdgeRunner(trained_model, "split", _client(server, trained_model), encoding="fp32", timeout_s=5.0, split_returns="features").classify(sample_face)
+    split = EdgeRunner(trained_model, "split", _client(server, trained_model), wire=WireOptions(encoding="fp32", split_returns="features"), timeout_s=5.0).classify(sample_face)
     assert split.strategy == "split"
     assert _max_difference(local.probabilities, split.probabilities) < 1e-5
     assert split.label == local.label
@@ -59,7 +60,7 @@ def test_split_in_fp32_is_exact_to_float_precision(server, trained_model, sample
 def test_cloud_agrees_with_local(server, trained_model, faces, image_format: str) -> None:
     local = EdgeRunner(trained_model)
     # The prepared 224x224 pixels, unshrunk: PNG is lossless, JPEG nearly so (sending the crop: tests/test_offload.py).
-    cloud = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format=image_format, image_size=None, timeout_s=5.0)
+    cloud = EdgeRunner(trained_model, "cloud", _client(server, trained_model), wire=WireOptions(image_format=image_format, image_size=None), timeout_s=5.0)
     for pixels in faces:
         ours, theirs = local.classify(pixels), cloud.classify(pixels)
         assert theirs.strategy == "cloud" and not theirs.fallback, theirs.fallback_reason
@@ -74,7 +75,7 @@ def test_cloud_agrees_with_local(server, trained_model, faces, image_format: str
 
 
 def test_raw_cloud_request_carries_the_papers_150_kb(server, trained_model, sample_face) -> None:
-    result = EdgeRunner(trained_model, "cloud", _client(server, trained_model), image_format="raw", timeout_s=5.0).classify(sample_face)
+    result = EdgeRunner(trained_model, "cloud", _client(server, trained_model), wire=WireOptions(image_format="raw"), timeout_s=5.0).classify(sample_face)
     assert 224 * 224 * 3 <= result.bytes_up < 224 * 224 * 3 + 200
 
 

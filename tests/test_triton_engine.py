@@ -35,6 +35,7 @@ import grpc  # noqa: E402
 from edge_client.breaker import CircuitBreaker  # noqa: E402
 from edge_client.cli import main as edge_main  # noqa: E402
 from edge_client.runner import EdgeRunner  # noqa: E402
+from edge_client.wire_options import WireOptions  # noqa: E402
 from edge_client.transport import CloudClient  # noqa: E402
 from shared_model import codec  # noqa: E402
 from shared_model.checkpoint import load_checkpoint, default_weights_path, model_fingerprint  # noqa: E402
@@ -136,7 +137,7 @@ def test_triton_answers_as_fer_cloud_does(triton, server, trained_model, bundled
     for strategy, options in (("split", {}), ("split", {"split_returns": "features"}), ("split-rest", {}), ("cloud", {})):
         answers = []
         for target in (triton.target, f"127.0.0.1:{server.port}"):
-            runner = EdgeRunner(trained_model, strategy, CloudClient(target, fingerprint, timeout_s=5.0), timeout_s=5.0, **options)
+            runner = EdgeRunner(trained_model, strategy, CloudClient(target, fingerprint, timeout_s=5.0), wire=WireOptions(**options), timeout_s=5.0)
             answers.append([runner.classify(face) for face in bundled_faces])
             runner.close()
         for on_triton, on_cloud in zip(*answers):
@@ -284,6 +285,38 @@ def test_tritonclient_works_against_triton_unchanged(triton, trained_model, tmp_
         x = torch.from_numpy(codec.dequantize(features, 0.05, 128))
         expected = trained_model.tail(trained_model.cloud(x)).softmax(dim=1).numpy()
     assert np.abs(np.asarray(report["probabilities"]) - expected).max() < 1e-4
+
+
+def _fp32_request(features: np.ndarray, request_id: str) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=ATTENTION_MODEL, id=request_id)
+    request.inputs.add(name=FEATURES, datatype="FP32", shape=list(features.shape))
+    request.raw_input_contents.append(features.astype("<f4").tobytes())
+    return request
+
+
+def test_the_minimal_reference_model_answers_as_fer_cloud_does(trained_model, server, tmp_path: Path) -> None:
+    """fer-bench server's reference (deploy/triton/minimal_model.py): FP32 faces sent at once (so they may share a
+    batch), each answered with its own attended map, as fer-cloud computes it."""
+    from fer_bench.server_load import minimal_repository
+    from shared_model.training.export import TritonSettings
+
+    folder = minimal_repository(trained_model, tmp_path, ATTENTION_MODEL, TritonSettings(features="fp32"))
+    assert (folder / "1" / "model.py").read_text() == (Path(__file__).parents[1] / "deploy" / "triton" / "minimal_model.py").read_text()
+    faces = np.random.default_rng(5).standard_normal((6, 1, 8, 28, 28)).astype(np.float32)
+    requests = [_fp32_request(face, str(i)) for i, face in enumerate(faces)]
+    minimal = TritonServer(tmp_path)
+    try:
+        channel, stub = _stub(minimal.start(models=(ATTENTION_MODEL,)))
+        calls = [stub.ModelInfer.future(request, timeout=30) for request in requests]
+        answers = [call.result() for call in calls]
+        channel.close()
+    finally:
+        minimal.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        expected = [pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30) for request in requests]
+    for answer, own in zip(answers, expected):
+        assert [(o.name, o.datatype, list(o.shape)) for o in answer.outputs] == [(FEATURES, "FP32", [1, 8, 28, 28])]
+        np.testing.assert_allclose(np.frombuffer(answer.raw_output_contents[0], "<f4"), np.frombuffer(own.raw_output_contents[0], "<f4"), atol=1e-5)
 
 
 @contextmanager

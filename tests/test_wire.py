@@ -249,8 +249,9 @@ def test_a_bad_request_in_an_inline_batch_is_refused_alone(inline_server) -> Non
     channel.close()
 
 
-def test_requests_that_do_not_begin_with_the_model_name_take_the_general_path(inline_server) -> None:
-    """Field order is free in protobuf, and the last model_name counts: each request is answered as it says."""
+def test_requests_are_answered_as_they_say_whatever_their_field_order(inline_server) -> None:
+    """Field order is free in protobuf, and the last model_name counts: each request is answered as it says.
+    The common request's answer (its fixed part serialized once) is the message the full validation's path builds."""
     channel = grpc.insecure_channel(f"127.0.0.1:{inline_server.port}")
     raw_unary = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
     values = np.random.default_rng(4).standard_normal((1, 8, 28, 28)).astype(np.float32)
@@ -258,11 +259,13 @@ def test_requests_that_do_not_begin_with_the_model_name_take_the_general_path(in
     usual = pb.ModelInferResponse.FromString(raw_unary(request.SerializeToString(), timeout=20))
     tensors_first = field(7, values.tobytes()) + request.SerializeToString().replace(field(7, values.tobytes()), b"")
     assert not tensors_first.startswith(b"\x0a")
-    reordered = pb.ModelInferResponse.FromString(raw_unary(tensors_first, timeout=20))
-    assert reordered.raw_output_contents[0] == usual.raw_output_contents[0]
-    # The common request's answer (its fixed part serialized once) and the general path's are the same message.
-    assert (usual.model_name, usual.model_version, usual.id, list(usual.outputs)) == (reordered.model_name, reordered.model_version, reordered.id, list(reordered.outputs))
-    assert set(usual.parameters) == set(reordered.parameters) == {"queue_us", "compute_us", "batch_size", "server_us"}
+    named = _attention_request(values, "x")
+    named.outputs.add(name="features")  # not the common request: the full validation and response
+    for other in (tensors_first, named.SerializeToString()):
+        answer = pb.ModelInferResponse.FromString(raw_unary(other, timeout=20))
+        assert answer.raw_output_contents[0] == usual.raw_output_contents[0]
+        assert (usual.model_name, usual.model_version, usual.id, list(usual.outputs)) == (answer.model_name, answer.model_version, answer.id, list(answer.outputs))
+        assert set(usual.parameters) == set(answer.parameters) == {"queue_us", "compute_us", "batch_size", "server_us"}
     renamed = request.SerializeToString() + field(1, b"fer_rest")  # begins as fer_attention, names fer_rest last
     rest = pb.ModelInferResponse.FromString(raw_unary(renamed, timeout=20))
     assert rest.model_name == "fer_rest" and rest.outputs[0].name == "probabilities"

@@ -5,9 +5,10 @@ for ONNX, ``torch.jit.load`` for TorchScript) before it is reported as written.
 The Triton repository (:func:`triton_repository`) serves ``fer_attention``,
 ``fer_rest`` and ``fer_classifier`` with dynamic batching, so an existing engine
 speaking the same protocol can host the cloud: by default through Triton's
-Python backend (:mod:`shared_model.training.triton_model`, ONNX Runtime inside,
-UINT8 split tensors as the edge sends them), or through Triton's ONNX Runtime
-backend (FP32/FP16 only: it does no affine dequantization) for GPU images.
+Python backend (the model file is ``deploy/triton/model.py`` of the project's
+source tree: ONNX Runtime inside, UINT8 split tensors as the edge sends them),
+or through Triton's ONNX Runtime backend (FP32/FP16 only: it does no affine
+dequantization) for GPU images.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from ..protocol import (
 
 __all__ = [
     "PARTS", "FORMATS", "OPSET", "ExportError", "ExportedFile", "export_onnx", "export_torchscript", "AttentionWithMaps", "AttentionMaps",
-    "Probabilities", "PixelsToProbabilities", "TRITON_BACKENDS", "TRITON_FEATURES", "TritonSettings", "triton_repository", "triton_model_source", "export_all",
+    "Probabilities", "PixelsToProbabilities", "TRITON_BACKENDS", "TRITON_FEATURES", "TRITON_FOLDER", "TRITON_MODEL_FILE", "TritonSettings", "triton_config",
+    "triton_repository", "triton_model_source", "export_all",
 ]
 
 PARTS = ("cloud", "head", "tail", "whole")
@@ -150,6 +152,9 @@ class PixelsToProbabilities(nn.Module):
 TRITON_BACKENDS = ("python", "onnxruntime")
 TRITON_FEATURES = ("uint8", "fp32", "fp16")
 _TRITON_TYPES = {"uint8": "TYPE_UINT8", "fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+# The Python backend's models live in the source tree (deploy/triton), not in the installed package.
+TRITON_FOLDER = Path(__file__).resolve().parents[2] / "deploy" / "triton"
+TRITON_MODEL_FILE = TRITON_FOLDER / "model.py"  # the project's full model
 
 
 @dataclass(frozen=True)
@@ -213,8 +218,11 @@ def _pbtxt_tensors(tensors: list[tuple[str, str, list[int]]]) -> str:
     return ",\n".join(f'  {{ name: "{name}", data_type: {dtype}, dims: [ {", ".join(map(str, dims))} ] }}' for name, dtype, dims in tensors)
 
 
-def _pbtxt(name: str, settings: TritonSettings, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]], parameters: dict[str, str], batching: bool = True) -> str:
-    """A model's ``config.pbtxt``; without ``batching`` the shapes are given whole (``max_batch_size: 0``)."""
+def triton_config(
+    name: str, settings: TritonSettings, inputs: list[tuple[str, str, list[int]]], outputs: list[tuple[str, str, list[int]]],
+    parameters: dict[str, str], batching: bool = True,
+) -> str:
+    """A model's ``config.pbtxt`` (tensors as (name, type, dims)); without ``batching`` the shapes are given whole (``max_batch_size: 0``)."""
     params = "\n".join(f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in parameters.items())
     kind = "KIND_GPU" if settings.device == "gpu" else "KIND_CPU"
     scheduling = f"dynamic_batching {{ max_queue_delay_microseconds: {settings.max_queue_delay_us} }}\n" if batching and settings.dynamic_batching else ""
@@ -233,7 +241,7 @@ def triton_repository(model: FERNet, root: Path, fingerprint: str, settings: Tri
     shapes; the fingerprint as a ``parameters`` entry: Triton's ModelConfig RPC
     returns it) and
     ``1/model.onnx``, checked against PyTorch. With the Python backend also
-    ``1/model.py`` (:mod:`shared_model.training.triton_model`). With the ONNX
+    ``1/model.py``, a copy of :data:`TRITON_MODEL_FILE`. With the ONNX
     Runtime backend, ``fer_attention`` and ``fer_rest`` take FP32 features and
     ``fer_classifier`` uint8 pixels ``[N, S, S, 3]``; ``fer_attention`` answers
     the attention only (FP32 ``spatial_attention``, ``channel_attention``), since
@@ -241,6 +249,7 @@ def triton_repository(model: FERNet, root: Path, fingerprint: str, settings: Tri
     ``models``: only these (default: all three). Returns the model folders.
     """
     settings = settings or TritonSettings()
+    source = triton_model_source().read_text() if settings.backend == "python" else ""
     model = model.eval()
     config = model.config
     split = list(config.split_shape)
@@ -262,8 +271,8 @@ def triton_repository(model: FERNet, root: Path, fingerprint: str, settings: Tri
         input_name, output_names = onnx_names or (inputs[0][0], [o[0] for o in outputs])
         _triton_onnx(module, example, folder / "1" / "model.onnx", input_name, output_names)
         if python:
-            (folder / "1" / "model.py").write_text(triton_model_source().read_text())
-        (folder / "config.pbtxt").write_text(_pbtxt(name, settings, inputs, outputs, parameters, batching))
+            (folder / "1" / "model.py").write_text(source)
+        (folder / "config.pbtxt").write_text(triton_config(name, settings, inputs, outputs, parameters, batching))
         folders.append(folder)
 
     if python:
@@ -283,10 +292,13 @@ def triton_repository(model: FERNet, root: Path, fingerprint: str, settings: Tri
 
 
 def triton_model_source() -> Path:
-    """The Python-backend model code that the repository's ``model.py`` files copy."""
-    from . import triton_model
-
-    return Path(triton_model.__file__)
+    """:data:`TRITON_MODEL_FILE`, which the repository's ``model.py`` files copy; :class:`ExportError` where it is absent."""
+    if not TRITON_MODEL_FILE.is_file():
+        raise ExportError(
+            f"no Triton model at {TRITON_MODEL_FILE}: the Python backend's model is read from the project's source tree "
+            "(deploy/triton); export from a checkout (pip install -e .) or use --triton-backend onnxruntime"
+        )
+    return TRITON_MODEL_FILE
 
 
 def export_all(

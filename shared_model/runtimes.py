@@ -1,11 +1,13 @@
-"""Where the edge runs its partitions: PyTorch, or ONNX Runtime for a device without torch.
+"""What runs the network's partitions: PyTorch, or ONNX Runtime where torch is absent.
 
-Both take and return NumPy arrays: ``head`` (N, 3, S, S) -> split tensor,
-``cloud`` split -> attended split (the local fallback), ``tail`` -> class scores.
-The ONNX backend reads a folder written by ``fer-train export`` (``head.onnx``,
-``cloud.onnx``, ``tail.onnx`` and ``model.json`` with the config and the
-fingerprint of the checkpoint it came from); the package ships one for the
-default weights.
+Edge and cloud both run partitions through a :class:`Backend`, NumPy arrays in
+and out: ``head`` (N, 3, S, S) -> split tensor, ``cloud`` split -> attended
+split, ``tail`` -> class scores. The ONNX backend reads a folder written by
+``fer-train export`` (``head.onnx``, ``cloud.onnx``, ``tail.onnx`` and
+``model.json`` with the config and the fingerprint of the checkpoint it came
+from); the package ships one for the default weights (``onnx_model/``).
+
+Nothing here imports torch until a PyTorch backend is made.
 """
 
 from __future__ import annotations
@@ -22,24 +24,35 @@ from shared_model.config import ModelConfig
 
 __all__ = [
     "RUNTIMES", "Backend", "TorchBackend", "shipped_onnx_dir", "OnnxBackend", "as_backend", "onnxruntime_available",
-    "resolve_runtime", "load_backend",
+    "resolve_runtime", "load_backend", "softmax",
 ]
 
 RUNTIMES = ("auto", "torch", "onnx")
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Class probabilities (float32) from class scores, along the last axis."""
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32, copy=False)
+
+
 class Backend(ABC):
+    """The three partitions of one set of weights, on NumPy arrays."""
+
     config: ModelConfig
     fingerprint: str
 
     @abstractmethod
-    def head(self, x: np.ndarray) -> np.ndarray: ...
+    def head(self, x: np.ndarray) -> np.ndarray:
+        """Prepared images (N, 3, S, S) -> split tensors."""
 
     @abstractmethod
-    def cloud(self, z: np.ndarray) -> np.ndarray: ...
+    def cloud(self, z: np.ndarray) -> np.ndarray:
+        """Split tensors -> attended split tensors."""
 
     @abstractmethod
-    def tail(self, z: np.ndarray) -> np.ndarray: ...
+    def tail(self, z: np.ndarray) -> np.ndarray:
+        """Attended split tensors -> class scores."""
 
 
 class TorchBackend(Backend):
@@ -69,7 +82,8 @@ class TorchBackend(Backend):
 
 
 def shipped_onnx_dir() -> Path:
-    return Path(str(resources.files("edge_client") / "onnx_model"))
+    """The ONNX export of the shipped weights."""
+    return Path(str(resources.files("shared_model") / "onnx_model"))
 
 
 class OnnxBackend(Backend):
@@ -91,9 +105,8 @@ class OnnxBackend(Backend):
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        # ONNX Runtime's worker threads spin after each run by default, waiting for the next. With a session
-        # per partition, three pools spun on two cores and slowed each other: 7.95 against 4.39 ms per face
-        # back to back, 26.8 against 4.7 ms of CPU per face with 5 ms between faces (docs/network.md).
+        # Worker threads that spin after each run wait for the next one on a core of their own: with a
+        # session per partition, three pools spin on the same few cores and slow each other down.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self._sessions = {
             part: onnxruntime.InferenceSession(str(folder / f"{part}.onnx"), options, providers=["CPUExecutionProvider"])
@@ -119,6 +132,7 @@ def as_backend(model: Any) -> Backend:
 
 
 def onnxruntime_available() -> bool:
+    """Is ONNX Runtime installed?"""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -126,22 +140,32 @@ def onnxruntime_available() -> bool:
     return True
 
 
-def resolve_runtime(runtime: str, weights: Path | None = None, onnx_dir: Path | None = None) -> str:
-    """``auto``: ONNX Runtime where it is installed (several times faster than PyTorch at batch 1 on a CPU),
-    unless a checkpoint is given without its ONNX export; else PyTorch."""
+def resolve_runtime(runtime: str, weights: Path | None = None, onnx_dir: Path | None = None, device: str = "cpu") -> str:
+    """``torch`` or ``onnx`` for ``runtime`` (one of :data:`RUNTIMES`) on ``device``.
+
+    ``auto``: ONNX Runtime on a CPU (several times faster than PyTorch there at batch 1): for an export
+    folder, or for the shipped weights where ONNX Runtime is installed. PyTorch on any other device, and
+    for a checkpoint of its own (``weights``) given without its export. ONNX Runtime runs on the CPU only.
+    """
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; expected one of {RUNTIMES}")
-    if runtime == "onnx" and weights is not None and onnx_dir is None:
-        raise ValueError("--runtime onnx runs an ONNX export, not a checkpoint: pass --onnx-dir (made by `fer-train export --weights ...`) instead of --weights")
+    device = str(device)
+    if runtime == "onnx" and device != "cpu":
+        raise ValueError(f"--runtime onnx runs on the CPU; the device is {device}")
     if runtime != "auto":
         return runtime
-    if onnx_dir is not None or (weights is None and onnxruntime_available()):
-        return "onnx"
-    return "torch"
+    if device != "cpu" or (weights is not None and onnx_dir is None):
+        return "torch"
+    return "onnx" if onnx_dir is not None or onnxruntime_available() else "torch"
 
 
 def load_backend(runtime: str = "auto", weights: Path | None = None, onnx_dir: Path | None = None, threads: int | None = None) -> Backend:
-    """The edge's model: the exported folder under ONNX Runtime, or the checkpoint under PyTorch."""
+    """The partitions on this CPU: the exported folder under ONNX Runtime, or the checkpoint under PyTorch.
+
+    ``--runtime onnx`` with a checkpoint and no export is refused (it would run other weights).
+    """
+    if runtime == "onnx" and weights is not None and onnx_dir is None:
+        raise ValueError("--runtime onnx runs an ONNX export, not a checkpoint: pass --onnx-dir (made by `fer-train export --weights ...`) instead of --weights")
     if resolve_runtime(runtime, weights, onnx_dir) == "onnx":
         return OnnxBackend(onnx_dir, threads)
     import torch

@@ -11,10 +11,10 @@ CPU seconds (user + system, from /proc) over the measuring window divided by
 the requests answered in it. Unlike throughput it hardly depends on what else
 runs on the machine. Prints one JSON line per concurrency level.
 
-    .venv/bin/python tests/measure_speed.py --clients 1,64 --seconds 5
-    .venv/bin/python tests/measure_speed.py --client triton   # tritonclient, from .venv-tritonclient
-    .venv/bin/python tests/measure_speed.py --server-python /other/checkout/.venv/bin/python --server-cwd /other/checkout
-    .venv/bin/python tests/measure_speed.py --server-module grpc_floor_server   # Python gRPC's own cost per call
+    .venv/bin/python -m fer_bench.measure.speed --clients 1,64 --seconds 5
+    .venv/bin/python -m fer_bench.measure.speed --client triton   # tritonclient, from .venv-tritonclient
+    .venv/bin/python -m fer_bench.measure.speed --server-python /other/checkout/.venv/bin/python --server-cwd /other/checkout
+    .venv/bin/python -m fer_bench.measure.speed --server-module fer_bench.measure.grpc_floor_server   # Python gRPC's own cost per call
 
 Options after ``--`` go to ``fer-cloud serve`` (e.g. ``-- --runtime torch``).
 """
@@ -30,7 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["main"]
+
+ROOT = Path(__file__).resolve().parents[2]
+from shared_model.protocol import ATTENTION_MODEL  # noqa: E402
+
 TRITON_PYTHON = ROOT / ".venv-tritonclient" / "bin" / "python"
 
 # The client runs in a process of its own (and, for tritonclient, in its own virtual environment).
@@ -39,6 +43,7 @@ import json, os, sys, threading, time
 import numpy as np
 
 kind, target, clients, seconds, pid = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+MODEL = os.environ["FER_MEASURE_MODEL"]
 ticks = os.sysconf("SC_CLK_TCK")
 
 def server_cpu():
@@ -65,12 +70,12 @@ if kind == "triton":
         client = grpcclient.InferenceServerClient(url=target, channel_args=[("grpc.use_local_subchannel_pool", 1)])
         tensor = grpcclient.InferInput("features", list(features.shape), "FP32")
         tensor.set_data_from_numpy(features)
-        return lambda: client.infer("fer_attention", [tensor])
+        return lambda: client.infer(MODEL, [tensor])
 else:
     import grpc
     sys.path.insert(0, os.getcwd())
     from shared_model.protocol import pb, pb_grpc
-    request = pb.ModelInferRequest(model_name="fer_attention")
+    request = pb.ModelInferRequest(model_name=MODEL)
     request.inputs.add(name="features", datatype="FP32", shape=list(features.shape))
     request.raw_input_contents.append(features.tobytes())
     def make():
@@ -135,7 +140,7 @@ def main() -> int:
     parser.add_argument("--server-python", default=sys.executable, help="python that runs fer-cloud (e.g. another checkout's venv)")
     parser.add_argument("--server-cwd", type=Path, default=ROOT, help="checkout whose cloud_server runs")
     parser.add_argument("--label", default="", help="a name for this server in the output")
-    parser.add_argument("--server-module", default="cloud_server.cli", help="what runs as the server: fer-cloud, or grpc_floor_server (tests/: a prebuilt answer, Python gRPC's own cost)")
+    parser.add_argument("--server-module", default="cloud_server.cli", help="what runs as the server: fer-cloud, or fer_bench.measure.grpc_floor_server (a prebuilt answer: Python gRPC's own cost)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable for the server alone (e.g. GRPC_EXPERIMENTS=...); repeatable")
     parser.add_argument("serve_args", nargs="*", help="extra fer-cloud serve options (after --)")
     args = parser.parse_args()
@@ -146,7 +151,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
         command = [args.server_python, "-m", args.server_module, "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", "1", "--log-level", "WARNING", *args.serve_args]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.server_cwd), str(Path(__file__).resolve().parent)])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(args.server_cwd), str(ROOT)])}
         env.update(pair.split("=", 1) for pair in args.server_env)
         started = time.perf_counter()
         server = subprocess.Popen(pinned(args.server_cpu, command), cwd=args.server_cwd, env=env, stdout=subprocess.DEVNULL)
@@ -164,6 +169,7 @@ def main() -> int:
                 done = subprocess.run(
                     pinned(args.client_cpu, [python, str(script), args.client, f"127.0.0.1:{port}", str(clients), str(args.seconds), str(server.pid)]),
                     cwd=ROOT, capture_output=True, text=True, timeout=args.seconds + 300,
+                    env={**os.environ, "FER_MEASURE_MODEL": ATTENTION_MODEL},
                 )
                 if done.returncode != 0:
                     raise SystemExit(done.stderr)

@@ -1,12 +1,13 @@
-"""Fault injection for tests: a misbehaving inference server and a link that can go silent.
+"""Fault injection for tests and measuring scripts: a misbehaving inference server and a link that can go silent.
 
 :class:`FaultyServer` is a real gRPC server (``inference.GRPCInferenceService``
-and ``grpc.health.v1``) whose inference answers come from a real
-:class:`~cloud_server.engine.InferenceEngine`, then are spoiled as its current
-:class:`Fault` says: late, garbage, wrong-shaped, a stream closed mid-way, or
-no answer at all. :class:`BlackholeLink` is a userspace TCP relay on loopback
-that can stop forwarding without closing anything, as a partition or a stopped
-process does (no reset, no answer).
+and ``grpc.health.v1``) in front of a real ``fer-cloud`` (a
+:class:`~cloud_server.server.CloudServer` on loopback, port 0): it relays each
+call there and spoils the answer as its current :class:`Fault` says: late,
+garbage, wrong-shaped, a stream closed mid-way, or no answer at all.
+:class:`BlackholeLink` is a userspace TCP relay on loopback that can stop
+forwarding without closing anything, as a partition or a stopped process does
+(no reset, no answer).
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from typing import Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cloud_server.engine import BatchingSettings, InferenceEngine
-from cloud_server.inference import MODELS, model_metadata
+from cloud_server.engine import BatchingSettings
+from cloud_server.inference import MODELS
 from cloud_server.server import KEEPALIVE_PERMIT_OPTIONS
 from shared_model.protocol import SERVICE_NAME, pb, pb_grpc
+
+from .loopback import start_server
+
+__all__ = ["OK", "SLOW", "GARBAGE", "WRONG_SHAPE", "CLOSE_MID_STREAM", "SILENT", "Fault", "FaultyServicer", "FaultyServer", "BlackholeLink", "wait_until"]
 
 OK = "ok"
 SLOW = "slow"  # the right answer, ``delay_s`` late
@@ -78,10 +83,10 @@ def _garbage(response: pb.ModelInferResponse) -> pb.ModelInferResponse:
 
 
 class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Answers metadata truthfully and inference as ``fault`` says (change ``fault`` at any time)."""
+    """Relays metadata from ``upstream`` (a real fer-cloud) as it is, and inference as ``fault`` says (change ``fault`` at any time)."""
 
-    def __init__(self, engine: InferenceEngine, fault: Fault) -> None:
-        self.engine = engine
+    def __init__(self, upstream: pb_grpc.GRPCInferenceServiceStub, fault: Fault) -> None:
+        self.upstream = upstream
         self.fault = fault
         self.requests = 0  # inference requests received (unary and stream)
         self.streams = 0  # ModelStreamInfer calls opened
@@ -106,9 +111,7 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request, context) -> pb.ModelMetadataResponse:
         self.stopping.wait(self.fault.metadata_delay_s)
-        if request.name not in MODELS:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown model {request.name!r}")
-        return model_metadata(request.name, self.engine.config, self.engine.fingerprint)
+        return _relayed(lambda: self.upstream.ModelMetadata(request, timeout=30), context)
 
     def _wait_silently(self, context: grpc.ServicerContext) -> None:
         while context.is_active() and not self.stopping.wait(0.05):
@@ -120,16 +123,16 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
             self.in_progress += 1
             self.most_in_progress = max(self.most_in_progress, self.in_progress)
         try:
-            return self._spoiled(request)
+            return self._spoiled(request, context)
         finally:
             with self._count_lock:
                 self.in_progress -= 1
 
-    def _spoiled(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse | None:
+    def _spoiled(self, request: pb.ModelInferRequest, context: grpc.ServicerContext) -> pb.ModelInferResponse | None:
         fault = self.fault
         if fault.kind == SILENT:
             return None
-        response = self.engine.infer(request)
+        response = _relayed(lambda: self.upstream.ModelInfer(request, timeout=30), context)
         if fault.kind == SLOW:
             self.stopping.wait(fault.delay_s)
         if fault.kind == GARBAGE:
@@ -161,12 +164,26 @@ class FaultyServicer(pb_grpc.GRPCInferenceServiceServicer):
                 yield pb.ModelStreamInferResponse(infer_response=response)
 
 
+def _relayed(call, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+    """``call()``'s answer from the real server; a refusal is relayed with its status."""
+    try:
+        return call()
+    except grpc.RpcError as error:
+        context.abort(error.code(), error.details())
+
+
 class FaultyServer:
-    """A real gRPC server on loopback that misbehaves as told; ``.port``, ``.fault``, ``.stop()``."""
+    """A real gRPC server on loopback, in front of a real fer-cloud, that misbehaves as told; ``.port``, ``.fault``, ``.stop()``.
+
+    ``model``: a FERNet whose weights have an ONNX export (the shipped ones): the fer-cloud behind serves
+    them with ONNX Runtime, which starts in a fraction of PyTorch's warm-up.
+    """
 
     def __init__(self, model, fault: Fault | None = None, port: int = 0) -> None:
-        self.engine = InferenceEngine(model, "cpu", BatchingSettings(max_batch_size=1, max_queue_delay_ms=0))
-        self.servicer = FaultyServicer(self.engine, fault or Fault())
+        self.cloud = start_server(model, batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0), runtime="onnx")
+        self._upstream = grpc.insecure_channel(f"127.0.0.1:{self.cloud.port}")
+        grpc.channel_ready_future(self._upstream).result(timeout=30)  # connected now, not by the first relayed call
+        self.servicer = FaultyServicer(pb_grpc.GRPCInferenceServiceStub(self._upstream), fault or Fault())
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=KEEPALIVE_PERMIT_OPTIONS)
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self._server)
         self.health = health.HealthServicer()
@@ -191,7 +208,8 @@ class FaultyServer:
     def stop(self) -> None:
         self.servicer.stopping.set()
         self._server.stop(None).wait()
-        self.engine.close(1.0)
+        self._upstream.close()
+        self.cloud.stop_now()
 
 
 class BlackholeLink:

@@ -4,7 +4,7 @@ Each setting in a process of its own (two threads per session, as the laptop
 profile): p50 of head + attention + tail back to back, then with 5 ms between
 faces (a camera's pace) with the CPU time each face costs, gap included.
 
-    .venv/bin/python tests/measure_onnx_spinning.py --threads 2
+    .venv/bin/python -m fer_bench.measure.onnx_spinning --threads 2
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["one", "main"]
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def one(threads: int, spin: bool, faces: int) -> dict:
     import numpy as np
 
-    from edge_client.backends import OnnxBackend
+    from shared_model.runtimes import OnnxBackend
 
     backend = OnnxBackend(None, threads, spin=spin)
     size = backend.config.input_size
@@ -60,11 +62,10 @@ def main() -> int:
         return 0
     for _ in range(args.rounds):
         for setting in ("on", "off"):
-            done = subprocess.run([sys.executable, __file__, "--one", setting, "--threads", str(args.threads), "--faces", str(args.faces)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+            done = subprocess.run([sys.executable, "-m", "fer_bench.measure.onnx_spinning", "--one", setting, "--threads", str(args.threads), "--faces", str(args.faces)], cwd=ROOT, capture_output=True, text=True, timeout=600)
             print(done.stdout.strip() or done.stderr[-2000:], flush=True)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
     raise SystemExit(main())

@@ -1,11 +1,10 @@
 """Measure: what auto's planner costs per face, on its own (no inference, no network). Not a test.
 
-A planner fed simulated faces of the camera profile on the paper's trace (the crop
-fastest, the edge and the splits far behind; figures from docs/network/inarow_paper_trace),
-with the background re-measuring on, as on a device: after 200 faces to settle, the
-median of ``--faces`` faces' choose, observe and the record's predictions.
+A planner fed simulated faces of a camera-class edge (the crop fastest, the edge and the
+splits far behind), with the background re-measuring on, as on a device: after 200 faces to
+settle, the median of ``--faces`` faces' choose, observe and the record's predictions.
 
-    .venv/bin/python tests/measure_planner.py --faces 5000
+    .venv/bin/python -m fer_bench.measure.planner --faces 5000
 """
 
 from __future__ import annotations
@@ -15,11 +14,11 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_client.planner import AutoPlanner, Observation
+from edge_client.strategies import CLOUD, EDGE, SPLIT, SPLIT_REST
 
-from edge_client.auto import CLOUD, EDGE, SPLIT, SPLIT_REST, AutoPlanner, Observation  # noqa: E402
+__all__ = ["FACES", "main"]
 
 FACES = {  # milliseconds and bytes of one face by each strategy
     EDGE: dict(head_ms=12.0, attention_ms=0.3, tail_ms=8.0, total_ms=21.0),

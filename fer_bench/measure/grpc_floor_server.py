@@ -1,6 +1,6 @@
 """The floor of a Python gRPC server: ``ModelInfer`` answers a prebuilt ``fer_attention`` response. Not a test.
 
-Started by ``tests/measure_speed.py --server-module grpc_floor_server`` in place of
+Started by ``python -m fer_bench.measure.speed --server-module fer_bench.measure.grpc_floor_server`` in place of
 ``fer-cloud serve`` (same options: ``--host``, ``--port``, ``--ready-file``; the rest
 are accepted and ignored; ``--raw`` after ``--``: bytes in and out, as fer-cloud
 registers ``ModelInfer``), on the same event loop (uvloop where installed) and
@@ -14,23 +14,22 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cloud_server.cli import GRPC_EXPERIMENTS  # noqa: E402  (sets it before grpc loads, as fer-cloud does)
+from cloud_server.cli import GRPC_EXPERIMENTS  # (sets it before grpc loads, as fer-cloud does)
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from shared_model.protocol import ATTENTION_MODEL, FEATURES, SERVICE_NAME, pb, pb_grpc  # noqa: E402
+from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32, FEATURES, SERVICE_NAME, pb, pb_grpc  # noqa: E402
+
+__all__ = ["prebuilt_response", "FloorServicer", "serve", "main"]
 
 
 def prebuilt_response() -> pb.ModelInferResponse:
     """What fer-cloud answers for one FP32 [1, 8, 28, 28] request: the attended map, FP32."""
     response = pb.ModelInferResponse(model_name=ATTENTION_MODEL)
-    response.outputs.add(name=FEATURES, datatype="FP32", shape=[1, 8, 28, 28])
+    response.outputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=[1, 8, 28, 28])
     response.raw_output_contents.append(np.zeros((1, 8, 28, 28), np.float32).tobytes())
     return response
 

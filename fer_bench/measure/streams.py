@@ -7,7 +7,7 @@ grpc.health every 100 ms on a connection of its own, and prints one JSON line:
 errors, health-check latency percentiles, request latency percentiles,
 throughput and the server's resident memory at the start and the end.
 
-    .venv/bin/python tests/measure_streams.py --streams 256 --unary 64 --seconds 20
+    .venv/bin/python -m fer_bench.measure.streams --streams 256 --unary 64 --seconds 20
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from shared_model.protocol import SERVICE_NAME, pb, pb_grpc, set_parameters  # noqa: E402
+from shared_model.protocol import ATTENTION_MODEL, DATATYPE_UINT8, SCALE, SERVICE_NAME, ZERO_POINT, pb, pb_grpc, set_parameters
+
+__all__ = ["Load", "main"]
 
 
 def _request() -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="fer_attention")
-    tensor = request.inputs.add(name="features", datatype="UINT8", shape=[1, 8, 28, 28])
-    set_parameters(tensor.parameters, {"scale": 0.05, "zero_point": 128})
+    request = pb.ModelInferRequest(model_name=ATTENTION_MODEL)
+    tensor = request.inputs.add(name="features", datatype=DATATYPE_UINT8, shape=[1, 8, 28, 28])
+    set_parameters(tensor.parameters, {SCALE: 0.05, ZERO_POINT: 128})
     request.raw_input_contents.append(np.random.default_rng(0).integers(0, 256, 8 * 28 * 28, dtype=np.uint8).tobytes())
     return request
 
@@ -136,7 +137,7 @@ def _health_checks(address: str, seconds: float, results: "multiprocessing.Queue
 def _start_server(threads: int, cpus: str = "", cwd: Path | None = None) -> tuple[subprocess.Popen, int]:
     ready = Path(tempfile.mkdtemp()) / "ready.json"
     command = [sys.executable, "-m", "cloud_server.cli", "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--threads", str(threads), "--log-level", "WARNING"]
-    cwd = cwd or Path(__file__).resolve().parents[1]
+    cwd = cwd or Path(__file__).resolve().parents[2]
     pinned = ["taskset", "-c", cpus] if cpus else []
     process = subprocess.Popen(pinned + command, stdout=subprocess.DEVNULL, cwd=cwd, env={**os.environ, "PYTHONPATH": str(cwd)})
     deadline = time.monotonic() + 120

@@ -6,8 +6,8 @@ compare), on a uvloop event loop, with C coroutines each sending serialized FP32
 serialized response out, as the gRPC handler sees them), one thread, the
 median of ``--repeats``. Prints one JSON line per concurrency.
 
-    .venv/bin/python tests/measure_engine.py
-    PYTHONPATH=/old/checkout .venv/bin/python tests/measure_engine.py --label old
+    .venv/bin/python fer_bench/measure/engine.py
+    PYTHONPATH=/old/checkout .venv/bin/python fer_bench/measure/engine.py --label old
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from cloud_server.engine import InferenceEngine  # noqa: E402
-from shared_model.protocol import pb  # noqa: E402
+from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32, FEATURES, pb  # noqa: E402
+
+__all__ = ["main"]
 
 
 def main() -> int:
@@ -37,17 +39,20 @@ def main() -> int:
     import uvloop
 
     engine = InferenceEngine(runtime="onnx", threads=1)
-    request = pb.ModelInferRequest(model_name="fer_attention")
-    request.inputs.add(name="features", datatype="FP32", shape=[1, 8, 28, 28])
+    request = pb.ModelInferRequest(model_name=ATTENTION_MODEL)
+    request.inputs.add(name=FEATURES, datatype=DATATYPE_FP32, shape=[1, 8, 28, 28])
     request.raw_input_contents.append(np.random.default_rng(0).standard_normal((1, 8, 28, 28)).astype(np.float32).tobytes())
     data = request.SerializeToString()
 
-    if hasattr(engine, "infer_bytes_async"):
+    if hasattr(engine, "infer_bytes_async"):  # an engine before its one path (InferenceEngine.infer)
         async def call() -> bytes:
             return await engine.infer_bytes_async(data, None)
-    else:  # an engine before cloud_server.wire: parse and serialize as gRPC did for it
+    elif hasattr(engine, "infer_async"):  # an engine before cloud_server.wire: parse and serialize as gRPC did for it
         async def call() -> bytes:
             return (await engine.infer_async(pb.ModelInferRequest.FromString(data), None)).SerializeToString()
+    else:
+        async def call() -> bytes:
+            return await engine.infer(data, None)
 
     async def client(count: int) -> None:
         for _ in range(count):

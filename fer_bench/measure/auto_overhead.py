@@ -5,7 +5,7 @@ runner and a fixed ``edge`` runner classify the sample face in turns, in a rando
 order each round, so both meet the same CPU. Prints the p50 of the fixed edge
 and of the faces auto chose to answer with ``edge`` (its own work included).
 
-    .venv/bin/python tests/measure_auto_overhead.py --rounds 300
+    .venv/bin/python -m fer_bench.measure.auto_overhead --rounds 300
 """
 
 from __future__ import annotations
@@ -14,25 +14,21 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_client.breaker import CircuitBreaker
+from edge_client.faces import FaceDetector
+from edge_client.runner import EdgeRunner
+from edge_client.samples import sample_image
+from edge_client.transport import CloudClient
+from fer_bench.loopback import start_server
+from shared_model.checkpoint import load_model
+from shared_model.preprocessing import prepare_face
+from shared_model.runtimes import load_backend
 
-from servers import start_server  # noqa: E402
-
-from edge_client.backends import load_backend  # noqa: E402
-from edge_client.breaker import CircuitBreaker  # noqa: E402
-from edge_client.faces import FaceDetector  # noqa: E402
-from edge_client.runner import EdgeRunner  # noqa: E402
-from edge_client.samples import sample_image  # noqa: E402
-from edge_client.transport import CloudClient  # noqa: E402
-from shared_model.checkpoint import load_model  # noqa: E402
-from shared_model.preprocessing import prepare_face  # noqa: E402
+__all__ = ["main"]
 
 
 def main() -> int:

@@ -1,30 +1,30 @@
-"""Measure: a fingerprint of auto's decisions, to show a change of the planner chose as before. Not a test.
+"""Measure: a fingerprint of auto's decisions, to show that a change of the planner chose as before.
 
-AutoPlanner in the simulated world of tests/test_auto.py (random links and bursts, the link
-changing every 100 faces, cloud outages, breaker trials, background calls, stalled faces),
-8 worlds of 500 faces from a fixed seed; prints how many decisions and the SHA-256 of each one's
-strategy, reason, background target and predictions. Run it on two checkouts and compare:
+AutoPlanner in the simulated world of :mod:`fer_bench.planner_world` (random links and bursts,
+the link changing every 100 faces, cloud outages, breaker trials, background calls, stalled
+faces), 8 worlds of 500 faces from a fixed seed; prints how many decisions and the SHA-256 of each
+one's strategy, reason, background target and predictions. Run it on two checkouts and compare:
 
-    .venv/bin/python tests/measure_decisions.py
-    PYTHONPATH=/old/checkout .venv/bin/python /old/checkout/tests/measure_decisions.py   # or this file, if the old one lacks it
+    .venv/bin/python -m fer_bench.measure.decisions
+    cd /old/checkout && /work/main/.venv/bin/python -m fer_bench.measure.decisions
+
+(A checkout from before this tool moved here has it as ``tests/measure_decisions.py``.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from edge_client.planner import AutoPlanner
+from fer_bench.planner_world import ALL, World
 
-from test_auto import ALL, World  # noqa: E402
-
-from edge_client.auto import AutoPlanner  # noqa: E402
+__all__ = ["decisions_fingerprint", "main"]
 
 
 def decisions_fingerprint(worlds: int = 8, faces: int = 500, seed: int = 7) -> tuple[int, str]:
+    """How many decisions the default planner made in ``worlds`` random worlds, and their SHA-256."""
     digest, rng, count = hashlib.sha256(), random.Random(seed), 0
     for _ in range(worlds):
         world = World(bandwidth_bytes_per_ms=rng.choice([20.0, 200.0, 1000.0, 5000.0]), tail_ms=rng.choice([3.0, 15.0, 30.0]), burst_bytes=rng.choice([0, 3000]))
@@ -45,5 +45,11 @@ def decisions_fingerprint(worlds: int = 8, faces: int = 500, seed: int = 7) -> t
     return count, digest.hexdigest()
 
 
-if __name__ == "__main__":
+def main() -> int:
+    """Print the decision count and fingerprint."""
     print(*decisions_fingerprint())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

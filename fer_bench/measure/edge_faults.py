@@ -4,8 +4,8 @@ Scenarios, each produced for real on loopback: a slow server (answers after 10x
 the deadline), a blackholed link mid-stream (and back), an overloaded server
 (queue full). Prints one JSON line per scenario.
 
-    .venv/bin/python tests/measure_faults.py
-    .venv/bin/python tests/measure_faults.py overload     # one scenario (slow, blackhole, overload)
+    .venv/bin/python -m fer_bench.measure.edge_faults
+    .venv/bin/python -m fer_bench.measure.edge_faults overload     # one scenario (slow, blackhole, overload)
 """
 
 from __future__ import annotations
@@ -20,18 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cloud_server.engine import BatchingSettings
+from edge_client.breaker import CircuitBreaker
+from edge_client.runner import EdgeRunner
+from edge_client.transport import CloudClient
+from fer_bench.fault_injection import SLOW, BlackholeLink, Fault, FaultyServer
+from fer_bench.loopback import attention_off_the_loop, start_server
+from shared_model.checkpoint import load_model, model_fingerprint
+from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32
 
-from faults import SLOW, BlackholeLink, Fault, FaultyServer  # noqa: E402
-from servers import attention_off_the_loop, start_server  # noqa: E402
+__all__ = ["slow_server", "blackhole", "overload_server", "overload", "main"]
 
-from cloud_server.engine import BatchingSettings  # noqa: E402
-from edge_client.breaker import CircuitBreaker  # noqa: E402
-from edge_client.runner import EdgeRunner  # noqa: E402
-from edge_client.transport import CloudClient  # noqa: E402
-from shared_model.checkpoint import load_model, model_fingerprint  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 0.2
 
 
@@ -102,7 +102,7 @@ def overload_server(ready: Path) -> None:
     """The overloaded server, in a process of its own (as deployed: its event loop shares no GIL with the edges)."""
     model, _ = load_model()
     server = start_server(attention_off_the_loop(model), batching=BatchingSettings(max_batch_size=1, max_queue_delay_ms=0, max_queue_size=2))
-    batcher = server.engine.batchers["fer_attention"]
+    batcher = server.engine.batchers[ATTENTION_MODEL]
     fast = batcher.forward
     batcher.forward = lambda x: time.sleep(OVERLOAD_DELAY_S) or fast(x)
     ready.write_text(str(server.port))
@@ -111,7 +111,7 @@ def overload_server(ready: Path) -> None:
 
 def _start_overload_server(folder: Path) -> tuple[subprocess.Popen, int]:
     ready = folder / "port"
-    process = subprocess.Popen([sys.executable, __file__, "--overload-server", str(ready)])
+    process = subprocess.Popen([sys.executable, "-m", "fer_bench.measure.edge_faults", "--overload-server", str(ready)], cwd=ROOT)
     deadline = time.monotonic() + 120
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
@@ -146,8 +146,8 @@ def overload(model, face: np.ndarray) -> dict:
                 runner.close()
 
             _run_threads(edge, 12)
-            request = pb.ModelInferRequest(model_name="fer_attention")
-            request.inputs.add(name="features", datatype="FP32", shape=[1, 8, 28, 28])
+            request = pb.ModelInferRequest(model_name=ATTENTION_MODEL)
+            request.inputs.add(name="features", datatype=DATATYPE_FP32, shape=[1, 8, 28, 28])
             request.raw_input_contents.append(np.zeros((1, 8, 28, 28), np.float32).tobytes())
             plain: list[tuple[str, float]] = []
 
@@ -206,7 +206,7 @@ def main() -> None:
     from shared_model.preprocessing import prepare_face
 
     model, _ = load_model()
-    face = prepare_face(cv2.imread(str(Path(__file__).parent / "data" / "faces" / "astronaut.png"), cv2.IMREAD_GRAYSCALE), model.config.input_size)
+    face = prepare_face(cv2.imread(str(ROOT / "tests" / "data" / "faces" / "astronaut.png"), cv2.IMREAD_GRAYSCALE), model.config.input_size)
     scenarios = {
         "slow": [lambda: slow_server(model, face, False), lambda: slow_server(model, face, True)],
         "blackhole": [lambda: blackhole(model, face)],

@@ -1,15 +1,19 @@
-"""The three served models for Triton Inference Server's Python backend.
+"""The project's full Triton model: the three served models for Triton Inference Server's Python backend.
 
 ``fer-train export --triton`` copies this file into each model's version folder
 of the repository as ``model.py``, next to the ONNX export of that model
-(``model.onnx``), so Triton runs it with ONNX Runtime inside (the fastest
-runtime for this network on a CPU; ``--triton-device gpu`` asks for CUDA). It
-imports NumPy, ONNX Runtime, Pillow and this project's torch-free modules
-(codec, preprocessing, protocol names), never torch: the Python that Triton's
-backend stub finds first on ``PATH`` must have the project installed.
+(``model.onnx``), so Triton runs it with ONNX Runtime inside (on a CPU the
+fastest runtime for this network; ``--triton-device gpu`` asks for CUDA). It
+serves what fer-cloud serves: UINT8, FP16 and FP32 split tensors with their
+quantization parameters, requested outputs, encoded images. It imports NumPy,
+ONNX Runtime, Pillow and this project's torch-free modules (codec,
+preprocessing, protocol names), never torch: the Python that Triton's backend
+stub finds first on ``PATH`` must have the project installed.
+(``minimal_model.py`` beside it is the leanest model for the common request,
+the reference of ``fer-bench server``.)
 
-What Triton hands a Python-backend model, and what follows from it (measured
-with the ``tritonserver`` of ``nvidia-pytriton`` 0.7.0, Triton 2.51):
+What Triton hands a Python-backend model, and what follows from it (as the
+``tritonserver`` of ``nvidia-pytriton`` 0.7.0, Triton 2.51, does it):
 
 - request-level parameters, as JSON (``request.parameters()``); tensor-level
   parameters do not reach the model. So ``scale``/``zero_point`` of a UINT8
