@@ -17,29 +17,34 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
+from shared_model.offload import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, FACE_IMAGE_FORMATS, SPLIT_RETURNS
 from shared_model.preprocessing import prepare_face
+from shared_model.runtimes import RUNTIMES, Backend, as_backend, load_backend
 
-from .auto import MEDIAN, OBJECTIVES, AutoSettings
-from .backends import RUNTIMES, Backend, as_backend, load_backend
 from .breaker import CircuitBreaker
 from .daemon import DEFAULT_IN_FLIGHT, AnnotatedWriter, run_source, unreadable
-from .faces import BlazeFaceDetector, FaceDetector
+from .faces import AUTO_DETECTOR, DETECTORS, FaceDetector, make_detector
+from .outputs import AnalysisOutputs, format_summary
 from .samples import sample_image
-from .runner import AUTO, DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, EDGE, IMAGE_FORMATS, SPLIT_RETURNS, STRATEGIES, EdgeRunner
+from .smoothing import DEFAULT_TIME_CONSTANT_S
+from .runner import EdgeRunner
 from .sources import Source, SourceError, open_source
+from .strategies import AUTO, EDGE, STRATEGIES
 from .transport import ClientSecurity, CloudClient, RemoteError
+from .wire_options import WireOptions
 
-__all__ = ["Token", "build_parser", "make_runner", "DETECTORS", "make_detector", "loopback_cloud", "main"]
+__all__ = ["Token", "build_parser", "make_runner", "loopback_cloud", "main"]
 
 EXAMPLES = """examples:
   fer-edge run photo.jpg                                  # everything on this device
   fer-edge run photo.jpg --cloud 10.0.0.5:8001 --json     # auto: the fastest strategy per face
   fer-edge run clip.mp4 --cloud 10.0.0.5:8001 --private   # auto, but the face image never leaves
-  fer-edge run photo.jpg --cloud 10.0.0.5:8001 --strategy split --split-returns features  # the paper's round trip
+  fer-edge run photo.jpg --cloud 10.0.0.5:8001 --strategy split --split-returns features
   fer-edge run clip.mp4 --cloud localhost:8001 --strategy cloud --annotate out.mp4
+  fer-edge run clip.mp4 --csv faces.csv --summary --plot expressions.png  # for analysis
   fer-edge run faces/ --whole-image --json                # a folder of pre-cropped faces
   fer-edge run 0 --cloud localhost:8001 --strategy split  # camera 0
-  fer-edge demo                                           # cloud service + every strategy on loopback
+  fer-edge demo                               # cloud service + every strategy on loopback
 
 exit status of run: 0 when every input was read (with faces or not); 1 when some
 input could not be read (each has its error line and the run went on); 2 when
@@ -69,11 +74,10 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help="what runs the edge's partitions: onnx (ONNX Runtime, no torch needed; several times faster on a CPU), torch, or auto (onnx where installed, unless --weights names a checkpoint without --onnx-dir)")
     parser.add_argument("--onnx-dir", type=Path, help="with the onnx runtime: a folder from `fer-train export` (default: the shipped export of the shipped weights)")
     parser.add_argument("--encoding", choices=("uint8", "fp16", "fp32"), default="uint8", help="split tensor encoding on the wire")
-    parser.add_argument("--image-format", choices=IMAGE_FORMATS, default="jpeg", help="what the cloud strategy sends: JPEG, PNG or raw 224x224x3 pixels (the paper's 150.5 KB)")
+    parser.add_argument("--image-format", choices=FACE_IMAGE_FORMATS, default="jpeg", help="what the cloud strategy sends: JPEG, PNG or raw 224x224x3 pixels (the paper's 150.5 KB)")
     parser.add_argument("--image-size", type=_positive_int, default=DEFAULT_IMAGE_SIZE, help="the cloud strategy sends the face crop as found, shrunk to at most this side (the cloud resizes it to the input size); the default kept FER2013 accuracy within 0.3 points of sending 224x224")
     parser.add_argument("--jpeg-quality", type=int, choices=range(1, 101), metavar="1..100", default=DEFAULT_JPEG_QUALITY, help="JPEG quality of the face the cloud strategy sends")
     parser.add_argument("--split-returns", choices=SPLIT_RETURNS, default="attention", help="what the split strategy gets back: the attention alone (1x28x28 map + 8 weights, 792 bytes), applied here to the full-precision map; or the attended map (the paper's round trip, 6,272 bytes)")
-    parser.add_argument("--auto-objective", choices=OBJECTIVES, default=MEDIAN, help="what auto minimizes: median (where strategies are predicted close, the one whose recent faces had the lower median wins: measured lower p50 at 40 of 54 points, docs/network.md) or mean (the predictions alone)")
     parser.add_argument(
         "--no-background-measuring", dest="background_measuring", action="store_false",
         help="while auto answers on the edge, it re-measures the remote strategies with calls beside local answers "
@@ -110,6 +114,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -118,18 +129,33 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fer-edge", description="Edge side of split FER inference: find faces, classify each into seven expressions, locally or with the cloud.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="fer-edge", description="Edge side of split FER inference: find faces, classify each into seven expressions,\n"
+        "locally or with the cloud.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=_HelpFormatter)
     run.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
     run.add_argument("--cloud", help="cloud address host:port, several replicas as ip:port,ip:port (round robin), or dns:///name:port; without it everything runs locally")
     run.add_argument("--strategy", choices=STRATEGIES, default=None, help="edge, cloud, split, split-rest, or auto (the fastest per face, from what this edge measures); default: auto with --cloud, else edge")
     run.add_argument("--whole-image", action="store_true", help="treat each image as one pre-cropped face (no detection)")
-    run.add_argument("--detector", choices=DETECTORS, default="haar", help="face detector: OpenCV's Haar cascade, or MediaPipe's BlazeFace (short or full range; pip install 'fer-split[blazeface]'), faster and fewer false faces (docs/faces.md)")
-    run.add_argument("--json", action="store_true", help="one JSON object per face on stdout")
+    run.add_argument(
+        "--detector", choices=DETECTORS, default=AUTO_DETECTOR,
+        help="face detector: auto (the default) is MediaPipe's BlazeFace where ai-edge-litert is installed "
+        "(pip install 'fer-split[blazeface]'), since it is faster with fewer false faces (docs/faces.md), "
+        "else OpenCV's Haar cascade, which needs nothing more; blazeface-full finds faces further away",
+    )
+    run.add_argument("--json", action="store_true", help="one JSON object per face on stdout (with --summary, the summary last)")
+    run.add_argument("--csv", type=Path, metavar="FILE", help="also write the records to this CSV file: one row per face per frame, the same values as --json")
+    run.add_argument("--summary", action="store_true", help="at the end, per track: first and last time seen, faces, dominant expression, share of each expression")
+    run.add_argument("--plot", type=Path, metavar="FILE.png", help="at the end, plot expressions over time, one panel per track (needs a video, camera or stream, and matplotlib)")
+    run.add_argument(
+        "--smooth-s", type=_seconds, default=DEFAULT_TIME_CONSTANT_S, metavar="SECONDS",
+        help="time constant of each track's smoothing of probabilities in video (an exponential average, so a "
+        "face between two expressions keeps a steady label; label and probabilities are smoothed, raw_label "
+        "and raw_probabilities are kept); 0 turns it off; stills are never smoothed",
+    )
     run.add_argument("--annotate", type=Path, help="write frames with boxes and labels to this video (.mp4, .m4v, .mov, .avi, .mkv; every frame scaled to the first one's size) or image (.png, .jpg, ...: only for a source of one frame; refused for a video or several images); checked before anything runs")
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames (any source: video, camera, stream, folder)")
-    run.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, help="frames classified at once: while one frame is classified (on the wire or on this CPU) the next is read and detected; records stay in frame order, one per face, and at most this many frames are held; 1 classifies each frame before reading the next (2 gained 8-46 %% frames per second over 1 on a laptop, every strategy: docs/network.md)")
+    run.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, help="frames classified at once: while one frame is classified (on the wire or on this CPU) the next is read and detected; records stay in frame order, one per face, and at most this many frames are held; 1 classifies each frame before reading the next (docs/network.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_connection_arguments(run)
     demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=_HelpFormatter)
@@ -147,26 +173,20 @@ def make_runner(args: argparse.Namespace, strategy: str, cloud: str | None, mode
     client = CloudClient(cloud, backend.fingerprint, security, args.timeout_ms / 1000) if remote else None
     probe_timeout = min(0.25, args.timeout_ms / 1000)  # a probe delays one locally answered face at most this long
     breaker = CircuitBreaker(args.failures_to_open, args.probe_after_s, probe=(lambda: client.healthy(probe_timeout)) if client else None)
+    wire = WireOptions(args.encoding, args.image_format, args.image_size, args.jpeg_quality, args.split_returns)
     return EdgeRunner(
-        backend, strategy, client, breaker, args.encoding, args.image_format, args.jpeg_quality, timeout_s=args.timeout_ms / 1000, use_stream=use_stream,
-        image_size=args.image_size, split_returns=args.split_returns, private=args.private, auto=AutoSettings(objective=args.auto_objective, background=args.background_measuring),
+        backend, strategy, client, breaker, wire, timeout_s=args.timeout_ms / 1000, use_stream=use_stream, private=args.private,
+        background_measuring=args.background_measuring,
     )
 
 
-DETECTORS = ("haar", "blazeface", "blazeface-full")
-
-
-def make_detector(name: str, whole_image: bool = False) -> FaceDetector | BlazeFaceDetector:
-    if whole_image or name == "haar":
-        return FaceDetector(whole_image)
-    return BlazeFaceDetector("full" if name == "blazeface-full" else "short")
-
-
 def _human(record: dict[str, Any]) -> str:
-    where = f"{record['source']} frame {record['frame']}"
+    when = "" if record.get("time_s") is None else f" at {record['time_s']:.2f} s"
+    where = f"{record['source']} frame {record['frame']}{when}"
     if record.get("error"):
         return f"{where}: {record['error']}"
-    line = f"{where} face {record['face']} {record['box']}: {record['label']} {record['probabilities'][record['label']]:.2f} via {record['strategy']} in {record['latency']['total']:.1f} ms"
+    face = f"track {record['track_id']}" if record.get("track_id") is not None else f"face {record['face']}"
+    line = f"{where} {face} {record['box']}: {record['label']} {record['probabilities'][record['label']]:.2f} via {record['strategy']} in {record['latency']['total']:.1f} ms"
     return line + (f" (fallback: {record['fallback_reason']})" if record["fallback"] else "")
 
 
@@ -175,21 +195,40 @@ def _run(args: argparse.Namespace) -> int:
     if strategy not in (EDGE, AUTO) and not args.cloud:
         raise ValueError(f"--strategy {strategy} needs --cloud HOST:PORT")
     source = open_source(args.source, args.max_frames)
+    if args.plot and not source.is_video:
+        raise ValueError(f"--plot draws expressions over time, which needs a video, camera or stream; {args.source} is {'a folder' if Path(args.source).is_dir() else 'an image'}")
     writer = _annotated_writer(args.annotate, source) if args.annotate else None  # refused before anything runs
+    detector = make_detector(args.detector, args.whole_image)
     runner = make_runner(args, strategy, args.cloud, use_stream=source.is_video)
-    frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
-    unread = 0
     try:
-        for record in run_source(source, make_detector(args.detector, args.whole_image), runner, writer, in_flight=args.in_flight):
+        outputs = AnalysisOutputs(runner.class_names, args.csv, args.summary, args.plot)  # a path it cannot write: refused now
+    except (ValueError, ImportError):
+        runner.close()
+        raise
+    frames_bar = tqdm(total=source.length, unit="frame", file=sys.stderr, disable=args.no_progress or (source.length or 0) <= 1)
+    unread, interrupted = 0, False
+    try:
+        for record in run_source(source, detector, runner, writer, in_flight=args.in_flight, smoothing_s=args.smooth_s):
             print(json.dumps(record) if args.json else _human(record), flush=True)
+            outputs.add(record)
             frames_bar.update(1 if record.get("face") in (0, None) else 0)
             unread += unreadable(record)
+    except KeyboardInterrupt:  # Ctrl-C ends a camera run: what was seen is still written and summarized
+        interrupted = True
     finally:
         frames_bar.close()
         runner.close()
+        summary = outputs.close(_plot_title(args, source))
+    if summary is not None:
+        print(json.dumps({"summary": summary}) if args.json else format_summary(summary), flush=True)
     if unread:
         print(f"fer-edge: {unread} input(s) could not be read (their error lines above say why)", file=sys.stderr)
-    return 1 if unread else 0
+    return 130 if interrupted else 1 if unread else 0
+
+
+def _plot_title(args: argparse.Namespace, source: Source) -> str:
+    smoothing = f"smoothed over {args.smooth_s:g} s" if args.smooth_s else "not smoothed"
+    return f"{Path(source.description).name}: expression probabilities per track ({smoothing})"
 
 
 def _annotated_writer(path: Path, source: Source) -> AnnotatedWriter:

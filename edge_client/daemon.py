@@ -1,4 +1,10 @@
-"""The edge pipeline: frames -> faces -> one classification per face -> records (and annotated video)."""
+"""The edge pipeline: frames -> faces -> one classification per face -> records (and annotated video).
+
+Every record says when its frame was taken (``time_s``: seconds into the video,
+since the first live frame, or None for a still). In video, each track's
+probabilities are smoothed over time (:mod:`edge_client.smoothing`); the
+record keeps the raw ones (``raw_probabilities``, ``raw_label``).
+"""
 
 from __future__ import annotations
 
@@ -15,26 +21,36 @@ from shared_model.preprocessing import prepare_face
 
 from .faces import Box, ConfirmationWindow, FaceDetector, FaceTracker
 from .runner import EdgeRunner
+from .smoothing import DEFAULT_TIME_CONSTANT_S, ProbabilitySmoother, with_raw
 from .sources import Frame, Source
 
 __all__ = [
-    "DEFAULT_IN_FLIGHT", "Annotation", "find_faces", "face_records", "classify_faces", "annotate",
+    "DEFAULT_IN_FLIGHT", "Annotation", "annotation_of", "text_colour", "find_faces", "face_records", "classify_faces", "annotate",
     "AnnotatedWriter", "VIDEO_CODECS", "IMAGE_OUTPUTS", "run_source", "FrameFaces", "Classified", "NO_FACE", "unreadable",
 ]
 
-# Frames classified at once by default (fer-edge run --in-flight), whatever the strategy: on a video,
-# 2 against 1 gained 8-46 % frames per second for every strategy on the laptop profile, auto and the
-# edge included, and -2 to +6 % on the phone, where detection bounds the rate (2026-12-07,
-# docs/network.md, "Frames in flight").
+# Frames classified at once by default (fer-edge run --in-flight), whatever the strategy: while one frame
+# is classified (here or over the network), the next is read and detected, which on a video gave more frames per
+# second than one at a time for every strategy (docs/network.md, "Frames in flight").
 DEFAULT_IN_FLIGHT = 2
 NO_FACE = "no face found"  # the error of a record for a frame that was read but shows no face
 
 
 @dataclass
 class Annotation:
+    """What is drawn for one face: its box, its label text, and whether a fallback answered it (another colour)."""
+
     box: Box
     text: str
     fallback: bool
+
+
+def annotation_of(record: dict[str, Any]) -> Annotation:
+    """The annotation of a face record: ``#track label confidence [strategy]`` (no ``#`` without a track)."""
+    label = record["label"]
+    track = "" if record.get("track_id") is None else f"#{record['track_id']} "
+    text = f"{track}{label} {record['probabilities'][label]:.2f} [{record['strategy']}]"
+    return Annotation(Box(*record["box"]), text, bool(record.get("fallback")))
 
 
 def find_faces(image: np.ndarray, detector: FaceDetector, tracker: FaceTracker | None = None) -> list[tuple[Box, int | None]]:
@@ -45,7 +61,7 @@ def find_faces(image: np.ndarray, detector: FaceDetector, tracker: FaceTracker |
     return [(track.as_box(), track.track_id) for track in tracker.update(boxes)]
 
 
-def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner, tracker: FaceTracker | None = None) -> tuple[list[dict[str, Any]], list[Annotation]]:
+def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner, tracker: FaceTracker | None = None) -> list[dict[str, Any]]:
     """One record per face in the frame; one record with an error when the frame is unreadable or faceless.
 
     With a ``tracker``, only faces already confirmed over consecutive frames are
@@ -56,21 +72,19 @@ def face_records(frame: Frame, detector: FaceDetector, runner: EdgeRunner, track
     return classify_faces(frame, faces, runner)
 
 
-def classify_faces(frame: Frame, faces: list[tuple[Box, int | None]], runner: EdgeRunner) -> tuple[list[dict[str, Any]], list[Annotation]]:
-    """Records (and annotations) for the given faces of a frame; one error record when there are none."""
-    base = {"source": frame.source, "frame": frame.index}
+def classify_faces(frame: Frame, faces: list[tuple[Box, int | None]], runner: EdgeRunner) -> list[dict[str, Any]]:
+    """Records for the given faces of a frame (raw probabilities kept beside them); one error record when there are none."""
+    base = {"source": frame.source, "frame": frame.index, "time_s": frame.time_s}
     if frame.image is None:
-        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": frame.error}], []
+        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": frame.error}]
     if not faces:
-        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": NO_FACE}], []
-    records, annotations = [], []
+        return [{**base, "face": None, "track_id": None, "box": None, "label": None, "error": NO_FACE}]
+    records = []
     for number, (box, track_id) in enumerate(faces):
         crop = FaceDetector.crop(frame.image, box)
         result = runner.classify(prepare_face(crop, runner.config.input_size), crop)
-        records.append({**base, "face": number, "track_id": track_id, "box": box.to_list(), **result.to_dict(), "error": None})
-        confidence = result.probabilities[result.label]
-        annotations.append(Annotation(box, f"{result.label} {confidence:.2f} [{result.strategy}]", result.fallback))
-    return records, annotations
+        records.append(with_raw({**base, "face": number, "track_id": track_id, "box": box.to_list(), **result.to_dict(), "error": None}))
+    return records
 
 
 def unreadable(record: dict[str, Any]) -> bool:
@@ -78,14 +92,44 @@ def unreadable(record: dict[str, Any]) -> bool:
     return record.get("error") not in (None, NO_FACE)
 
 
+LOCAL_COLOUR = (0, 128, 0)  # BGR: answered as asked
+FALLBACK_COLOUR = (0, 140, 255)  # BGR: answered locally after a remote failure
+
+
 def annotate(image: np.ndarray, annotations: list[Annotation]) -> np.ndarray:
+    """A copy of ``image`` with each face's box and its label, in text on a filled band of the box's colour.
+
+    The text scales with the frame (a fixed size is unreadable on a large frame
+    and covers a small one), sits above the box where there is room, else
+    inside its top, and is kept within the frame.
+    """
     out = image.copy()
+    height, width = out.shape[:2]
+    scale = max(0.35, min(height, width) / 720)
+    thickness = max(1, round(2 * scale))
     for a in annotations:
-        colour = (0, 165, 255) if a.fallback else (0, 200, 0)
+        colour = FALLBACK_COLOUR if a.fallback else LOCAL_COLOUR
         b = a.box
-        cv2.rectangle(out, (b.x, b.y), (b.x + b.width, b.y + b.height), colour, 2)
-        cv2.putText(out, a.text, (b.x, max(b.y - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
+        cv2.rectangle(out, (b.x, b.y), (b.x + b.width, b.y + b.height), colour, thickness + 1)
+        _label(out, a.text, b, colour, scale, thickness)
     return out
+
+
+def _label(image: np.ndarray, text: str, box: Box, colour: tuple[int, int, int], scale: float, thickness: int) -> None:
+    """Draw ``text`` on a filled band of ``colour`` at the top of ``box`` (above it where the frame has room)."""
+    (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, text_h // 4)
+    band_h = text_h + baseline + 2 * pad
+    top = box.y - band_h if box.y - band_h >= 0 else box.y  # above the box, else inside its top
+    left = min(max(box.x, 0), max(image.shape[1] - text_w - 2 * pad, 0))
+    cv2.rectangle(image, (left, top), (left + text_w + 2 * pad, top + band_h), colour, cv2.FILLED)
+    cv2.putText(image, text, (left + pad, top + pad + text_h), cv2.FONT_HERSHEY_SIMPLEX, scale, text_colour(colour), thickness, cv2.LINE_AA)
+
+
+def text_colour(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on a light fill, white on a dark one (by the fill's luma, BT.601), so the label reads on either."""
+    blue, green, red = fill
+    return (0, 0, 0) if 0.114 * blue + 0.587 * green + 0.299 * red > 128 else (255, 255, 255)
 
 
 # What --annotate can write: a video (its codec by suffix) or, for a source of one frame, an image.
@@ -178,12 +222,17 @@ def run_source(
     writer: AnnotatedWriter | None = None,
     tracker: FaceTracker | None = None,
     in_flight: int = 1,
+    smoothing_s: float | None = DEFAULT_TIME_CONSTANT_S,
 ) -> Iterator[dict[str, Any]]:
     """All records of a source, in order.
 
     Faces in a video are tracked (a new :class:`FaceTracker` unless one is
     given): each frame waits ``confirm_frames - 1`` frames, then its confirmed
     faces are classified. Stills and ``whole_image`` get one-shot detection.
+
+    ``smoothing_s`` is the time constant of each track's probability smoothing
+    (:class:`~edge_client.smoothing.ProbabilitySmoother`); None or 0 turns it
+    off. Only tracked faces of a video are smoothed; annotations show the smoothed label.
 
     ``in_flight`` frames are classified at once (``fer-edge run`` uses
     :data:`DEFAULT_IN_FLIGHT`; reading and detection stay on this thread, in order): while one frame's tensor is on the wire, the next
@@ -193,22 +242,26 @@ def run_source(
     """
     if in_flight < 1:
         raise ValueError(f"in_flight must be at least 1, not {in_flight}")
+    if smoothing_s is not None and smoothing_s < 0:
+        raise ValueError(f"smoothing_s must be a number of seconds (0 or None: off), not {smoothing_s}")
+    smooth = ProbabilitySmoother(smoothing_s) if smoothing_s and source.is_video else None
     if source.is_video and not detector.whole_image:
         faces = _tracked_faces(source.frames, detector, tracker or FaceTracker())
     else:
         faces = ((frame, find_faces(frame.image, detector) if frame.image is not None else []) for frame in source.frames)
     try:
-        for frame, (records, annotations) in _classified(faces, runner, in_flight):
+        for frame, records in _classified(faces, runner, in_flight):
+            records = [smooth(r) for r in records] if smooth else records
             yield from records  # before the annotated frame: a writer that fails loses no record
             if writer is not None and frame.image is not None:
-                writer.write(annotate(frame.image, annotations))
+                writer.write(annotate(frame.image, [annotation_of(r) for r in records if r["error"] is None]))
     finally:
         if writer is not None:
             writer.close()
 
 
 FrameFaces = tuple[Frame, list[tuple[Box, int | None]]]
-Classified = tuple[list[dict[str, Any]], list[Annotation]]
+Classified = list[dict[str, Any]]
 
 
 def _classified(faces: Iterable[FrameFaces], runner: EdgeRunner, in_flight: int) -> Iterator[tuple[Frame, Classified]]:

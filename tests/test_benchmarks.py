@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fer_bench.cli import main as bench_main
-from fer_bench.network import auto_cost, fixed_strategy_of, floor_ms, transfer_floor_ms
+from fer_bench.auto_report import auto_cost, fixed_strategy_of
+from fer_bench.network import floor_ms, transfer_floor_ms
 from fer_bench.shaping import TBF_BURST_BYTES, LinkSpec, netns_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +179,8 @@ def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "server.png").stat().st_size > 0 and (tmp_path / "server_summary.csv").stat().st_size > 0
 
 
-def test_server_benchmark_puts_triton_beside_fer_cloud(tmp_path: Path, capsys) -> None:
+def test_server_benchmark_puts_both_triton_models_beside_fer_cloud(tmp_path: Path, capsys) -> None:
+    """The reference (the minimal Triton model) and the full one, each on its own tritonserver, taking turns with fer-cloud."""
     from fer_bench.triton_server import TritonUnavailable, find_tritonserver
 
     try:
@@ -187,14 +189,28 @@ def test_server_benchmark_puts_triton_beside_fer_cloud(tmp_path: Path, capsys) -
         pytest.skip(f"Triton Inference Server is not installed: {reason}")
     if not Path(os.environ.get("FER_TRITON_PYTHON", ROOT / ".venv-tritonclient" / "bin" / "python")).exists():
         pytest.skip("the load client is tritonclient: scripts/test.sh makes .venv-tritonclient and sets FER_TRITON_PYTHON")
-    args = ["server", "--targets", "fer-cloud,triton", "--batching", "on", "--concurrency", "2", "--seconds", "0.5", "--warmup-seconds", "0.5", "--datatype", "UINT8", "--model", "fer_rest"]
-    assert bench_main([*args, "--out", str(tmp_path)]) == 0
-    table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["engine", "batching", "clients"]
-    assert [line.split()[:3] for line in table[1:]] == [["fer-cloud", "on", "2"], ["triton", "on", "2"]]
+    args = ["server", "--batching", "on", "--concurrency", "2", "--repeats", "2", "--seconds", "0.5", "--warmup-seconds", "0.5", "--model", "fer_rest"]
+    assert bench_main([*args, "--targets", "triton-minimal", "--datatype", "UINT8", "--out", str(tmp_path)]) == 2  # FP32 only
+    assert "FP32 only" in capsys.readouterr().err
+    assert bench_main([*args, "--targets", "fer-cloud,triton-minimal,triton-full", "--out", str(tmp_path)]) == 0
+    table, comparison, legend = capsys.readouterr().out.split("\n\n")
+    rows = [line.split()[:3] for line in table.splitlines()]
+    assert rows == [["engine", "batching", "clients"], ["fer-cloud", "on", "2"], ["triton-minimal", "on", "2"], ["triton-full", "on", "2"]]
+    assert comparison.splitlines()[0].startswith("fer-cloud against triton-minimal, the reference")
+    assert comparison.splitlines()[2].split()[:2] == ["on", "2"] and comparison.splitlines()[2].split()[2].endswith("x")
+    assert [line.split(":")[0] for line in legend.splitlines()] == ["fer-cloud", "triton-minimal", "triton-full"]
     records = json.loads((tmp_path / "server.json").read_text())
-    assert all(r["requests"] > 0 and r["errors"] == 0 and r["datatype"] == "UINT8" and r["model"] == "fer_rest" for r in records), records
-    assert next(r for r in records if r["target"] == "triton")["server_rss_mib"] > 20  # tritonserver and its backend stub
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["model"] == "fer_rest" for r in records), records
+    assert all(r["server_peak_rss_mib"] >= r["server_rss_mib"] > 20 for r in records), records  # Triton: the server and its backend stub
+    assert sorted((r["target"], r["repeat"]) for r in records) == sorted((t, i) for t in ("fer-cloud", "triton-minimal", "triton-full") for i in (0, 1))
+
+
+def test_server_benchmark_engines_take_turns_round_by_round() -> None:
+    """Each round measures every engine once; which goes first rotates, so a drift of the machine hits all alike."""
+    from fer_bench.server_load import RunningServer, _turns
+
+    servers = [RunningServer(name, "", 0) for name in ("a", "b", "c")]
+    assert [[s.name for s in _turns(servers, r)] for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
 
 
 def test_strategies_take_turns_in_blocks_whose_first_face_is_untimed() -> None:

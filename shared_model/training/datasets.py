@@ -30,6 +30,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import FER2013_CLASSES
+from ..folders import FolderError, walk_files
 
 __all__ = [
     "IMAGE_SUFFIXES", "FER2013_USAGES", "FER2013_SIDE", "DatasetError", "FaceDataset", "folder_class_names",
@@ -98,7 +99,11 @@ def load_image_folder(
     limit_per_class: int | None = None,
     progress: bool = True,
 ) -> FaceDataset:
-    """Read ``root/<class>/<image>``; unreadable files are skipped and reported, never silently."""
+    """Read ``root/<class>/<image>``; unreadable files are skipped and reported, never silently.
+
+    Each class folder is walked recursively, following symbolic links (a class
+    folder may itself be a link); a link that loops back is a :class:`DatasetError`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"no dataset folder at {root}")
@@ -108,7 +113,10 @@ def load_image_folder(
         folder = root / name
         if not folder.is_dir():
             raise DatasetError(f"class folder {folder} is missing (classes: {', '.join(names)})")
-        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        try:
+            found = walk_files(folder, IMAGE_SUFFIXES)
+        except FolderError as error:
+            raise DatasetError(str(error)) from None
         files.extend((p, code) for p in found[:limit_per_class])
     images, labels, sources, unreadable = [], [], [], []
     for path, code in tqdm(files, desc=f"decode {root.name}", unit="img", disable=not progress, leave=False):
