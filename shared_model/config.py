@@ -31,6 +31,8 @@ WAVELET_FAMILIES = ("haar", "db", "sym")
 # config so that configs made before the field existed keep their fingerprint.
 SFP_BOUNDARY_MODES = ("zero", "symmetric", "reflect", "periodization")
 DEFAULT_SFP_BOUNDARY = "zero"
+# Configs without a temperature leave it out of their JSON, so their fingerprints stay as they were.
+DEFAULT_TEMPERATURE = 1.0
 MAX_SFP_LEVEL = 4
 STAGE2_CHANNELS = 116
 INPUT_SIZE = 224
@@ -59,6 +61,10 @@ class ModelConfig:
         adapter_width: channels on the wire; 116 (Stage 2's width) means no adapter.
         class_names: output classes, in output order.
         input_size: side of the square input image.
+        temperature: the class scores are divided by it before the softmax, so
+            that a top probability matches how often the top class is right
+            (fitted by ``fer-train calibrate``; 1.0 means uncalibrated). It
+            changes no prediction, only the probabilities.
     """
 
     attention: tuple[str, ...] = (ASP, SFP)
@@ -69,6 +75,7 @@ class ModelConfig:
     adapter_width: int = 8
     class_names: tuple[str, ...] = FER2013_CLASSES
     input_size: int = INPUT_SIZE
+    temperature: float = DEFAULT_TEMPERATURE
 
     def __post_init__(self) -> None:
         for name in ("attention", "asp_directions", "sfp_levels", "class_names"):
@@ -113,18 +120,24 @@ class ModelConfig:
             raise ConfigError(f"adapter_width must be 1..{STAGE2_CHANNELS}, got {self.adapter_width}")
         if len(self.class_names) < 2:
             raise ConfigError("at least two class names are needed")
+        if not (isinstance(self.temperature, (int, float)) and 0.0 < self.temperature < float("inf")):
+            raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}")
         if self.input_size < 32 or self.input_size % STAGE2_STRIDE:
             raise ConfigError(f"input_size must be a multiple of {STAGE2_STRIDE} and at least 32, got {self.input_size}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values; ``sfp_boundary`` only when it is not the default ``zero``.
+        """Plain JSON values; ``sfp_boundary`` and ``temperature`` only when not at their defaults.
 
-        Leaving the default out keeps the canonical JSON, and so the fingerprint,
-        of every config made before the field existed (the shipped weights').
+        Leaving a default out keeps the canonical JSON, and so the fingerprint,
+        of every config made before the field existed.
         """
         data = {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
         if data["sfp_boundary"] == DEFAULT_SFP_BOUNDARY:
             del data["sfp_boundary"]
+        if data["temperature"] == DEFAULT_TEMPERATURE:
+            del data["temperature"]
+        else:
+            data["temperature"] = float(data["temperature"])
         return data
 
     def to_json(self) -> str:
@@ -188,6 +201,7 @@ __all__ = [
     "WAVELET_FAMILIES",
     "SFP_BOUNDARY_MODES",
     "DEFAULT_SFP_BOUNDARY",
+    "DEFAULT_TEMPERATURE",
     "MAX_SFP_LEVEL",
     "STAGE2_CHANNELS",
     "STAGE2_STRIDE",

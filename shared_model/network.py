@@ -107,13 +107,19 @@ class EdgeTail(nn.Module):
         self.stage4 = backbone.stage4
         self.conv5 = backbone.conv5
         self.fc = backbone.fc
+        self.temperature = float(config.temperature)
 
     def features(self, x: Tensor) -> Tensor:
         """Pooled 1024-d embedding before the classifier."""
         return self.conv5(self.stage4(self.stage3(self.adapter(x)))).mean(dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.features(x))
+        """Class scores divided by the calibration temperature (no division at 1.0, the exact old graph)."""
+        scores = self.fc(self.features(x))
+        return scores if self.temperature == 1.0 else scores / self.temperature
+
+    def set_temperature(self, temperature: float) -> None:
+        self.temperature = float(temperature)
 
 
 class FERNet(nn.Module):
@@ -132,5 +138,11 @@ class FERNet(nn.Module):
 
     def replace_classifier(self, class_names: tuple[str, ...]) -> None:
         """New output layer for another class list (transfer learning), config updated."""
-        self.config = self.config.replace(class_names=tuple(class_names))
+        self.config = self.config.replace(class_names=tuple(class_names), temperature=1.0)
         self.tail.fc = nn.Linear(self.tail.fc.in_features, len(class_names))
+        self.tail.set_temperature(1.0)
+
+    def calibrate(self, temperature: float) -> None:
+        """Divide the class scores by ``temperature`` from now on (config updated, weights unchanged)."""
+        self.config = self.config.replace(temperature=float(temperature))
+        self.tail.set_temperature(temperature)

@@ -17,27 +17,35 @@ try:
 except ModuleNotFoundError as missing:  # the base install is the torch-free edge
     raise SystemExit("fer-train needs PyTorch: pip install 'fer-split[full]'") from missing
 
-from ..checkpoint import CheckpointError, default_weights_path, load_checkpoint, load_model, select_device
+from ..checkpoint import (
+    CheckpointError, default_weights_path, load_checkpoint, load_model, model_fingerprint, save_checkpoint, select_device,
+)
 from ..config import ModelConfig
 from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_dataset_for_model, parse_class_map
-from .evaluation import ClassificationReport, Evaluation, evaluate_classes
+from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
+from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluate_views, predict_scores
 from ..network import FERNet
 from .export import TRITON_BACKENDS, TRITON_FEATURES
 from .fit import RECIPES, TrainSettings, fit
 
 __all__ = ["build_parser", "plot_confusion", "main"]
 
+VIEW_TITLES = {SINGLE_CROP: "single crop", FLIP_TTA: "flip TTA (mean with the mirror image)"}
+
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
-  fer-train fit --data ../shared/data/fer2013 --out runs/more224 --init-weights runs/fer2013/best.pt --schedule 224:6 --lr 0.03
-  fer-train eval --data ../shared/data/fer2013/public_test --flip-tta
+  fer-train fit --data ../shared/data/fer2013 --out runs/more --init-weights runs/fer2013/best.pt \\
+      --schedule 224:6 --lr 0.03
+  fer-train calibrate --data ../shared/data/fer2013 --weights runs/fer2013/best.pt --out cal.pt
+  fer-train eval --data ../shared/data/fer2013/public_test --reliability reliability.png
   fer-train eval --data fer2013.csv --split public_test --json
-  fer-train eval --data ck+/ --class-map joy=happy,calm=neutral   # other datasets: the classes present
+  fer-train eval --data ck+/ --class-map joy=happy,calm=neutral   # other datasets
+  fer-train ablate --data ../shared/data/fer2013                  # the paper's ablations, 2 seeds
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
-  fer-train info                          # which weights, how they were trained, generation by generation
-  fer-train export --out exported/        # ONNX + TorchScript of head, cloud, tail, whole; Triton repository
-  fer-train export --out exported/ --parts cloud --formats onnx --triton-features fp32   # a Triton repository for FP32 clients
+  fer-train info                        # which weights, how they were trained and calibrated
+  fer-train export --out exported/      # ONNX + TorchScript of every part; Triton repository
+  fer-train export --out exported/ --parts cloud --formats onnx --triton-features fp32
 """
 
 
@@ -46,15 +54,22 @@ def _add_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> Non
     parser.add_argument("--split", help=split_help)
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="run folder: checkpoints, log.csv, curves.png")
+def _add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, out: Path | None = None) -> None:
+    parser.add_argument("--out", required=out is None, default=out, type=Path, help="run folder: checkpoints, log.csv, curves.png")
     parser.add_argument("--val-split", default="public_test", help="validation split: CSV Usage or subfolder (default: public_test)")
     parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder (default: train)")
     parser.add_argument("--schedule", default=defaults.schedule, help=f"SIZE:EPOCHS phases (default {defaults.schedule})")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak (progressive) or initial (paper) learning rate (default {defaults.lr})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak (phased) or initial (paper) learning rate (default {defaults.lr})")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    parser.add_argument("--later-phase-lr", type=float, default=defaults.later_phase_lr,
+                        help="peak learning rate of each phase after the first, as a fraction of --lr (a fine-tune)")
+    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                        help="per-step decay of the averaged weights that are validated and shipped (0: none)")
+    parser.add_argument("--calibration-fraction", type=float, default=defaults.calibration_fraction,
+                        help="fraction of every training class never trained on: fer-train calibrate fits the "
+                        "temperature there")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
@@ -71,19 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
-    fit_parser.add_argument("--recipe", choices=RECIPES, default="progressive", help="progressive: one-cycle over --schedule; paper: SGD 0.1, /10 every 30 epochs, 100 epochs at 224")
+    fit_parser.add_argument(
+        "--recipe", choices=RECIPES, default="phased",
+        help="phased: phases of --schedule, each warmed up then cosine-decayed, with augmentation, label smoothing and "
+        "an averaged copy of the weights that is what ships; paper: SGD 0.1 divided by 10 every 30 epochs, 100 "
+        "epochs at 224, no averaging",
+    )
     origin = fit_parser.add_mutually_exclusive_group()  # a checkpoint brings its own config
     origin.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
     origin.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights and config, e.g. to train the shipped model longer at 224")
     _add_training_arguments(fit_parser, TrainSettings())
 
     eval_parser = commands.add_parser(
-        "eval", help="accuracy, per-class accuracy, macro F1, confusion matrix",
+        "eval", help="accuracy with its 95%% interval, per-class recall, macro F1, calibration error, confusion",
         description="Evaluate on the classes the data holds. Class folders match the model's classes by name (case "
         "aside) or by a common synonym (anger/angry, disgusted/disgust, fearful or afraid/fear, happiness/happy, "
         "sadness/sad, surprised/surprise, contemptuous/contempt); other folders, and model classes without a "
         "folder, are left out and listed. Accuracy is reported twice: the prediction over all the model's classes, "
-        "and the prediction restricted to the classes present in the data.",
+        "and the prediction restricted to the classes present in the data. Every figure is given for the single crop "
+        "(what every strategy answers) and for flip TTA (the mean with the mirror image). Accuracies carry their "
+        "95% Wilson interval; ECE is the expected calibration error over 15 equal-width confidence bins.",
     )
     _add_data_arguments(eval_parser, "CSV Usage (train, public_test, private_test) or subfolder of --data")
     eval_parser.add_argument(
@@ -92,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. calm=neutral,joy=happy; FOLDER= leaves a folder out) or a JSON file {\"FOLDER\": \"CLASS\"}",
     )
     eval_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
-    eval_parser.add_argument("--flip-tta", action="store_true", help="average with the mirrored face")
+    eval_parser.add_argument("--flip-tta", action="store_true", help=argparse.SUPPRESS)  # retired: both are reported
     eval_parser.add_argument("--size", type=int, help="input size (default: the model's, 224)")
-    eval_parser.add_argument("--plot", type=Path, help="write the confusion matrix as PNG here")
+    eval_parser.add_argument("--plot", type=Path, help="write the confusion matrix (single crop) as PNG here")
+    eval_parser.add_argument("--reliability", type=Path, help="write the reliability diagram (both views) as PNG here")
     eval_parser.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
     eval_parser.add_argument("--threads", type=int, default=os.cpu_count())
 
@@ -105,6 +128,38 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainSettings(lr=0.001, schedule="224:10", label_smoothing=0.0)
     _add_training_arguments(finetune_parser, defaults)
     finetune_parser.set_defaults(val_split="val")
+
+    ablate_parser = commands.add_parser(
+        "ablate", help="the paper's Tables 2-3 and Figure 7: every row on one schedule, several seeds",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train every ablation row with every seed on one identical schedule and report each row's mean "
+        "validation accuracy, its spread between seeds, and whether its difference from the default network "
+        "exceeds the spread of either. Runs resume where they stopped.",
+    )
+    ablate_parser.add_argument("--data", type=Path, help="FER2013 CSV or a folder with train/ and public_test/ (required)")
+    ablate_parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    ablate_parser.add_argument("--rows", help="comma-separated row names (default: all; see --list-rows)")
+    ablate_parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
+    ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
+    _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"))
+
+    calibrate_parser = commands.add_parser(
+        "calibrate", help="fit the temperature on the slice of the training split that training left out",
+        description="Temperature scaling (Guo et al., ICML 2017): one number divides the class scores so that "
+        "the top probability matches how often the top class is right; no prediction changes. It is fitted on "
+        "the slice of the training split that `fer-train fit` held out (the fraction its provenance records), "
+        "never on the validation split, and stored in the checkpoint's config, so every runtime and engine "
+        "applies it once the weights are exported.",
+    )
+    calibrate_parser.add_argument("--data", required=True, type=Path, help="the data the weights were trained on")
+    calibrate_parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder")
+    calibrate_parser.add_argument("--weights", required=True, type=Path, help="checkpoint trained by fer-train fit")
+    calibrate_parser.add_argument("--out", required=True, type=Path, help="the calibrated checkpoint")
+    calibrate_parser.add_argument(
+        "--fraction", type=float, help="held-out fraction (default: the one the weights' training recorded)"
+    )
+    calibrate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    calibrate_parser.add_argument("--threads", type=int, default=os.cpu_count())
 
     info_parser = commands.add_parser("info", help="a checkpoint's fingerprint, config, validation accuracy and training lineage")
     info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
@@ -150,12 +205,17 @@ def _run_fit(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     config = config.replace(class_names=train.class_names)
-    settings = TrainSettings(
-        recipe=args.recipe,
-        schedule="224:100" if args.recipe == "paper" and args.schedule == TrainSettings().schedule else args.schedule,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch,
+    chosen = dict(
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        later_phase_lr=args.later_phase_lr, calibration_fraction=args.calibration_fraction, seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
     )
+    if args.recipe == "paper":
+        if args.schedule != TrainSettings().schedule:
+            chosen["schedule"] = args.schedule
+        settings = TrainSettings.paper(**chosen)
+    else:
+        settings = TrainSettings(schedule=args.schedule, ema_decay=args.ema_decay, **chosen)
     model = FERNet(config)
     provenance = _provenance(args, train, val)
     if start:
@@ -175,30 +235,44 @@ def _run_finetune(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split, class_names=train.class_names)
     model.replace_classifier(train.class_names)
-    settings = TrainSettings(recipe="paper", schedule=f"{model.config.input_size}:{args.epochs}", lr=args.lr,
-                             step_epochs=10**9, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-                             batch_size=args.batch_size, seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
+    settings = TrainSettings.paper(
+        schedule=f"{model.config.input_size}:{args.epochs}", lr=args.lr, step_epochs=10**9,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, batch_size=args.batch_size,
+        seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch, calibration_fraction=args.calibration_fraction,
+    )
     provenance = {**_provenance(args, train, val), "finetuned_from": checkpoint.fingerprint, "parent": checkpoint.provenance}
     state = fit(model.to(select_device(args.device)), train, val, args.out, settings, provenance, resume=args.resume)
     print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
     return 0
 
 
-def _print_report(evaluation: Evaluation, match: ClassMatch, title: str) -> None:
+def _interval(bounds: tuple[float, float]) -> str:
+    return f"[{bounds[0]:.4f}, {bounds[1]:.4f}]"
+
+
+def _print_view(name: str, evaluation: Evaluation) -> None:
     report, restricted = evaluation.report, evaluation.restricted
+    print(f"{name}")
+    print(f"  accuracy  {report.accuracy:.4f} {_interval(report.accuracy_interval)}   macro F1  {report.macro_f1:.4f}   "
+          f"ECE  {evaluation.ece:.4f}   images  {report.count}   (prediction over all {len(report.class_names)} model classes)")
+    if len(evaluation.present_classes) < len(report.class_names):
+        print(f"  accuracy  {restricted.accuracy:.4f} {_interval(restricted.accuracy_interval)}   macro F1  "
+              f"{restricted.macro_f1:.4f}   (prediction restricted to the {len(evaluation.present_classes)} classes present)")
+    print("  recall    " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_accuracy.items()))
+
+
+def _print_report(views: dict[str, Evaluation], match: ClassMatch, title: str) -> None:
     print(title)
     for line in match.describe():
         print(line)
-    print(f"accuracy  {report.accuracy:.4f}   macro F1  {report.macro_f1:.4f}   images  {report.count}   (prediction over all {len(report.class_names)} model classes)")
-    if len(evaluation.present_classes) < len(report.class_names):
-        print(f"accuracy  {restricted.accuracy:.4f}   macro F1  {restricted.macro_f1:.4f}   images  {restricted.count}   "
-              f"(prediction restricted to the {len(evaluation.present_classes)} classes present)")
+    for name, evaluation in views.items():
+        _print_view(VIEW_TITLES[name], evaluation)
+    report = views[SINGLE_CROP].report
     width = max(len(n) for n in report.class_names) + 2
-    print("per-class accuracy: " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_accuracy.items()))
-    print("confusion matrix (rows: true, columns: predicted over all model classes)")
+    print("confusion matrix, single crop (rows: true, columns: predicted over all model classes)")
     print(" " * width + "".join(f"{n[:7]:>8}" for n in report.class_names))
     for name, row in zip(report.class_names, report.confusion):
-        if name in evaluation.present_classes:
+        if name in views[SINGLE_CROP].present_classes:
             print(f"{name:<{width}}" + "".join(f"{v:>8}" for v in row))
 
 
@@ -228,18 +302,89 @@ def plot_confusion(report: ClassificationReport, path: Path, title: str) -> None
 
 def _run_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    if args.flip_tta:
+        print("fer-train: --flip-tta is retired: eval reports the single crop and flip TTA side by side", file=sys.stderr)
     model, checkpoint = load_model(args.weights)
     class_map = parse_class_map(args.class_map) if args.class_map is not None else None
     data, match = load_dataset_for_model(args.data, args.split, checkpoint.class_names, class_map, progress=not args.json)
-    evaluation = evaluate_classes(model, data, args.size, flip_tta=args.flip_tta, progress=not args.json)
-    title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}{'  +flip TTA' if args.flip_tta else ''}"
+    views = evaluate_views(model, data, args.size, progress=not args.json)
+    title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}"
     if args.plot:
-        plot_confusion(evaluation.report, args.plot, title)
+        plot_confusion(views[SINGLE_CROP].report, args.plot, title)
+    if args.reliability:
+        args.reliability.parent.mkdir(parents=True, exist_ok=True)
+        curves = {VIEW_TITLES[name]: view.reliability for name, view in views.items()}
+        plot_reliability(curves, args.reliability, f"weights {checkpoint.fingerprint}, T={checkpoint.config.temperature:.3f}")
     if args.json:
-        print(json.dumps({**evaluation.to_dict(), **match.to_dict(), "data": str(args.data), "split": args.split,
-                          "weights": checkpoint.fingerprint, "flip_tta": args.flip_tta}))
+        print(json.dumps({
+            **views[SINGLE_CROP].to_dict(), FLIP_TTA: views[FLIP_TTA].to_dict(), **match.to_dict(),
+            "data": str(args.data), "split": args.split, "weights": checkpoint.fingerprint,
+            "temperature": checkpoint.config.temperature,
+        }))
     else:
-        _print_report(evaluation, match, title)
+        _print_report(views, match, title)
+    return 0
+
+
+def _run_ablate(args: argparse.Namespace) -> int:
+    from .ablation import ROWS, run_ablation, summarize, write_tables
+
+    if args.list_rows:
+        for row in ROWS:
+            print(f"{row.name:<28} {row.table}")
+        return 0
+    if args.data is None:
+        raise ValueError("ablate needs --data (FER2013 CSV or a folder with train/ and public_test/)")
+    torch.set_num_threads(args.threads)
+    wanted = [name.strip() for name in args.rows.split(",")] if args.rows else [row.name for row in ROWS]
+    unknown = [name for name in wanted if name not in {row.name for row in ROWS}]
+    if unknown:
+        raise ValueError(f"unknown ablation rows {unknown}; see fer-train ablate --list-rows")
+    rows = [row for row in ROWS if row.name in wanted]
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    train = load_dataset(args.data, args.train_split)
+    val = load_dataset(args.data, args.val_split)
+    settings = TrainSettings(
+        schedule=args.schedule, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, later_phase_lr=args.later_phase_lr, ema_decay=args.ema_decay,
+        calibration_fraction=args.calibration_fraction, max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    results = run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device),
+                           on_run=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
+    summaries = summarize(results, rows)
+    runs_path, rows_path = write_tables(args.results, results, summaries)
+    print(f"{'row':<28} {'table':<40} {'seeds':>5} {'accuracy':>9} {'spread':>7} {'vs default':>10}  beyond noise")
+    for row in summaries:
+        print(f"{row.row:<28} {row.table:<40} {row.seeds:>5} {row.mean_accuracy:>9.4f} {row.spread:>7.4f} "
+              f"{row.difference:>+10.4f}  {'yes' if row.beyond_noise else 'no'}")
+    print(f"wrote {rows_path} and {runs_path}", file=sys.stderr)
+    return 0
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    model, checkpoint = load_model(args.weights)
+    recorded = checkpoint.provenance.get("recipe", {}).get("calibration_fraction")
+    fraction = args.fraction if args.fraction is not None else recorded
+    if not fraction:
+        raise ValueError(f"{args.weights} records no held-out slice (trained on all of its data); give --fraction, "
+                         "knowing that a slice the weights were trained on makes them look better calibrated than they are")
+    train = load_dataset(args.data, args.train_split, progress=not args.json)
+    _, held_out = calibration_holdout(train, fraction)
+    if set(held_out.class_names) != set(checkpoint.class_names):
+        raise ValueError(f"the data's classes ({', '.join(held_out.class_names)}) are not the model's")
+    scores = predict_scores(model, held_out, progress=not args.json)
+    result = fit_temperature_on(scores, held_out.labels, checkpoint.config.temperature)
+    model.calibrate(result.temperature)
+    calibration = {**result.to_dict(), "data": str(args.data), "split": args.train_split, "fraction": fraction}
+    save_checkpoint(model, args.out, {**checkpoint.provenance, "calibration": calibration})
+    if args.json:
+        print(json.dumps({"weights": args.out.name, "fingerprint": model_fingerprint(model), **calibration}))
+    else:
+        print(f"temperature {result.temperature:.4f} fitted on {result.images} held-out images of {args.data} "
+              f"[{args.train_split}]: NLL {result.nll_before:.4f} -> {result.nll_after:.4f}, "
+              f"ECE {result.ece_before:.4f} -> {result.ece_after:.4f}")
+        print(f"wrote {args.out} (fingerprint {model_fingerprint(model)})")
     return 0
 
 
@@ -274,6 +419,13 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"run {number:<8} {_describe_run(run)}")
         epochs = sum(r.get("epochs_trained", 0) for r in runs)
         print(f"total        {_epochs(epochs)} on {runs[-1].get('data', '?')} ({runs[-1].get('machine', '?')})")
+    calibration = checkpoint.provenance.get("calibration")
+    if calibration:
+        print(f"calibration  temperature {calibration['temperature']:.4f} fitted on {calibration['images']} held-out "
+              f"images of {calibration.get('data', '?')} [{calibration.get('split', '?')}]: "
+              f"ECE {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} there")
+    else:
+        print(f"calibration  temperature {checkpoint.config.temperature:g} (none fitted)")
     return 0
 
 
@@ -303,7 +455,10 @@ def _run_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    handlers = {"fit": _run_fit, "eval": _run_eval, "finetune": _run_finetune, "info": _run_info, "export": _run_export}
+    handlers = {
+        "fit": _run_fit, "eval": _run_eval, "calibrate": _run_calibrate, "ablate": _run_ablate, "finetune": _run_finetune,
+        "info": _run_info, "export": _run_export,
+    }
     try:
         return handlers[args.command](args)
     except (DatasetError, CheckpointError, ValueError) as error:

@@ -1,25 +1,63 @@
-"""Predictions and classification metrics on a decoded face dataset."""
+"""Predictions and classification metrics on a decoded face dataset.
+
+Every accuracy carries its 95 % Wilson score interval (Wilson, JASA 1927), so
+that a difference within sampling noise shows as such, and every evaluation
+reports the expected calibration error of its probabilities.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .calibration import ECE_BINS, ReliabilityBins, expected_calibration_error, reliability_bins
 from .datasets import FaceDataset
 from ..network import FERNet
 from ..preprocessing import gray_batch_to_tensor
 
 __all__ = [
-    "predict_probabilities", "ClassificationReport", "confusion_matrix", "classification_report",
-    "restricted_predictions", "Evaluation", "evaluation_from_probabilities", "evaluate", "evaluate_classes",
+    "SINGLE_CROP", "FLIP_TTA", "wilson_interval", "predict_scores", "predict_probabilities", "ClassificationReport",
+    "confusion_matrix", "classification_report", "restricted_predictions", "Evaluation",
+    "evaluation_from_probabilities", "evaluate", "evaluate_classes", "evaluate_views",
 ]
+
+SINGLE_CROP = "single_crop"
+FLIP_TTA = "flip_tta"  # the mean of the face's and its mirror image's probabilities
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % (``z`` 1.96) Wilson score interval of a proportion; (0, 1) when there are no trials."""
+    if trials <= 0:
+        return (0.0, 1.0)
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @torch.inference_mode()
+def predict_scores(
+    model: FERNet, dataset: FaceDataset, size: int | None = None, batch_size: int = 256, mirrored: bool = False,
+    progress: bool = False,
+) -> Tensor:
+    """Class scores (N, classes), temperature applied, of the faces or of their mirror images."""
+    model.eval()
+    size = size or model.config.input_size
+    device = next(model.parameters()).device
+    outputs = []
+    batches = range(0, len(dataset), batch_size)
+    for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        x = gray_batch_to_tensor(dataset.images[start : start + batch_size], size).to(device)
+        outputs.append(model(x.flip(dims=[3]) if mirrored else x).float().cpu())
+    return torch.cat(outputs) if outputs else torch.empty(0, model.config.num_classes)
+
+
 def predict_probabilities(
     model: FERNet,
     dataset: FaceDataset,
@@ -29,23 +67,16 @@ def predict_probabilities(
     progress: bool = False,
 ) -> Tensor:
     """Softmax probabilities (N, classes); with ``flip_tta`` averaged with the mirrored face."""
-    model.eval()
-    size = size or model.config.input_size
-    device = next(model.parameters()).device
-    batches = range(0, len(dataset), batch_size)
-    outputs = []
-    for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        x = gray_batch_to_tensor(dataset.images[start : start + batch_size], size).to(device)
-        probs = model(x).softmax(dim=1)
-        if flip_tta:
-            probs = (probs + model(x.flip(dims=[3])).softmax(dim=1)) / 2
-        outputs.append(probs.cpu())
-    return torch.cat(outputs)
+    probabilities = predict_scores(model, dataset, size, batch_size, progress=progress).softmax(dim=1)
+    if flip_tta:
+        mirrored = predict_scores(model, dataset, size, batch_size, mirrored=True, progress=progress).softmax(dim=1)
+        probabilities = (probabilities + mirrored) / 2
+    return probabilities
 
 
 @dataclass
 class ClassificationReport:
-    """Accuracy, per-class accuracy (recall), macro F1 and the confusion matrix (rows: truth)."""
+    """Accuracy (with its 95 % interval), per-class accuracy (recall), macro F1, confusion matrix (rows: truth)."""
 
     accuracy: float
     per_class_accuracy: dict[str, float]
@@ -53,11 +84,15 @@ class ClassificationReport:
     confusion: list[list[int]]
     class_names: tuple[str, ...]
     count: int
+    accuracy_interval: tuple[float, float] = (0.0, 1.0)
+    per_class_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "accuracy_interval_95": list(self.accuracy_interval),
             "per_class_accuracy": self.per_class_accuracy,
+            "per_class_interval_95": {name: list(bounds) for name, bounds in self.per_class_interval.items()},
             "macro_f1": self.macro_f1,
             "confusion_matrix": self.confusion,
             "class_names": list(self.class_names),
@@ -81,13 +116,18 @@ def classification_report(labels: Tensor, predictions: Tensor, class_names: tupl
     denominator = precision + recall
     f1 = torch.where(denominator > 0, 2 * precision * recall / denominator.clamp(min=1e-12), torch.zeros_like(denominator))
     present = support > 0
+    correct, total = int(true_positive.sum()), int(matrix.sum())
     return ClassificationReport(
-        accuracy=float(true_positive.sum() / matrix.sum().clamp(min=1)),
+        accuracy=correct / max(total, 1),
         per_class_accuracy={name: float(r) for name, r, p in zip(class_names, recall, present) if p},
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         confusion=matrix.long().tolist(),
         class_names=class_names,
-        count=int(matrix.sum()),
+        count=total,
+        accuracy_interval=wilson_interval(correct, total),
+        per_class_interval={
+            name: wilson_interval(int(hit), int(n)) for name, hit, n, p in zip(class_names, true_positive, support, present) if p
+        },
     )
 
 
@@ -110,11 +150,21 @@ class Evaluation:
     report: ClassificationReport
     restricted: ClassificationReport
     present_classes: tuple[str, ...]
+    reliability: ReliabilityBins | None = None
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error (15 bins) of the probabilities over all the model's classes."""
+        return expected_calibration_error(self.reliability) if self.reliability is not None else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         restricted = self.restricted.to_dict()
         del restricted["class_names"], restricted["count"]
-        return {**self.report.to_dict(), "present_classes": list(self.present_classes), "restricted_to_present_classes": restricted}
+        calibration = {"ece": self.ece, "ece_bins": ECE_BINS, "reliability": self.reliability.to_dict()} if self.reliability else {}
+        return {
+            **self.report.to_dict(), **calibration, "present_classes": list(self.present_classes),
+            "restricted_to_present_classes": restricted,
+        }
 
 
 def evaluation_from_probabilities(labels: Tensor, probabilities: Tensor, class_names: tuple[str, ...]) -> Evaluation:
@@ -123,6 +173,7 @@ def evaluation_from_probabilities(labels: Tensor, probabilities: Tensor, class_n
         report=classification_report(labels, probabilities.argmax(dim=1), class_names),
         restricted=classification_report(labels, restricted_predictions(probabilities, present), class_names),
         present_classes=tuple(name for name, p in zip(class_names, present.tolist()) if p),
+        reliability=reliability_bins(probabilities, labels),
     )
 
 
@@ -139,3 +190,15 @@ def evaluate_classes(
     """Both reports of :class:`Evaluation`; ``dataset`` is labelled with the model's classes."""
     probabilities = predict_probabilities(model, dataset, size, flip_tta=flip_tta, progress=progress)
     return evaluation_from_probabilities(dataset.labels, probabilities, dataset.class_names)
+
+
+def evaluate_views(
+    model: FERNet, dataset: FaceDataset, size: int | None = None, progress: bool = False
+) -> dict[str, Evaluation]:
+    """:class:`Evaluation` of the single crop (what every strategy answers) and of flip TTA, from one pass each."""
+    single = predict_scores(model, dataset, size, progress=progress).softmax(dim=1)
+    mirrored = predict_scores(model, dataset, size, mirrored=True, progress=progress).softmax(dim=1)
+    return {
+        SINGLE_CROP: evaluation_from_probabilities(dataset.labels, single, dataset.class_names),
+        FLIP_TTA: evaluation_from_probabilities(dataset.labels, (single + mirrored) / 2, dataset.class_names),
+    }

@@ -2,16 +2,23 @@
 
 Two recipes:
 
+- ``phased`` (default): the recipe of the strongest FER2013 work, fitted to a CPU.
+  Phases of increasing input size (``--schedule 112:60,224:10``): most epochs at
+  low resolution (FER2013 faces are 48x48, so 112 loses little and costs a
+  quarter of 224), then a fine-tune at 224, the size the split needs. Each phase
+  warms the learning rate up linearly and decays it along a cosine to zero; the
+  first peaks at ``lr``, later ones at ``lr * later_phase_lr`` (a fine-tune, not
+  a restart). Nesterov SGD, label smoothing, weight decay on weights only,
+  random crop, rotation, translation, flip, brightness and contrast, random
+  erasing. An exponential moving average of the weights (restarted at each
+  phase, since BatchNorm's statistics change with the input size) is what is
+  validated, chosen and shipped.
 - ``paper``: the paper's recipe (SGD momentum 0.9, batch 128, learning rate 0.1
-  divided by 10 every 30 epochs, 100 epochs at 224x224).
-- ``progressive`` (default): a one-cycle SGD schedule over phases of increasing
-  input size, e.g. ``112:17,224:1``: most epochs at low resolution (FER2013 faces
-  are 48x48, so 112 loses nothing), the last ones at 224, the size the split
-  needs, so BatchNorm and filters settle at the deployed scale.
+  divided by 10 every 30 epochs, 100 epochs at 224), without averaging.
 
-Augmentation runs on whole batches of uint8 faces decoded once: one random
-affine warp (scale, rotation, shift, mirror) per face via ``grid_sample``, which
-also resizes, then brightness and contrast jitter.
+A slice of the training split (``calibration_fraction``) is never trained on:
+it is where ``fer-train calibrate`` fits the temperature. Checkpoints are chosen
+on the validation split alone, at the final input size.
 """
 
 from __future__ import annotations
@@ -20,7 +27,6 @@ import csv
 import math
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,21 +34,23 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
+from ..network import FERNet
+from .augmentation import Augmentation, augment
+from .calibration import calibration_holdout
 from .datasets import FaceDataset
 from .evaluation import classification_report, predict_probabilities
-from ..network import FERNet
-from ..preprocessing import normalize
+from .weight_average import WeightAverage
 
 __all__ = [
     "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
-    "EpochRecord", "TrainState", "augment", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
+    "learning_rate_factor", "EpochRecord", "TrainState", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
 ]
 
-RECIPES = ("progressive", "paper")
+RECIPES = ("phased", "paper")
 STATE_FILE = "train_state.pt"
 BEST_FILE = "best.pt"
 LOG_FILE = "log.csv"
@@ -56,7 +64,7 @@ class Phase:
 
 
 def parse_schedule(text: str) -> list[Phase]:
-    """``"112:17,224:1"`` -> 17 epochs at 112x112, then 1 at 224x224."""
+    """``"112:60,224:10"`` -> 60 epochs at 112x112, then 10 at 224x224."""
     phases = []
     for part in text.split(","):
         try:
@@ -71,13 +79,20 @@ def parse_schedule(text: str) -> list[Phase]:
 
 @dataclass
 class TrainSettings:
-    recipe: str = "progressive"
-    schedule: str = "112:17,224:1"
+    """Everything that decides a training run (stored in the checkpoint's provenance)."""
+
+    recipe: str = "phased"
+    schedule: str = "112:60,224:10"
     batch_size: int = 128
     lr: float = 0.1
+    later_phase_lr: float = 0.3  # phased: peak of every phase after the first, as a fraction of lr
+    warmup_fraction: float = 0.05  # phased: linear warm-up over this fraction of each phase
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
+    ema_decay: float = 0.999  # 0: no weight averaging (the trained weights are shipped)
+    calibration_fraction: float = 0.05  # of every training class, held out for the temperature
+    augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
     step_epochs: int = 30  # paper recipe: divide the learning rate by 10 this often
     max_steps_per_epoch: int | None = None  # for smoke tests
@@ -88,6 +103,34 @@ class TrainSettings:
     def epoch_sizes(self) -> list[int]:
         return [p.size for p in self.phases() for _ in range(p.epochs)]
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "TrainSettings":
+        """The paper's recipe: plain momentum, step decay, no averaging, no erasing."""
+        defaults = dict(recipe="paper", schedule="224:100", ema_decay=0.0, augmentation=Augmentation(erase_probability=0.0))
+        return cls(**{**defaults, **changes})
+
+
+def learning_rate_factor(settings: TrainSettings, steps_per_epoch: int, step: int) -> float:
+    """The learning rate at optimizer step ``step`` as a fraction of ``settings.lr``."""
+    if settings.recipe == "paper":
+        return 0.1 ** (step // (settings.step_epochs * steps_per_epoch))
+    start = 0
+    for number, phase in enumerate(settings.phases()):
+        length = phase.epochs * steps_per_epoch
+        if step < start + length or number == len(settings.phases()) - 1:
+            peak = 1.0 if number == 0 else settings.later_phase_lr
+            warmup = max(1, round(settings.warmup_fraction * length))
+            into = min(step - start, length - 1)
+            if into < warmup:
+                return peak * (into + 1) / warmup
+            progress = (into - warmup) / max(length - warmup, 1)
+            return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+        start += length
+    raise AssertionError("unreachable: the last phase takes every later step")
+
 
 @dataclass
 class EpochRecord:
@@ -97,7 +140,9 @@ class EpochRecord:
     train_loss: float
     train_accuracy: float
     val_loss: float
-    val_accuracy: float
+    val_accuracy: float  # of the weights that ship: the average where there is one
+    val_macro_f1: float
+    trained_val_accuracy: float  # of the weights being trained, for comparison
     seconds: float
 
 
@@ -109,53 +154,15 @@ class TrainState:
     best_epoch: int = 0
 
 
-def augment(gray: Tensor, size: int, generator: torch.Generator) -> Tensor:
-    """Random affine warp + mirror + photometric jitter: uint8 (B, H, W) -> normalized (B, 3, size, size)."""
-    batch = gray.shape[0]
-
-    def uniform(low: float, high: float) -> Tensor:
-        return torch.rand(batch, generator=generator) * (high - low) + low
-
-    zoom = uniform(0.8, 1.0)  # fraction of the face seen: a random crop
-    angle = uniform(-12, 12) * math.pi / 180
-    mirror = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    theta = torch.stack(
-        [
-            torch.stack([cos * mirror, -sin, uniform(-0.1, 0.1)], dim=1),
-            torch.stack([sin * mirror, cos, uniform(-0.1, 0.1)], dim=1),
-        ],
-        dim=1,
-    )
-    x = gray.unsqueeze(1).float().div_(255.0)
-    grid = F.affine_grid(theta, [batch, 1, size, size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    contrast = uniform(0.75, 1.25).view(-1, 1, 1, 1)
-    brightness = uniform(-0.1, 0.1).view(-1, 1, 1, 1)
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    x = ((x - mean) * contrast + mean + brightness).clamp_(0, 1)
-    return normalize(x).expand(-1, 3, -1, -1)
-
-
 def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.SGD(
         [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=settings.lr,
         momentum=settings.momentum,
         nesterov=settings.recipe != "paper",
     )
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int) -> Any:
-    if settings.recipe == "paper":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.step_epochs * steps_per_epoch, gamma=0.1)
-    total = len(settings.epoch_sizes()) * steps_per_epoch
-    if total < 8:  # too short for a one-cycle curve (smoke runs): constant learning rate
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    # At least two warm-up steps: OneCycleLR divides by zero on shorter warm-ups.
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total, pct_start=max(0.25, 2.0 / total))
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -173,6 +180,7 @@ def train_one_epoch(
     scheduler: Any,
     settings: TrainSettings,
     generator: torch.Generator,
+    average: WeightAverage | None,
     progress: bool,
     description: str,
 ) -> tuple[float, float]:
@@ -187,14 +195,17 @@ def train_one_epoch(
     bar = tqdm(range(steps), desc=description, unit="batch", disable=not progress, leave=False)
     for step in bar:
         index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-        x = augment(data.images[index], size, generator).contiguous(memory_format=torch.channels_last)
-        y = data.labels[index]
+        x = augment(data.images[index], size, generator, settings.augmentation)
+        x = x.to(next(model.parameters()).device).contiguous(memory_format=torch.channels_last)
+        y = data.labels[index].to(x.device)
         logits = model(x)
         loss = criterion(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if average is not None:
+            average.update(model)
         total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -202,11 +213,21 @@ def train_one_epoch(
     return total_loss / max(seen, 1), correct / max(seen, 1)
 
 
-def validate(model: FERNet, data: FaceDataset, size: int) -> tuple[float, float]:
+def validate(model: FERNet, data: FaceDataset, size: int) -> tuple[float, float, float]:
+    """Validation loss, accuracy and macro-F1 of ``model`` at input ``size``."""
     probabilities = predict_probabilities(model, data, size)
     loss = F.nll_loss(probabilities.clamp_min(1e-12).log(), data.labels).item()
     report = classification_report(data.labels, probabilities.argmax(1), data.class_names)
-    return loss, report.accuracy
+    return loss, report.accuracy, report.macro_f1
+
+
+def _phase_starts(settings: TrainSettings) -> set[int]:
+    """Epoch numbers (1-based) that begin a phase after the first."""
+    starts, epoch = set(), 1
+    for phase in settings.phases():
+        starts.add(epoch)
+        epoch += phase.epochs
+    return starts - {1}
 
 
 def fit(
@@ -220,48 +241,62 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainState:
-    """Train, validating and checkpointing every epoch; ``resume`` continues from ``out_dir``."""
+    """Train, validating and checkpointing every epoch; ``resume`` continues from ``out_dir``.
+
+    ``settings.calibration_fraction`` of ``train_data`` is left out (see
+    :func:`calibration_holdout`). A resumed run may be given a longer or
+    shorter ``schedule``: the learning-rate curve is a function of the step, so
+    it follows the new plan from where the run stands.
+    """
     if settings.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {settings.recipe!r}; expected one of {RECIPES}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    train_data, held_out = calibration_holdout(train_data, settings.calibration_fraction)
     epoch_sizes = settings.epoch_sizes()
     steps_per_epoch = len(train_data) // settings.batch_size
     if settings.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
     if steps_per_epoch < 1:
         raise ValueError(f"{len(train_data)} training images make no batch of {settings.batch_size}")
+    torch.set_flush_denormal(True)  # weights decaying towards zero must not fall onto the CPU's slow path
     generator = _seed_everything(settings.seed)
-    model.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU
+    model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, settings)
-    scheduler = _scheduler(optimizer, settings, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(settings, steps_per_epoch, step)
+    )
+    average = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
     state = TrainState()
     if resume and (out_dir / STATE_FILE).exists():
-        state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator)
-        if getattr(scheduler, "total_steps", None) not in (None, len(epoch_sizes) * steps_per_epoch):
-            # Resumed with another --schedule: re-plan the rest of the learning-rate curve.
-            scheduler = _scheduler(optimizer, settings, steps_per_epoch)
-            with warnings.catch_warnings():  # stepping a fresh scheduler forward without training is the point here
-                warnings.simplefilter("ignore", UserWarning)
-                for _ in range(state.epoch * steps_per_epoch):
-                    scheduler.step()
+        state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average)
+    shipped = average.module if average is not None else model
+    info = {
+        **(provenance or {}), "recipe": settings.to_dict(),
+        "train_images": len(train_data), "calibration_images": len(held_out),
+    }
     final_size = epoch_sizes[-1]
     for epoch in range(state.epoch + 1, len(epoch_sizes) + 1):
         size = epoch_sizes[epoch - 1]
+        if average is not None and epoch in _phase_starts(settings):
+            average.restart(model)
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = train_one_epoch(
-            model, train_data, size, optimizer, scheduler, settings, generator, progress, f"epoch {epoch}/{len(epoch_sizes)} @{size}"
+            model, train_data, size, optimizer, scheduler, settings, generator, average, progress,
+            f"epoch {epoch}/{len(epoch_sizes)} @{size}",
         )
-        val_loss, val_acc = validate(model, val_data, size)
-        record = EpochRecord(epoch, size, lr, train_loss, train_acc, val_loss, val_acc, time.perf_counter() - started)
+        val_loss, val_acc, val_f1 = validate(shipped, val_data, size)
+        trained_acc = val_acc if shipped is model else validate(model, val_data, size)[1]
+        record = EpochRecord(epoch, size, lr, train_loss, train_acc, val_loss, val_acc, val_f1, trained_acc, time.perf_counter() - started)
         state.history.append(record)
         state.epoch = epoch
         if size == final_size and val_acc > state.best_accuracy:
             state.best_accuracy, state.best_epoch = val_acc, epoch
-            info = {**(provenance or {}), "recipe": asdict(settings), "epochs_trained": epoch, "validation_accuracy": val_acc, "validation_size": size}
-            save_checkpoint(model, out_dir / BEST_FILE, info)
-        _save_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, state)
+            save_checkpoint(shipped, out_dir / BEST_FILE, {
+                **info, "epochs_trained": epoch, "validation_accuracy": val_acc, "validation_size": size,
+            })
+        _save_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, state)
         write_log(out_dir / LOG_FILE, state.history)
         plot_curves(out_dir / CURVES_FILE, state.history)
         if on_epoch:
@@ -269,11 +304,15 @@ def fit(
     return state
 
 
-def _save_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator, state: TrainState) -> None:
+def _save_state(
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator,
+    average: WeightAverage | None, state: TrainState,
+) -> None:
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "average": average.state_dict() if average is not None else None,
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "epoch": state.epoch,
@@ -286,11 +325,19 @@ def _save_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, ge
     tmp.replace(path)
 
 
-def _load_state(path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator) -> TrainState:
+def _load_state(
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator, average: WeightAverage | None
+) -> TrainState:
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    if "trained_val_accuracy" not in (payload["history"] or [{}])[0] and payload["history"]:
+        raise ValueError(f"{path} was written by an older recipe; start a new run folder")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, (f(scheduler.last_epoch) for f in scheduler.lr_lambdas)):
+        group["lr"] = base * factor  # the schedule may have changed since the state was saved
+    if average is not None and payload.get("average"):
+        average.load_state_dict(payload["average"])
     generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     return TrainState(
@@ -309,22 +356,27 @@ def write_log(path: Path, history: list[EpochRecord]) -> None:
 
 
 def plot_curves(path: Path, history: list[EpochRecord]) -> None:
+    """Loss and accuracy per epoch; the validation accuracy of the shipped and trained weights apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r.epoch for r in history]
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [r.train_loss for r in history], label="train")
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_axis.plot(epochs, [r.train_loss for r in history], label="train (augmented, smoothed labels)")
     loss_axis.plot(epochs, [r.val_loss for r in history], label="validation")
     loss_axis.set(xlabel="epoch", ylabel="loss", title="Loss")
-    accuracy_axis.plot(epochs, [r.train_accuracy for r in history], label="train")
-    accuracy_axis.plot(epochs, [r.val_accuracy for r in history], label="validation")
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    accuracy_axis.plot(epochs, [r.train_accuracy for r in history], label="train (augmented)")
+    accuracy_axis.plot(epochs, [r.trained_val_accuracy for r in history], label="validation, trained weights", alpha=0.6)
+    accuracy_axis.plot(epochs, [r.val_accuracy for r in history], label="validation, shipped weights")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy (input size changes at phase borders)")
+    for start in sorted({r.epoch for r, prev in zip(history[1:], history) if r.size != prev.size}):
+        for axis in (loss_axis, accuracy_axis):
+            axis.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)
-        axis.legend()
+        axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -1,0 +1,151 @@
+"""The paper's ablations on one shared schedule, with seeds, so that noise shows as noise.
+
+Rows (Wu et al., ACM TECS 2023): Table 2 (the backbone, +ASP, +SFP, +ASP+SFP,
+and the split adapter with and without), Table 3 (ASP on rows and columns only
+against all four directions) and Figure 7 (SFP with the zero boundary, which
+makes it a squeeze-and-excitation block, against the symmetric boundary with
+1, 2 and 3 wavelet levels, and no SFP). Every row trains with the same
+settings and the same seeds; only the network differs.
+
+A row's difference from the reference row (the default network) is called
+beyond noise when it is larger than the spread between seeds of either row,
+the spread being the largest minus the smallest accuracy over the seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..config import ASP, HORIZONTAL, SFP, STAGE2_CHANNELS, VERTICAL, ModelConfig
+from ..network import FERNet
+from .datasets import FaceDataset
+from .fit import BEST_FILE, TrainSettings, fit
+
+__all__ = ["AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary", "summarize", "run_ablation", "write_tables"]
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One network of the ablation: a name, the paper's table it belongs to, the config changes."""
+
+    name: str
+    table: str
+    changes: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, class_names: tuple[str, ...], input_size: int) -> ModelConfig:
+        return ModelConfig(class_names=class_names, input_size=input_size, **self.changes)
+
+
+REFERENCE_ROW = "asp+sfp"
+ROWS: tuple[AblationRow, ...] = (
+    AblationRow("backbone, no adapter", "Table 2", {"attention": (), "adapter_width": STAGE2_CHANNELS}),
+    AblationRow("backbone", "Table 2", {"attention": ()}),
+    AblationRow("asp", "Table 2 / Figure 7 (no SFP)", {"attention": (ASP,)}),
+    AblationRow("sfp", "Table 2", {"attention": (SFP,)}),
+    AblationRow(REFERENCE_ROW, "Table 2 / Figure 7 (zero boundary = SE)", {}),
+    AblationRow("asp+sfp, no adapter", "Table 2", {"adapter_width": STAGE2_CHANNELS}),
+    AblationRow("asp+sfp, asp rows+columns", "Table 3", {"asp_directions": (HORIZONTAL, VERTICAL)}),
+    AblationRow("asp+sfp, sfp symmetric, 1 level", "Figure 7", {"sfp_boundary": "symmetric", "sfp_levels": (1,)}),
+    AblationRow("asp+sfp, sfp symmetric, 2 levels", "Figure 7", {"sfp_boundary": "symmetric", "sfp_levels": (1, 2)}),
+    AblationRow("asp+sfp, sfp symmetric, 3 levels", "Figure 7", {"sfp_boundary": "symmetric", "sfp_levels": (1, 2, 3)}),
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    row: str
+    seed: int
+    accuracy: float
+    macro_f1: float
+    epochs: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RowSummary:
+    row: str
+    table: str
+    seeds: int
+    mean_accuracy: float
+    spread: float  # largest minus smallest accuracy over the seeds
+    mean_macro_f1: float
+    difference: float  # mean accuracy minus the reference row's
+    beyond_noise: bool
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def run_ablation(
+    train: FaceDataset,
+    val: FaceDataset,
+    out_dir: Path,
+    settings: TrainSettings,
+    seeds: Sequence[int],
+    rows: Sequence[AblationRow] = ROWS,
+    progress: bool = True,
+    on_run: Callable[[RunResult], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> list[RunResult]:
+    """Train every row with every seed (each run resumable in ``out_dir/<row>/seed<k>``)."""
+    size = settings.epoch_sizes()[-1]
+    results = []
+    for row in rows:
+        for seed in seeds:
+            run_dir = out_dir / _slug(row.name) / f"seed{seed}"
+            started = time.perf_counter()
+            model = FERNet(row.config(train.class_names, size)).to(device)
+            state = fit(model, train, val, run_dir, _with_seed(settings, seed), {"ablation_row": row.name}, resume=True, progress=progress)
+            best = state.history[state.best_epoch - 1]
+            result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, time.perf_counter() - started)
+            results.append(result)
+            if on_run:
+                on_run(result)
+    return results
+
+
+def _with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
+    return replace(settings, seed=seed)
+
+
+def summarize(results: Sequence[RunResult], rows: Sequence[AblationRow] = ROWS) -> list[RowSummary]:
+    """Mean and spread per row, and whether its difference from the reference exceeds both spreads."""
+    by_row = {row.name: [r for r in results if r.row == row.name] for row in rows}
+    stats = {
+        name: (statistics.fmean(r.accuracy for r in runs), max(r.accuracy for r in runs) - min(r.accuracy for r in runs))
+        for name, runs in by_row.items() if runs
+    }
+    reference_mean, reference_spread = stats.get(REFERENCE_ROW, (float("nan"), 0.0))
+    summaries = []
+    for row in rows:
+        runs = by_row[row.name]
+        if not runs:
+            continue
+        mean, spread = stats[row.name]
+        difference = mean - reference_mean
+        summaries.append(RowSummary(
+            row.name, row.table, len(runs), mean, spread, statistics.fmean(r.macro_f1 for r in runs), difference,
+            row.name != REFERENCE_ROW and len(runs) > 1 and abs(difference) > max(spread, reference_spread),
+        ))
+    return summaries
+
+
+def write_tables(out_dir: Path, results: Sequence[RunResult], summaries: Sequence[RowSummary]) -> tuple[Path, Path]:
+    """``ablation_runs.csv`` (one line per run) and ``ablation.csv`` (one line per row)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_path, rows_path = out_dir / "ablation_runs.csv", out_dir / "ablation.csv"
+    for path, records in ((runs_path, results), (rows_path, summaries)):
+        with path.open("w", newline="") as handle:
+            fields = list(records[0].__dataclass_fields__) if records else []
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows({name: getattr(r, name) for name in fields} for r in records)
+    return runs_path, rows_path

@@ -1,0 +1,56 @@
+"""fer-train ablate: every row and seed trained on one schedule, summarized with its spread."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from shared_model.training.ablation import REFERENCE_ROW, ROWS, RunResult, summarize
+from shared_model.training.cli import main as train_main
+
+
+def test_a_difference_counts_only_beyond_the_spread_of_both_rows() -> None:
+    rows = [row for row in ROWS if row.name in (REFERENCE_ROW, "backbone", "asp")]
+    results = [
+        RunResult(REFERENCE_ROW, 0, 0.60, 0.5, 1, 1.0), RunResult(REFERENCE_ROW, 1, 0.62, 0.5, 1, 1.0),
+        RunResult("backbone", 0, 0.55, 0.5, 1, 1.0), RunResult("backbone", 1, 0.56, 0.5, 1, 1.0),  # 0.055 below
+        RunResult("asp", 0, 0.58, 0.5, 1, 1.0), RunResult("asp", 1, 0.63, 0.5, 1, 1.0),  # within asp's own spread
+    ]
+    summary = {row.row: row for row in summarize(results, rows)}
+    assert summary["backbone"].difference == pytest.approx(-0.055) and summary["backbone"].beyond_noise
+    assert summary["asp"].spread == pytest.approx(0.05) and not summary["asp"].beyond_noise
+    assert not summary[REFERENCE_ROW].beyond_noise and summary[REFERENCE_ROW].mean_accuracy == pytest.approx(0.61)
+
+
+def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 6), ("public_test", 3)):
+        for code, name in enumerate(("dark", "light")):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 48), 60 + 120 * code, np.uint8) + rng.integers(0, 20, (48, 48), dtype=np.uint8))
+    results = tmp_path / "results"
+    argv = ["ablate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--results", str(results),
+            "--rows", f"backbone,{REFERENCE_ROW}", "--seeds", "3,4", "--schedule", "64:1", "--batch-size", "4",
+            "--max-steps-per-epoch", "1", "--calibration-fraction", "0"]
+    assert train_main(argv) == 0
+    runs = list(csv.DictReader((results / "ablation_runs.csv").open()))
+    assert [(r["row"], r["seed"]) for r in runs] == [("backbone", "3"), ("backbone", "4"), (REFERENCE_ROW, "3"), (REFERENCE_ROW, "4")]
+    rows = list(csv.DictReader((results / "ablation.csv").open()))
+    assert [r["row"] for r in rows] == ["backbone", REFERENCE_ROW] and all(r["seeds"] == "2" for r in rows)
+    assert (tmp_path / "runs" / "backbone" / "seed4" / "best.pt").is_file()
+    assert "beyond noise" in capsys.readouterr().out
+    # Resumed: finished runs are not trained again (their logs keep one epoch).
+    assert train_main(argv) == 0
+    log = list(csv.DictReader((tmp_path / "runs" / "backbone" / "seed3" / "log.csv").open()))
+    assert len(log) == 1
+
+
+def test_unknown_rows_are_named(tmp_path: Path, capsys) -> None:
+    assert train_main(["ablate", "--data", str(tmp_path), "--rows", "backbone,nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
