@@ -48,6 +48,7 @@ __all__ = ["BatchError", "QueueFull", "BatcherClosed", "DeadlineExpired", "Batch
 log = logging.getLogger(__name__)
 Forward = Callable[[np.ndarray], np.ndarray]
 Respond = Callable[[Any, "BatchResult"], Any]
+Prepare = Callable[[Any], np.ndarray]
 
 
 class BatchError(Exception):
@@ -84,10 +85,10 @@ class _Pending:
 
     __slots__ = ("inputs", "request", "deadline", "future", "enqueued", "rows")
 
-    def __init__(self, inputs: np.ndarray, request: Any, deadline: float | None, future: Any) -> None:
+    def __init__(self, inputs: np.ndarray | None, request: Any, deadline: float | None, future: Any) -> None:
         self.inputs, self.request, self.deadline, self.future = inputs, request, deadline, future
         self.enqueued = time.perf_counter()
-        self.rows = int(inputs.shape[0])
+        self.rows = 1 if inputs is None else int(inputs.shape[0])  # None: prepared in its batch's turn, counted as one row till then
 
 
 def _forward(forward: Forward, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], float, int]:
@@ -252,16 +253,22 @@ class LoopBatcher(_Batcher):
     ``on_batch(size, compute_seconds)`` is called once per batch computed.
     """
 
-    def __init__(self, forward: Forward, respond: Respond | None = None, **settings: Any) -> None:
+    def __init__(self, forward: Forward, respond: Respond | None = None, prepare: Prepare | None = None, **settings: Any) -> None:
         super().__init__(forward, respond, **settings)
+        self.prepare = prepare  # request -> inputs, for requests submitted without inputs
         self._queue: collections.deque[_Pending] = collections.deque()
         self._rows = 0  # rows queued
         self._last_batch = 0  # rows of the last batch: more than one means concurrent callers
         self._turn: asyncio.Handle | None = None  # the next batch's scheduled run
         self._waits = False  # that run is a timer: waiting for company
 
-    def submit(self, inputs: np.ndarray, deadline: float | None = None, request: Any = None) -> asyncio.Future:
+    def submit(self, inputs: np.ndarray | None, deadline: float | None = None, request: Any = None) -> asyncio.Future:
         """On the event loop: queue ``inputs`` for a batch the loop runs soon (see the module's docstring).
+
+        ``inputs`` None: ``prepare(request)`` gives them in the batch's turn (an
+        exception from it goes to that request alone), so that the requests of
+        a batch are prepared together, in one tight loop, rather than one by
+        one between everything else the loop runs.
 
         Raises :class:`QueueFull` or :class:`BatcherClosed` at once; cancelling
         the future before its batch runs drops the request.
@@ -288,6 +295,13 @@ class LoopBatcher(_Batcher):
             self._rows -= pending.rows
             if pending.future.done() or _expired(pending, now):  # done: its caller gave up (cancelled)
                 continue
+            if pending.inputs is None:
+                try:
+                    pending.inputs = self.prepare(pending.request)  # type: ignore[misc]
+                except Exception as error:  # this request's own problem (malformed, refused)
+                    pending.future.set_exception(error)
+                    continue
+                pending.rows = int(pending.inputs.shape[0])
             batch.append(pending)
             rows += pending.rows
         self._last_batch = rows

@@ -4,7 +4,12 @@
   protobuf, and views of its tensor bytes (:mod:`cloud_server.wire`: tensors are
   not copied on the way in), then validated into its model's input array
   (:mod:`cloud_server.inference`). ``fer_classifier``'s images are decoded on a
-  few threads of their own, with a bounded backlog.
+  few threads of their own, with a bounded backlog. Where the
+  :class:`~cloud_server.batching.LoopBatcher` computes ``fer_attention``, only
+  the first bytes are read on arrival (they name the model); the rest of the
+  parse runs in the batch's turn, for all its requests together, which is
+  cheaper on a busy core than the same work interleaved with the loop's other
+  callbacks request by request.
 - **queue**: the input goes to its model's batcher. A model light enough to
   compute on the event loop (the runtime says which: the attention stage in
   NumPy) has a :class:`~cloud_server.batching.LoopBatcher`, the others a
@@ -92,14 +97,16 @@ class BatchingSettings:
 class Request:
     """A parsed request on its way through the engine: what it asked for, and its input once validated."""
 
-    __slots__ = ("message", "model", "inputs", "encoding", "outputs", "plain", "started")
+    __slots__ = ("data", "message", "raws", "model", "inputs", "encoding", "outputs", "plain", "started")
 
-    def __init__(
-        self, message: pb.ModelInferRequest, model: str, inputs: np.ndarray | None, encoding: str | None,
-        outputs: tuple[str, ...], started: float, plain: bool = False,
-    ) -> None:
-        self.message, self.model, self.inputs, self.encoding, self.outputs = message, model, inputs, encoding, outputs
-        self.started, self.plain = started, plain
+    def __init__(self, data: bytes, model: str, started: float) -> None:
+        self.data, self.model, self.started = data, model, started
+        self.message: pb.ModelInferRequest | None = None  # None until split (for a deferred request: in its batch's turn)
+        self.raws: Sequence[Buffer] = ()
+        self.inputs: np.ndarray | None = None
+        self.encoding: str | None = None
+        self.outputs: tuple[str, ...] = ()
+        self.plain = False
 
 
 class InferenceEngine:
@@ -134,15 +141,17 @@ class InferenceEngine:
         self._face_layouts = tuple(wire.TrailingTensor(self._plain_bytes // 4 * width) for width in (4, 1, 2))
         self._plain_prefix = _plain_prefix(self._plain_shape, self.fingerprint)
         self._plain_served = ATTENTION_MODEL in served.checks_finite  # the plain request skips the finite check its runtime does
+        # fer_attention on the loop: its requests are split and validated in their batch's turn, together
+        self._deferred = isinstance(self.batchers.get(ATTENTION_MODEL), LoopBatcher)
 
     def _batcher(self, name: str, forward: Any, settings: BatchingSettings) -> LoopBatcher | ThreadBatcher:
         """The batcher of one model: on the event loop where the runtime says it is light, else on a thread of its own."""
-        common = dict(
+        common: dict[str, Any] = dict(
             respond=self._respond, max_batch_size=settings.max_batch_size, max_queue_delay=settings.max_queue_delay_ms / 1000,
             max_queue_size=settings.max_queue_size, on_batch=partial(self._batched, name),
         )
         if name in self.served.inline:
-            return LoopBatcher(forward, **common)
+            return LoopBatcher(forward, prepare=self._prepare_in_turn, **common)
         return ThreadBatcher(forward, name=f"{name}-batcher", **common)
 
     def warm_up(self) -> None:
@@ -175,14 +184,18 @@ class InferenceEngine:
         model, status = UNKNOWN_MODEL, INTERNAL
         self.metrics.in_flight_count += 1
         try:
-            message, raws = self._split(data)
-            model = message.model_name if message.model_name in self.batchers else UNKNOWN_MODEL
+            request = self._arrive(data, started)
+            model = request.model
             if self.draining:
                 raise InferenceError(grpc.StatusCode.UNAVAILABLE, DRAINING)
-            request = self._parse(message, raws, started)
-            if request.inputs is None:  # encoded images: decoded off the loop
-                request.inputs = await self._decode(message, raws)
-            response = await self._queue(request, deadline)
+            if request.message is not None:  # split on arrival: validated now
+                await self._parse_now(request)
+            try:
+                response = await self._queue(request, deadline)
+            except _OtherModel:  # deferred, but model_name came again further on (the last one counts): the usual way
+                request.model = model = self._route(request)
+                await self._parse_now(request)
+                response = await self._queue(request, deadline)
             status = OK
             return response
         except BatchError as error:  # refused by the batcher, or its batch failed (logged there)
@@ -201,6 +214,32 @@ class InferenceEngine:
 
     # -- parse ----------------------------------------------------------------------
 
+    def _arrive(self, data: bytes, started: float) -> Request:
+        """On arrival, the light part of parsing: which model, from the first bytes where that is enough.
+
+        A request that begins by naming ``fer_attention`` (``model_name`` first,
+        as protobuf writes it), computed on the loop, is split and validated in
+        its batch's turn (:meth:`_prepare_in_turn`), with the rest of its batch;
+        any other is split here (:meth:`_route`).
+        """
+        request = Request(data, ATTENTION_MODEL, started)
+        if not (self._deferred and data.startswith(_ATTENTION_FIRST)):
+            request.model = self._route(request)
+        return request
+
+    def _route(self, request: Request) -> str:
+        """``request`` split, and its model (as counted in the metrics)."""
+        request.message, request.raws = message, _ = self._split(request.data)
+        return message.model_name if message.model_name in self.batchers else UNKNOWN_MODEL
+
+    def _prepare_in_turn(self, request: Request) -> np.ndarray:
+        """In its batch's turn: a deferred request split and validated; its input."""
+        request.message, request.raws = message, raws = self._split(request.data)
+        if message.model_name != ATTENTION_MODEL:
+            raise _OtherModel(message.model_name)
+        self._parse(request)
+        return request.inputs  # type: ignore[return-value]
+
     def _split(self, data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
         """A request that ends in one face's tensor, split in a few steps; any other, walked field by field."""
         for layout in self._face_layouts:
@@ -211,17 +250,25 @@ class InferenceEngine:
         except wire.MalformedMessage as error:
             raise InferenceError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed ModelInferRequest: {error}") from None
 
-    def _parse(self, message: pb.ModelInferRequest, raws: Sequence[Buffer], started: float) -> Request:
-        """The request validated; ``inputs`` None for images, which are decoded off the loop."""
+    def _parse(self, request: Request) -> None:
+        """The split request validated: its model, input, encoding and outputs (``inputs`` stays None for images)."""
+        message, raws = request.message, request.raws
+        assert message is not None
         if self._is_plain(message, raws):
-            inputs = np.frombuffer(raws[0], dtype="<f4").reshape(self._plain_shape)
-            return Request(message, ATTENTION_MODEL, inputs, codec.FP32, (FEATURES,), started, plain=True)
-        model = check_model(message, self.fingerprint)
-        outputs = requested_outputs(message)
-        if model == CLASSIFIER_MODEL:
-            return Request(message, model, None, None, outputs, started)
-        inputs, encoding = parse_features(message, raws, self.config, self.limits, check_finite=model not in self.served.checks_finite)
-        return Request(message, model, inputs, encoding, outputs, started)
+            request.inputs = np.frombuffer(raws[0], dtype="<f4").reshape(self._plain_shape)
+            request.model, request.encoding, request.outputs, request.plain = ATTENTION_MODEL, codec.FP32, (FEATURES,), True
+            return
+        request.model = model = check_model(message, self.fingerprint)
+        request.outputs = requested_outputs(message)
+        if model != CLASSIFIER_MODEL:
+            check_finite = model not in self.served.checks_finite
+            request.inputs, request.encoding = parse_features(message, raws, self.config, self.limits, check_finite=check_finite)
+
+    async def _parse_now(self, request: Request) -> None:
+        """A request split on arrival, validated now (its images decoded off the loop)."""
+        self._parse(request)
+        if request.inputs is None:
+            request.inputs = await self._decode(request.message, request.raws)  # type: ignore[arg-type]
 
     def _is_plain(self, message: pb.ModelInferRequest, raws: Sequence[Buffer]) -> bool:
         """The common request, which the full validation would accept unchanged, on a runtime that flags non-finite inputs."""
@@ -283,6 +330,14 @@ class InferenceEngine:
         for batcher in self.batchers.values():
             batcher.close(timeout)
         self._decoder.shutdown(wait=False, cancel_futures=True)
+
+
+# How a serialized request naming fer_attention begins: model_name (field 1) comes first as protobuf writes it.
+_ATTENTION_FIRST = b"\x0a" + bytes((len(ATTENTION_MODEL),)) + ATTENTION_MODEL.encode()
+
+
+class _OtherModel(Exception):
+    """A deferred request that began like a fer_attention one but names another model further on."""
 
 
 def _plain_prefix(shape: list[int], fingerprint: str) -> bytes:
