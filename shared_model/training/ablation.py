@@ -103,17 +103,13 @@ def run_ablation(
             run_dir = out_dir / _slug(row.name) / f"seed{seed}"
             started = time.perf_counter()
             model = FERNet(row.config(train.class_names, size)).to(device)
-            state = fit(model, train, val, run_dir, _with_seed(settings, seed), {"ablation_row": row.name}, resume=True, progress=progress)
+            state = fit(model, train, val, run_dir, replace(settings, seed=seed), {"ablation_row": row.name}, resume=True, progress=progress)
             best = state.history[state.best_epoch - 1]
             result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, time.perf_counter() - started)
             results.append(result)
             if on_run:
                 on_run(result)
     return results
-
-
-def _with_seed(settings: TrainSettings, seed: int) -> TrainSettings:
-    return replace(settings, seed=seed)
 
 
 def summarize(results: Sequence[RunResult], rows: Sequence[AblationRow] = ROWS) -> list[RowSummary]:

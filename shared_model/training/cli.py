@@ -195,6 +195,20 @@ def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) 
     }
 
 
+def _training_settings(args: argparse.Namespace, recipe: str) -> TrainSettings:
+    """The TrainSettings that the training options of ``args`` ask for, in ``recipe``."""
+    chosen = dict(
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
+        later_phase_lr=args.later_phase_lr, calibration_fraction=args.calibration_fraction, seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    if recipe == "paper":
+        if args.schedule != TrainSettings().schedule:
+            chosen["schedule"] = args.schedule
+        return TrainSettings.paper(**chosen)
+    return TrainSettings(schedule=args.schedule, ema_decay=args.ema_decay, **chosen)
+
+
 def _run_fit(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     start = load_checkpoint(args.init_weights) if args.init_weights else None
@@ -205,17 +219,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     config = config.replace(class_names=train.class_names)
-    chosen = dict(
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        later_phase_lr=args.later_phase_lr, calibration_fraction=args.calibration_fraction, seed=args.seed,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-    )
-    if args.recipe == "paper":
-        if args.schedule != TrainSettings().schedule:
-            chosen["schedule"] = args.schedule
-        settings = TrainSettings.paper(**chosen)
-    else:
-        settings = TrainSettings(schedule=args.schedule, ema_decay=args.ema_decay, **chosen)
+    settings = _training_settings(args, args.recipe)
     model = FERNet(config)
     provenance = _provenance(args, train, val)
     if start:
@@ -344,11 +348,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
     seeds = [int(seed) for seed in args.seeds.split(",")]
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
-    settings = TrainSettings(
-        schedule=args.schedule, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, later_phase_lr=args.later_phase_lr, ema_decay=args.ema_decay,
-        calibration_fraction=args.calibration_fraction, max_steps_per_epoch=args.max_steps_per_epoch,
-    )
+    settings = _training_settings(args, "phased")
     results = run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device),
                            on_run=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
     summaries = summarize(results, rows)

@@ -329,7 +329,7 @@ def _load_state(
     path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator, average: WeightAverage | None
 ) -> TrainState:
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    if "trained_val_accuracy" not in (payload["history"] or [{}])[0] and payload["history"]:
+    if payload["history"] and "trained_val_accuracy" not in payload["history"][0]:
         raise ValueError(f"{path} was written by an older recipe; start a new run folder")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
