@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--targets", "--target", dest="targets", type=_names, default=argparse.SUPPRESS,
         help="engines, comma-separated: fer-cloud, triton-minimal (the reference; FP32 only), triton-full (default: all three "
-        "where Triton is installed, less triton-minimal for UINT8; else fer-cloud)",
+        "where Triton is installed, less triton-minimal for UINT8; else fer-cloud); grpc-floor-aio, grpc-floor-sync: "
+        "Python gRPC's own cost, a prebuilt answer (FP32 fer_attention)",
     )
     server.add_argument("--concurrency", type=_ints, default="1,2,4,8,16,32,64", help="closed-loop clients per point, comma-separated")
     server.add_argument("--seconds", type=float, default=3.0, help="measurement window per point (after a warm-up)")
@@ -412,7 +413,7 @@ def _trace_cost(args: argparse.Namespace) -> int:
 def _server(args: argparse.Namespace) -> int:
     from shared_model.protocol import DATATYPE_FP32
 
-    from .server_load import FER_CLOUD, TARGETS, TRITON_MINIMAL, LoadSettings, format_comparison, format_table, legend, plot, record_dicts, server_sweep, summary
+    from .server_load import FER_CLOUD, FLOORS, TARGETS, TRITON_MINIMAL, LoadSettings, format_comparison, format_table, legend, plot, record_dicts, server_sweep, summary
     from .triton_server import TritonUnavailable, find_tritonserver
 
     targets = getattr(args, "targets", None)
@@ -423,7 +424,7 @@ def _server(args: argparse.Namespace) -> int:
         except TritonUnavailable as reason:
             print(f"fer-bench: measuring fer-cloud only ({reason})", file=sys.stderr)
             targets = (FER_CLOUD,)
-    _check_names("target", targets, TARGETS)
+    _check_names("target", targets, TARGETS + FLOORS)
     _check_names("batching", args.batching, ("on", "off"))
     cpus = sorted(os.sched_getaffinity(0))
     server_cpu = getattr(args, "server_cpu", str(cpus[0]) if len(cpus) >= 2 else "")

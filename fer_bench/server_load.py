@@ -10,6 +10,12 @@ Three engines (:data:`TARGETS`), each serving ``fer_attention`` (or ``fer_rest``
 - ``triton-full``, Triton serving the project's full model
   (``deploy/triton/model.py``: quantization parameters, UINT8, requested outputs).
 
+Two floors (:data:`FLOORS`), named only when asked for, show what Python's gRPC
+costs before any inference: a server answering a prebuilt ``fer_attention``
+response (``fer_bench/measure/grpc_floor_server.py``), on grpc.aio as fer-cloud
+serves (``grpc-floor-aio``) or on grpcio's thread-pool server
+(``grpc-floor-sync``). No Python front end of fer-cloud can cost less per request.
+
 Each engine runs on loopback, pinned with ``taskset`` to
 its own core (``--server-cpu``) with one compute thread; the client runs as a
 separate process pinned to another core (``--client-cpu``): tritonclient, from
@@ -59,7 +65,7 @@ if TYPE_CHECKING:
     from shared_model.training.export import TritonSettings
 
 __all__ = [
-    "FER_CLOUD", "TRITON_MINIMAL", "TRITON_FULL", "TARGETS", "REFERENCE", "DESCRIPTIONS", "MODELS", "DATATYPES", "LoadRecord", "LoadSettings",
+    "FER_CLOUD", "TRITON_MINIMAL", "TRITON_FULL", "TARGETS", "GRPC_FLOOR_AIO", "GRPC_FLOOR_SYNC", "FLOORS", "REFERENCE", "DESCRIPTIONS", "MODELS", "DATATYPES", "LoadRecord", "LoadSettings",
     "CLIENT", "client_python", "memory_mib", "RunningServer", "minimal_repository", "STARTERS", "measure", "server_sweep",
     "summary", "format_table", "format_comparison", "legend", "plot", "record_dicts",
 ]
@@ -69,11 +75,16 @@ FER_CLOUD = "fer-cloud"
 TRITON_MINIMAL = "triton-minimal"
 TRITON_FULL = "triton-full"
 TARGETS = (FER_CLOUD, TRITON_MINIMAL, TRITON_FULL)
+GRPC_FLOOR_AIO = "grpc-floor-aio"
+GRPC_FLOOR_SYNC = "grpc-floor-sync"
+FLOORS = (GRPC_FLOOR_AIO, GRPC_FLOOR_SYNC)  # FP32 fer_attention only; batching does not apply
 REFERENCE = TRITON_MINIMAL  # what fer-cloud is compared with
 DESCRIPTIONS = {
     FER_CLOUD: "this project's server",
     TRITON_MINIMAL: "the reference: Triton, deploy/triton/minimal_model.py (FP32 batch in, the ONNX export run, nothing else)",
     TRITON_FULL: "Triton, the project's full model deploy/triton/model.py (parameters, UINT8, requested outputs)",
+    GRPC_FLOOR_AIO: "no inference: a prebuilt answer from grpc.aio, fer-cloud's front end (Python gRPC's own cost)",
+    GRPC_FLOOR_SYNC: "no inference: a prebuilt answer from grpcio's thread-pool server",
 }
 MODELS = (ATTENTION_MODEL, REST_MODEL)  # both take the split tensor: the attention stage alone, or everything after the head
 DATATYPES = (DATATYPE_FP32, DATATYPE_UINT8)
@@ -249,6 +260,15 @@ def _start_fer_cloud(stack: ExitStack, folder: Path, settings: LoadSettings, bat
     return RunningServer(FER_CLOUD, f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
 
 
+def _start_floor(stack: ExitStack, folder: Path, settings: LoadSettings, batching: bool, target: str) -> RunningServer:
+    ready = folder / f"ready-{target}-{int(batching)}.json"
+    command = [sys.executable, "-m", "fer_bench.measure.grpc_floor_server", "serve", "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), "--raw"]
+    command += ["--sync"] if target == GRPC_FLOOR_SYNC else []
+    process = subprocess.Popen(_pinned(settings.server_cpu, command), cwd=ROOT, stdout=subprocess.DEVNULL, start_new_session=True)
+    stack.callback(stop_process, process)
+    return RunningServer(target, f"127.0.0.1:{wait_ready(process, ready)}", process.pid)
+
+
 def _triton_settings(settings: LoadSettings, batching: bool) -> "TritonSettings":
     from shared_model.training.export import TritonSettings
 
@@ -314,6 +334,8 @@ STARTERS = {
     FER_CLOUD: _start_fer_cloud,
     TRITON_MINIMAL: partial(_start_triton, target=TRITON_MINIMAL),
     TRITON_FULL: partial(_start_triton, target=TRITON_FULL),
+    GRPC_FLOOR_AIO: partial(_start_floor, target=GRPC_FLOOR_AIO),
+    GRPC_FLOOR_SYNC: partial(_start_floor, target=GRPC_FLOOR_SYNC),
 }
 
 
@@ -348,13 +370,17 @@ def _check(settings: LoadSettings) -> None:
     """Refuse settings no engine could measure (ValueError), before anything starts."""
     unknown = [t for t in settings.targets if t not in STARTERS]
     if unknown:
-        raise ValueError(f"unknown targets {unknown}; expected some of {', '.join(TARGETS)}")
+        raise ValueError(f"unknown targets {unknown}; expected some of {', '.join(TARGETS + FLOORS)}")
     if settings.model not in MODELS:
         raise ValueError(f"model must be one of {MODELS}, got {settings.model!r}")
     if settings.datatype not in DATATYPES:
         raise ValueError(f"datatype must be one of {DATATYPES}, got {settings.datatype!r}")
-    if TRITON_MINIMAL in settings.targets and settings.datatype != DATATYPE_FP32:
-        raise ValueError(f"{TRITON_MINIMAL} takes FP32 only: use --datatype {DATATYPE_FP32}, or leave it out of the targets")
+    for fp32_only in (t for t in (TRITON_MINIMAL, *FLOORS) if t in settings.targets):
+        if settings.datatype != DATATYPE_FP32:
+            raise ValueError(f"{fp32_only} takes FP32 only: use --datatype {DATATYPE_FP32}, or leave it out of the targets")
+    floors = [t for t in FLOORS if t in settings.targets]
+    if floors and settings.model != ATTENTION_MODEL:
+        raise ValueError(f"{', '.join(floors)} answer{'s' if len(floors) == 1 else ''} {ATTENTION_MODEL} only: leave --model out")
     client_python()
 
 
@@ -451,6 +477,10 @@ def legend(targets: tuple[str, ...]) -> str:
     return "\n".join(f"{target}: {DESCRIPTIONS[target]}" for target in targets)
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def _number(value: float, width: int, decimals: int) -> str:
     return f"{'-':>{width}}" if math.isnan(value) else f"{value:>{width}.{decimals}f}"
 
@@ -461,7 +491,7 @@ def plot(records: list[LoadRecord], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, right, cost) = plt.subplots(1, 3, figsize=(15, 4))
     rows = summary(records)
     model = records[0].model if records else ATTENTION_MODEL
     for index, target in enumerate(dict.fromkeys(r["target"] for r in rows)):
@@ -470,16 +500,18 @@ def plot(records: list[LoadRecord], path: Path) -> None:
             line = sorted((r for r in rows if r["target"] == target and r["batching"] == batching), key=lambda r: r["concurrency"])
             if not line:
                 continue
-            label = f"{target}{' (reference)' if target == REFERENCE else ''}, batching {'on' if batching else 'off'}"
+            label = f"{target}{' (reference)' if target == REFERENCE else ''}{'' if target in FLOORS else f', batching {_on(batching)}'}"
             xs = [r["concurrency"] for r in line]
             left.plot(xs, [r["throughput_rps"] for r in line], style, color=color, marker="o", label=label)
             if any(r["repeats"] > 1 for r in line):
                 left.fill_between(xs, [r["throughput_min"] for r in line], [r["throughput_max"] for r in line], color=color, alpha=0.15)
             right.plot(xs, [r["p50_ms"] for r in line], style, color=color, marker="o", label=f"p50, {label}")
             right.plot(xs, [r["p99_ms"] for r in line], style, color=color, marker="x", alpha=0.6, label=f"p99, {label}")
+            cost.plot(xs, [r["server_cpu_us_per_request"] for r in line], style, color=color, marker="o", label=label)
     left.set(xscale="log", xlabel="concurrent clients", ylabel="requests / s", title=f"{model} throughput (one server core)")
     right.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency (ms)", title=f"{model} latency")
-    for axis in (left, right):
+    cost.set(xscale="log", ylim=(0, None), xlabel="concurrent clients", ylabel="server CPU us / request", title="server CPU per request")
+    for axis in (left, right, cost):
         axis.grid(alpha=0.3, which="both")
         axis.legend(fontsize=7)
     figure.tight_layout()

@@ -179,6 +179,21 @@ def test_server_benchmark_tiny_sweep(tmp_path: Path, capsys) -> None:
     assert (tmp_path / "server.png").stat().st_size > 0 and (tmp_path / "server_summary.csv").stat().st_size > 0
 
 
+def test_server_benchmark_measures_python_grpc_floors(tmp_path: Path, capsys) -> None:
+    """Both floors answer the real client from their own processes; a floor refuses what it cannot answer."""
+    if not Path(os.environ.get("FER_TRITON_PYTHON", ROOT / ".venv-tritonclient" / "bin" / "python")).exists():
+        pytest.skip("the load client is tritonclient: scripts/test.sh makes .venv-tritonclient and sets FER_TRITON_PYTHON")
+    args = ["server", "--batching", "on", "--concurrency", "4", "--seconds", "0.5", "--warmup-seconds", "0.3", "--out", str(tmp_path)]
+    assert bench_main([*args, "--targets", "grpc-floor-sync", "--model", "fer_rest"]) == 2
+    assert "fer_attention only" in capsys.readouterr().err
+    assert bench_main([*args, "--targets", "grpc-floor-aio", "--datatype", "UINT8"]) == 2
+    assert "FP32 only" in capsys.readouterr().err
+    assert bench_main([*args, "--targets", "grpc-floor-aio,grpc-floor-sync", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["target"] for r in records] == ["grpc-floor-aio", "grpc-floor-sync"]
+    assert all(r["requests"] > 0 and r["errors"] == 0 and r["server_cpu_us_per_request"] > 0 for r in records), records
+
+
 def test_server_benchmark_puts_both_triton_models_beside_fer_cloud(tmp_path: Path, capsys) -> None:
     """The reference (the minimal Triton model) and the full one, each on its own tritonserver, taking turns with fer-cloud."""
     from fer_bench.triton_server import TritonUnavailable, find_tritonserver
