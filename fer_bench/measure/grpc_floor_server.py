@@ -4,9 +4,8 @@ What any Python front end for fer-cloud costs before inference: grpc.aio (fer-cl
 default, or ``--sync``, grpcio's thread-pool server, the cheaper of the two per call.
 ``fer-bench server`` runs both as targets (``grpc-floor-aio``, ``grpc-floor-sync``).
 
-Started by ``python -m fer_bench.measure.speed --server-module fer_bench.measure.grpc_floor_server`` in place of
-``fer-cloud serve`` (same options: ``--host``, ``--port``, ``--ready-file``; the rest
-are accepted and ignored; ``--raw`` after ``--``: bytes in and out, as fer-cloud
+Started as ``fer-cloud serve`` is (``--host``, ``--port``, ``--ready-file``; other
+options are accepted and ignored; ``--raw``: bytes in and out, as fer-cloud
 registers ``ModelInfer``), on the same event loop (uvloop where installed) and
 with the same ``GRPC_EXPERIMENTS`` as fer-cloud, so that the server CPU per
 request it measures is what Python's gRPC costs before any inference work.
