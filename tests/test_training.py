@@ -321,3 +321,25 @@ def test_eval_says_clearly_when_no_folder_is_a_model_class(tmp_path: Path, capsy
     assert "none of the data's classes (calm, contempt) is a class of the model" in error and "--class-map" in error
     assert train_main(["eval", "--data", str(data), "--weights", str(weights), "--class-map", "calm"]) == 2
     assert "not FOLDER=CLASS" in capsys.readouterr().err
+
+
+def test_epoch_speed_measures_both_checkouts_in_turn(small_folder: Path, tmp_path: Path) -> None:
+    from fer_bench.measure import training_speed
+
+    root = Path(training_speed.__file__).resolve().parents[2]
+    out = tmp_path / "speed.csv"
+    assert training_speed.main(["--data", str(small_folder), "--baseline", str(root), "--schedule", "32:1",
+                                "--rounds", "2", "--threads", "1", "--batch-size", "8", "--out", str(out)]) == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["checkout"], row["round"]) for row in rows] == [("before", "0"), ("after", "0"), ("after", "1"), ("before", "1")]
+    assert all(0 < float(row["epoch_seconds"]) <= float(row["process_seconds"]) for row in rows)
+
+
+def test_epoch_speed_refuses_a_baseline_that_is_no_checkout(tmp_path: Path, capsys) -> None:
+    from fer_bench.measure import training_speed
+
+    with pytest.raises(SystemExit) as stopped:
+        training_speed.main(["--data", str(tmp_path), "--baseline", str(tmp_path), "--out", str(tmp_path / "x.csv")])
+    assert stopped.value.code == 2
+    assert "is not a checkout of this project" in capsys.readouterr().err
