@@ -45,10 +45,17 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     assert [r["row"] for r in rows] == ["backbone", REFERENCE_ROW] and all(r["seeds"] == "2" for r in rows)
     assert (tmp_path / "runs" / "backbone" / "seed4" / "best.pt").is_file()
     assert "beyond noise" in capsys.readouterr().out
-    # Resumed: finished runs are not trained again (their logs keep one epoch).
+    finished = tmp_path / "runs" / "backbone" / "seed3"
+    assert (finished / "result.json").is_file() and not (finished / "train_state.pt").exists()
+    # Resumed: finished runs are read back from result.json, not trained again (their logs keep one epoch).
+    capsys.readouterr()
     assert train_main(argv) == 0
-    log = list(csv.DictReader((tmp_path / "runs" / "backbone" / "seed3" / "log.csv").open()))
-    assert len(log) == 1
+    assert len(list(csv.DictReader((finished / "log.csv").open()))) == 1
+    assert list(csv.DictReader((results / "ablation_runs.csv").open())) == runs
+    # Other settings would make rows incomparable: refused, naming what differs, and nothing is retrained.
+    assert train_main([*argv, "--lr", "0.05"]) == 2
+    assert "lr differ" in capsys.readouterr().err
+    assert len(list(csv.DictReader((finished / "log.csv").open()))) == 1
 
 
 def test_unknown_rows_are_named(tmp_path: Path, capsys) -> None:

@@ -7,6 +7,12 @@ makes it a squeeze-and-excitation block, against the symmetric boundary with
 1, 2 and 3 wavelet levels, and no SFP). Every row trains with the same
 settings and the same seeds; only the network differs.
 
+A finished run leaves ``result.json`` (its result and the settings it was
+trained with) beside its ``best.pt`` and ``log.csv`` and drops its resume
+state, so an ablation that outlasts one sitting resumes from small files:
+finished runs are read back, not trained again, and an unfinished one
+continues from its last epoch.
+
 A row's difference from the reference row (the default network) is called
 beyond noise when it is larger than the spread between seeds of either row,
 the spread being the largest minus the smallest accuracy over the seeds.
@@ -15,9 +21,10 @@ the spread being the largest minus the smallest accuracy over the seeds.
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,9 +33,9 @@ import torch
 from ..config import ASP, HORIZONTAL, SFP, STAGE2_CHANNELS, VERTICAL, ModelConfig
 from ..network import FERNet
 from .datasets import FaceDataset
-from .fit import BEST_FILE, TrainSettings, fit
+from .fit import BEST_FILE, STATE_FILE, TrainSettings, fit
 
-__all__ = ["AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary", "summarize", "run_ablation", "write_tables"]
+__all__ = ["RESULT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary", "summarize", "run_ablation", "write_tables"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class AblationRow:
         return ModelConfig(class_names=class_names, input_size=input_size, **self.changes)
 
 
+RESULT_FILE = "result.json"
 REFERENCE_ROW = "asp+sfp"
 ROWS: tuple[AblationRow, ...] = (
     AblationRow("backbone, no adapter", "Table 2", {"attention": (), "adapter_width": STAGE2_CHANNELS}),
@@ -101,15 +109,51 @@ def run_ablation(
     for row in rows:
         for seed in seeds:
             run_dir = out_dir / _slug(row.name) / f"seed{seed}"
-            started = time.perf_counter()
-            model = FERNet(row.config(train.class_names, size)).to(device)
-            state = fit(model, train, val, run_dir, replace(settings, seed=seed), {"ablation_row": row.name}, resume=True, progress=progress)
-            best = state.history[state.best_epoch - 1]
-            result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, time.perf_counter() - started)
+            run_settings = replace(settings, seed=seed)
+            result = finished_run(run_dir, run_settings)
+            if result is None:
+                started = time.perf_counter()
+                model = FERNet(row.config(train.class_names, size)).to(device)
+                state = fit(model, train, val, run_dir, run_settings, {"ablation_row": row.name}, resume=True, progress=progress)
+                best = state.history[state.best_epoch - 1]
+                result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, time.perf_counter() - started)
+                _record_finished(run_dir, run_settings, result)
             results.append(result)
             if on_run:
                 on_run(result)
     return results
+
+
+def _comparable(settings: TrainSettings) -> dict[str, Any]:
+    """The settings as JSON gives them back (tuples become lists)."""
+    return json.loads(json.dumps(settings.to_dict()))
+
+
+def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
+    """The result ``run_dir`` recorded when it finished, or None when it has not finished.
+
+    A folder finished with other settings is refused: its row would not be
+    comparable with the others.
+    """
+    path = run_dir / RESULT_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    wanted = _comparable(settings)
+    changed = sorted(key for key in wanted if record["settings"].get(key) != wanted[key])
+    if changed:
+        raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
+                         "give the same settings, another --out, or remove that folder")
+    return RunResult(**record["result"])
+
+
+def _record_finished(run_dir: Path, settings: TrainSettings, result: RunResult) -> None:
+    """Write ``result.json``, then drop the resume state, which a finished run no longer needs."""
+    record = {"result": asdict(result), "settings": _comparable(settings)}
+    temporary = run_dir / (RESULT_FILE + ".tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(run_dir / RESULT_FILE)
+    (run_dir / STATE_FILE).unlink(missing_ok=True)
 
 
 def summarize(results: Sequence[RunResult], rows: Sequence[AblationRow] = ROWS) -> list[RowSummary]:

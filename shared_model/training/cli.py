@@ -331,7 +331,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from .ablation import ROWS, run_ablation, summarize, write_tables
+    from .ablation import ROWS, RunResult, run_ablation, summarize, write_tables
 
     if args.list_rows:
         for row in ROWS:
@@ -349,8 +349,15 @@ def _run_ablate(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     settings = _training_settings(args, "phased")
-    results = run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device),
-                           on_run=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
+    done: list[RunResult] = []
+
+    def record(result: RunResult) -> None:
+        """Print the run and rewrite both tables, so that an interrupted ablation keeps what it finished."""
+        print(json.dumps(asdict(result)), file=sys.stderr)
+        done.append(result)
+        write_tables(args.results, done, summarize(done, rows))
+
+    results = run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device), on_run=record)
     summaries = summarize(results, rows)
     runs_path, rows_path = write_tables(args.results, results, summaries)
     print(f"{'row':<28} {'table':<40} {'seeds':>5} {'accuracy':>9} {'spread':>7} {'vs default':>10}  beyond noise")
