@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "PIXEL_MEAN", "PIXEL_STD", "to_gray", "prepare_face", "ImageRejected", "IMAGE_FORMATS", "decode_face_image", "pixels_to_array", "pixels_to_tensor", "normalize",
     "gray_batch_to_tensor",
+    "resize_gray",
 ]
 
 if TYPE_CHECKING:
@@ -46,9 +47,13 @@ def prepare_face(face: np.ndarray, size: int = 224) -> np.ndarray:
     gray = to_gray(np.asarray(face))
     if gray.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got {gray.dtype}")
+    return np.repeat(resize_gray(gray, size)[:, :, None], 3, axis=2)
+
+
+def resize_gray(gray: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (size, size): area averaging to shrink, bilinear to enlarge."""
     shrinking = gray.shape[0] > size or gray.shape[1] > size
-    resized = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return np.repeat(resized[:, :, None], 3, axis=2)
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 class ImageRejected(ValueError):
@@ -113,10 +118,16 @@ def normalize(x):  # type: ignore[no-untyped-def]
 
 
 def gray_batch_to_tensor(gray: "Tensor", size: int) -> "Tensor":
-    """uint8 (N, H, W) grayscale faces -> normalized (N, 3, size, size), bilinear resize."""
+    """uint8 (N, H, W) grayscale faces -> normalized (N, 3, size, size).
+
+    Each face is resized to uint8 pixels exactly as :func:`prepare_face` resizes
+    it for the edge and the cloud, so that an evaluation measures what they
+    answer: a resize in floating point differs from it by up to one grey
+    level, which is enough to change the class of faces near a boundary.
+    """
     import torch
 
-    x = gray.unsqueeze(1).float().div_(255.0)
-    if x.shape[-2:] != (size, size):
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    faces = gray.numpy() if isinstance(gray, torch.Tensor) else np.asarray(gray)
+    resized = np.stack([resize_gray(face, size) for face in faces]) if len(faces) else np.empty((0, size, size), np.uint8)
+    x = torch.from_numpy(resized).unsqueeze(1).float().div_(255.0)
     return normalize(x).expand(-1, 3, -1, -1)

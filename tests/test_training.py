@@ -343,3 +343,19 @@ def test_epoch_speed_refuses_a_baseline_that_is_no_checkout(tmp_path: Path, caps
         training_speed.main(["--data", str(tmp_path), "--baseline", str(tmp_path), "--out", str(tmp_path / "x.csv")])
     assert stopped.value.code == 2
     assert "is not a checkout of this project" in capsys.readouterr().err
+
+
+def test_evaluation_sees_the_pixels_the_edge_sends() -> None:
+    """The accuracy fer-train eval reports is the deployed path's: the same uint8 resize, to the grey level."""
+    import cv2
+
+    from shared_model.preprocessing import gray_batch_to_tensor, normalize, prepare_face
+
+    faces = [cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in sorted((Path(__file__).parent / "data" / "faces").glob("*.png"))]
+    assert faces
+    for side in (48, 300):  # FER2013's size (enlarged) and a large camera crop (shrunk)
+        batch = np.stack([cv2.resize(face, (side, side), interpolation=cv2.INTER_AREA) for face in faces])
+        evaluated = gray_batch_to_tensor(torch.from_numpy(batch), 224)
+        for face, x in zip(batch, evaluated):
+            edge = normalize(torch.from_numpy(prepare_face(face, 224)).permute(2, 0, 1).float() / 255.0)
+            assert torch.equal(x, edge)
