@@ -359,3 +359,17 @@ def test_evaluation_sees_the_pixels_the_edge_sends() -> None:
         for face, x in zip(batch, evaluated):
             edge = normalize(torch.from_numpy(prepare_face(face, 224)).permute(2, 0, 1).float() / 255.0)
             assert torch.equal(x, edge)
+
+
+def test_step_profile_times_every_part_of_a_training_step(small_folder: Path, tmp_path: Path) -> None:
+    from fer_bench.measure import training_step
+
+    out = tmp_path / "steps.csv"
+    assert training_step.main(["--data", str(small_folder / "train"), "--sizes", "32,48", "--steps", "2", "--warmup", "1",
+                               "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["size"], row["part"]) for row in rows] == [(size, part) for size in ("32", "48") for part in training_step.PARTS]
+    assert all(float(row["median_ms"]) > 0 for row in rows)
+    for size in ("32", "48"):
+        assert sum(float(row["share"]) for row in rows if row["size"] == size) == pytest.approx(1.0, abs=1e-3)

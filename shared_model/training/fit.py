@@ -47,7 +47,7 @@ from .weight_average import WeightAverage
 
 __all__ = [
     "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
-    "learning_rate_factor", "EpochRecord", "TrainState", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
+    "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
 ]
 
 RECIPES = ("phased", "paper")
@@ -154,7 +154,8 @@ class TrainState:
     best_epoch: int = 0
 
 
-def _optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """SGD as the recipe sets it: Nesterov momentum for ``phased``, weight decay on weights only."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     return torch.optim.SGD(
@@ -262,7 +263,7 @@ def fit(
     torch.set_flush_denormal(True)  # weights decaying towards zero must not fall onto the CPU's slow path
     generator = _seed_everything(settings.seed)
     model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, settings)
+    optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(settings, steps_per_epoch, step)
     )
