@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         medians = {part: statistics.median(values) for part, values in time_steps(data, size, args.steps, args.warmup, settings).items()}
         step = sum(medians.values())
         for part in PARTS:
-            rows.append({"size": size, "batch_size": args.batch_size, "threads": args.threads, "steps": args.steps,
+            rows.append({"size": size, "batch": args.batch_size, "threads": args.threads, "steps": args.steps,
                          "part": part, "median_ms": round(medians[part] * 1000, 2), "share": round(medians[part] / step, 4)})
         print(f"{size}x{size}: step {step * 1000:.0f} ms; " + ", ".join(
             f"{part} {medians[part] * 1000:.1f} ms ({medians[part] / step:.0%})" for part in PARTS), flush=True)
