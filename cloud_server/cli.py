@@ -20,6 +20,7 @@ GRPC_EXPERIMENTS = "-event_engine_listener,-event_engine_for_all_other_endpoints
 os.environ.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 
 # No PyTorch here: served by ONNX Runtime (the default on a CPU), fer-cloud never imports it.
+from shared_model.cli_help import DefaultsHelpFormatter  # noqa: E402
 from shared_model.runtimes import RUNTIMES  # noqa: E402
 
 from .engine import BatchingSettings, InferenceEngine  # noqa: E402 (after GRPC_EXPERIMENTS)
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-cloud", description="Cloud side of split FER inference: serves fer_attention (ASP+SFP on the 8x28x28\n"
         "split tensor) and fer_classifier (whole network) over the Open Inference Protocol (gRPC).", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the service until SIGTERM/SIGINT (which drains gracefully)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve = commands.add_parser("serve", help="run the service until SIGTERM/SIGINT (which drains gracefully)", formatter_class=DefaultsHelpFormatter)
     serve.add_argument("--host", default="0.0.0.0", help="address to bind")
     serve.add_argument("--port", type=int, default=8001, help="gRPC port (0: any free port)")
     serve.add_argument("--ready-file", type=Path, help="write {port, metrics_port, version} as JSON here once serving")

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
+from shared_model.cli_help import DefaultsHelpFormatter
 from shared_model.offload import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY, FACE_IMAGE_FORMATS, SPLIT_RETURNS
 from shared_model.preprocessing import prepare_face
 from shared_model.runtimes import RUNTIMES, Backend, as_backend, load_backend
@@ -97,16 +98,6 @@ def _add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the edge's runtime")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where there is one and the help does not already say it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        help_text = action.help or ""
-        if action.default is None or action.default is False or "default" in help_text:
-            return help_text
-        return super()._get_help_string(action)
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -132,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fer-edge", description="Edge side of split FER inference: find faces, classify each into seven expressions,\n"
         "locally or with the cloud.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=_HelpFormatter)
+    run = commands.add_parser("run", help="classify the faces of an image, folder, video, camera or stream", formatter_class=DefaultsHelpFormatter)
     run.add_argument("source", help="image file, folder of images, video file, camera index (0) or stream URL")
     run.add_argument("--cloud", help="cloud address host:port, several replicas as ip:port,ip:port (round robin), or dns:///name:port; without it everything runs locally")
     run.add_argument("--strategy", choices=STRATEGIES, default=None, help="edge, cloud, split, split-rest, or auto (the fastest per face, from what this edge measures); default: auto with --cloud, else edge")
@@ -158,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--in-flight", type=_positive_int, default=DEFAULT_IN_FLIGHT, help="frames classified at once: while one frame is classified (on the wire or on this CPU) the next is read and detected; records stay in frame order, one per face, and at most this many frames are held; 1 classifies each frame before reading the next (docs/network.md)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_connection_arguments(run)
-    demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=_HelpFormatter)
+    demo = commands.add_parser("demo", help="start a cloud service on loopback and compare every strategy on the sample photo", formatter_class=DefaultsHelpFormatter)
     demo.add_argument("--image", type=Path, default=None, help="photo to classify (default: the bundled sample)")
     demo.add_argument("--repeats", type=int, default=20, help="timed runs per strategy (median reported)")
     demo.add_argument("--json", action="store_true", help="print the comparison as JSON")

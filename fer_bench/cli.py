@@ -59,13 +59,14 @@ BLOCK_HELP = "faces in a row per strategy turn, the first untimed: under a CPU q
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shared_model.cli_help import DefaultsHelpFormatter
     from shared_model.protocol import ATTENTION_MODEL, DATATYPE_FP32, DATATYPE_UINT8, REST_MODEL
 
     from .network import BLOCK, DEFAULT_STRATEGIES, PROFILES, SHAPERS, STRATEGIES, TRACE_STRATEGIES
 
     parser = argparse.ArgumentParser(prog="fer-bench", description="Benchmarks of the split FER system; each writes CSV, JSON and PNG to --out and prints a table.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     model = commands.add_parser("model", help="parameters, MACs (ptflops) and CPU latency per configuration and stage", formatter_class=defaults)
     model.add_argument("--runs", type=int, default=100, help="timed runs per configuration (after warm-up)")

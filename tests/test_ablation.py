@@ -36,7 +36,7 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
                 cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 48), 60 + 120 * code, np.uint8) + rng.integers(0, 20, (48, 48), dtype=np.uint8))
     results = tmp_path / "results"
     argv = ["ablate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--results", str(results),
-            "--rows", f"backbone,{REFERENCE_ROW}", "--seeds", "3,4", "--schedule", "64:1", "--batch-size", "4",
+            "--row", "backbone", "--row", REFERENCE_ROW, "--seeds", "3,4", "--schedule", "64:1", "--batch-size", "4",
             "--max-steps-per-epoch", "1", "--calibration-fraction", "0"]
     assert train_main(argv) == 0
     runs = list(csv.DictReader((results / "ablation_runs.csv").open()))
@@ -56,8 +56,13 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     assert train_main([*argv, "--lr", "0.05"]) == 2
     assert "lr differ" in capsys.readouterr().err
     assert len(list(csv.DictReader((finished / "log.csv").open()))) == 1
+    # Another sitting trains another row (its name holds a comma): the tables keep the rows finished before.
+    assert train_main([*argv[:7], "--row", "backbone, no adapter", "--seeds", "3", *argv[13:]]) == 0
+    later = list(csv.DictReader((results / "ablation_runs.csv").open()))
+    assert [(r["row"], r["seed"]) for r in later] == [("backbone, no adapter", "3"), *[(r["row"], r["seed"]) for r in runs]]
+    assert {r["row"] for r in csv.DictReader((results / "ablation.csv").open())} == {"backbone, no adapter", "backbone", REFERENCE_ROW}
 
 
 def test_unknown_rows_are_named(tmp_path: Path, capsys) -> None:
-    assert train_main(["ablate", "--data", str(tmp_path), "--rows", "backbone,nonsense"]) == 2
+    assert train_main(["ablate", "--data", str(tmp_path), "--row", "backbone", "--row", "nonsense"]) == 2
     assert "nonsense" in capsys.readouterr().err

@@ -35,7 +35,10 @@ from ..network import FERNet
 from .datasets import FaceDataset
 from .fit import BEST_FILE, STATE_FILE, TrainSettings, fit
 
-__all__ = ["RESULT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary", "summarize", "run_ablation", "write_tables"]
+__all__ = [
+    "RESULT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary",
+    "finished_run", "finished_runs", "summarize", "run_ablation", "write_tables",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class AblationRow:
 
 
 RESULT_FILE = "result.json"
+SEED_PREFIX = "seed"  # a run's folder is <row>/seed<k>
 REFERENCE_ROW = "asp+sfp"
 ROWS: tuple[AblationRow, ...] = (
     AblationRow("backbone, no adapter", "Table 2", {"attention": (), "adapter_width": STAGE2_CHANNELS}),
@@ -92,6 +96,10 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
+def _run_dir(out_dir: Path, row: AblationRow, seed: int) -> Path:
+    return out_dir / _slug(row.name) / f"{SEED_PREFIX}{seed}"
+
+
 def run_ablation(
     train: FaceDataset,
     val: FaceDataset,
@@ -108,7 +116,7 @@ def run_ablation(
     results = []
     for row in rows:
         for seed in seeds:
-            run_dir = out_dir / _slug(row.name) / f"seed{seed}"
+            run_dir = _run_dir(out_dir, row, seed)
             run_settings = replace(settings, seed=seed)
             result = finished_run(run_dir, run_settings)
             if result is None:
@@ -145,6 +153,23 @@ def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
         raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
                          "give the same settings, another --out, or remove that folder")
     return RunResult(**record["result"])
+
+
+def finished_runs(out_dir: Path, settings: TrainSettings, rows: Sequence[AblationRow] = ROWS) -> list[RunResult]:
+    """Every run under ``out_dir`` that finished with ``settings`` (any seed), by row, then by seed.
+
+    The tables are written from these, so that training some rows in one
+    sitting never drops the rows finished in another.
+    """
+    results = []
+    for row in rows:
+        seeds = sorted(int(folder.name[len(SEED_PREFIX):]) for folder in (out_dir / _slug(row.name)).glob(f"{SEED_PREFIX}*")
+                       if folder.name[len(SEED_PREFIX):].isdigit())
+        for seed in seeds:
+            result = finished_run(_run_dir(out_dir, row, seed), replace(settings, seed=seed))
+            if result is not None:
+                results.append(result)
+    return results
 
 
 def _record_finished(run_dir: Path, settings: TrainSettings, result: RunResult) -> None:

@@ -20,6 +20,7 @@ except ModuleNotFoundError as missing:  # the base install is the torch-free edg
 from ..checkpoint import (
     CheckpointError, default_weights_path, load_checkpoint, load_model, model_fingerprint, save_checkpoint, select_device,
 )
+from ..cli_help import DefaultsHelpFormatter
 from ..config import ModelConfig
 from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_dataset_for_model, parse_class_map
 from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
@@ -56,11 +57,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> Non
 
 def _add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, out: Path | None = None) -> None:
     parser.add_argument("--out", required=out is None, default=out, type=Path, help="run folder: checkpoints, log.csv, curves.png")
-    parser.add_argument("--val-split", default="public_test", help="validation split: CSV Usage or subfolder (default: public_test)")
-    parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder (default: train)")
-    parser.add_argument("--schedule", default=defaults.schedule, help=f"SIZE:EPOCHS phases (default {defaults.schedule})")
+    parser.add_argument("--val-split", default="public_test", help="validation split: CSV Usage or subfolder")
+    parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder")
+    parser.add_argument("--schedule", default=defaults.schedule, help="SIZE:EPOCHS phases, e.g. 112:60,224:10")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak (phased) or initial (paper) learning rate (default {defaults.lr})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak (phased) or initial (paper) learning rate")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     parser.add_argument("--later-phase-lr", type=float, default=defaults.later_phase_lr,
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=DefaultsHelpFormatter)
     fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
     fit_parser.add_argument(
         "--recipe", choices=RECIPES, default="phased",
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(fit_parser, TrainSettings())
 
     eval_parser = commands.add_parser(
-        "eval", help="accuracy with its 95%% interval, per-class recall, macro F1, calibration error, confusion",
+        "eval", formatter_class=DefaultsHelpFormatter,
+        help="accuracy with its 95%% interval, per-class recall, macro F1, calibration error, confusion",
         description="Evaluate on the classes the data holds. Class folders match the model's classes by name (case "
         "aside) or by a common synonym (anger/angry, disgusted/disgust, fearful or afraid/fear, happiness/happy, "
         "sadness/sad, surprised/surprise, contemptuous/contempt); other folders, and model classes without a "
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     eval_parser.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
     eval_parser.add_argument("--threads", type=int, default=os.cpu_count())
 
-    finetune_parser = commands.add_parser("finetune", help="transfer to another dataset: new output layer, constant lr 0.001")
+    finetune_parser = commands.add_parser("finetune", help="transfer to another dataset: new output layer, constant lr 0.001",
+                                             formatter_class=DefaultsHelpFormatter)
     finetune_parser.add_argument("--data", required=True, type=Path, help="folder with train/ and a validation subfolder, each of class subfolders")
     finetune_parser.add_argument("--weights", type=Path, help="starting checkpoint (default: the shipped weights)")
     finetune_parser.add_argument("--epochs", type=int, default=10)
@@ -131,14 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablate_parser = commands.add_parser(
         "ablate", help="the paper's Tables 2-3 and Figure 7: every row on one schedule, several seeds",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
         description="Train every ablation row with every seed on one identical schedule and report each row's mean "
         "validation accuracy, its spread between seeds, and whether its difference from the default network "
         "exceeds the spread of either. Runs resume where they stopped.",
     )
     ablate_parser.add_argument("--data", type=Path, help="FER2013 CSV or a folder with train/ and public_test/ (required)")
     ablate_parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
-    ablate_parser.add_argument("--rows", help="comma-separated row names (default: all; see --list-rows)")
+    ablate_parser.add_argument(
+        "--row", action="append", dest="rows", metavar="NAME",
+        help="train this row only; repeat for several (default: every row; see --list-rows). The tables keep "
+        "every run already finished in --out with the same settings",
+    )
     ablate_parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
     _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"))
@@ -165,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     info_parser.add_argument("--json", action="store_true", help="print the config and full provenance as one JSON object")
 
-    export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository of the three served models", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository of the three served models", formatter_class=DefaultsHelpFormatter)
     export_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, attention.npz (fer-cloud's fer_attention), model.json and triton/")
     export_parser.add_argument("--parts", default="cloud,head,tail,whole", help="comma-separated: cloud, head, tail, whole")
@@ -331,16 +338,17 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from .ablation import ROWS, RunResult, run_ablation, summarize, write_tables
+    from .ablation import ROWS, RowSummary, RunResult, finished_runs, run_ablation, summarize, write_tables
 
+    width = max(len(row.name) for row in ROWS)
     if args.list_rows:
         for row in ROWS:
-            print(f"{row.name:<28} {row.table}")
+            print(f"{row.name:<{width}}  {row.table}")
         return 0
     if args.data is None:
         raise ValueError("ablate needs --data (FER2013 CSV or a folder with train/ and public_test/)")
     torch.set_num_threads(args.threads)
-    wanted = [name.strip() for name in args.rows.split(",")] if args.rows else [row.name for row in ROWS]
+    wanted = [name.strip() for name in args.rows] if args.rows else [row.name for row in ROWS]
     unknown = [name for name in wanted if name not in {row.name for row in ROWS}]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; see fer-train ablate --list-rows")
@@ -349,20 +357,23 @@ def _run_ablate(args: argparse.Namespace) -> int:
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
     settings = _training_settings(args, "phased")
-    done: list[RunResult] = []
+
+    def write_all() -> tuple[Path, Path, list[RowSummary]]:
+        """Both tables from every run finished in --out, this sitting's and earlier ones'."""
+        results = finished_runs(args.out, settings)
+        summaries = summarize(results)
+        return (*write_tables(args.results, results, summaries), summaries)
 
     def record(result: RunResult) -> None:
         """Print the run and rewrite both tables, so that an interrupted ablation keeps what it finished."""
         print(json.dumps(asdict(result)), file=sys.stderr)
-        done.append(result)
-        write_tables(args.results, done, summarize(done, rows))
+        write_all()
 
-    results = run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device), on_run=record)
-    summaries = summarize(results, rows)
-    runs_path, rows_path = write_tables(args.results, results, summaries)
-    print(f"{'row':<28} {'table':<40} {'seeds':>5} {'accuracy':>9} {'spread':>7} {'vs default':>10}  beyond noise")
+    run_ablation(train, val, args.out, settings, seeds, rows, device=select_device(args.device), on_run=record)
+    runs_path, rows_path, summaries = write_all()
+    print(f"{'row':<{width}}  {'table':<40} {'seeds':>5} {'accuracy':>9} {'spread':>7} {'vs default':>10}  beyond noise")
     for row in summaries:
-        print(f"{row.row:<28} {row.table:<40} {row.seeds:>5} {row.mean_accuracy:>9.4f} {row.spread:>7.4f} "
+        print(f"{row.row:<{width}}  {row.table:<40} {row.seeds:>5} {row.mean_accuracy:>9.4f} {row.spread:>7.4f} "
               f"{row.difference:>+10.4f}  {'yes' if row.beyond_noise else 'no'}")
     print(f"wrote {rows_path} and {runs_path}", file=sys.stderr)
     return 0
