@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 from shared_model.checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
 from shared_model.config import ConfigError, ModelConfig
 from shared_model.network import FERNet
 from shared_model.training.calibration import (
     calibration_holdout,
+    ece_interval,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -50,6 +52,33 @@ def test_expected_calibration_error_by_hand() -> None:
     # bin (0.8, 0.9]: |0.5 - 0.9| = 0.4; bin (0.5, 0.6]: |1.0 - 0.6| = 0.4; each half the faces.
     assert expected_calibration_error(bins) == pytest.approx(0.4)
     assert math.isnan(bins.accuracy[0])
+
+
+def _faces_with_confidence(confidence: Tensor, accuracy: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Two-class probabilities with top probability ``confidence``, right with probability ``accuracy``."""
+    probabilities = torch.stack([confidence, 1 - confidence], dim=1)
+    labels = (torch.rand(len(confidence), generator=generator) >= accuracy).long()
+    return probabilities, labels
+
+
+def test_ece_interval_holds_the_true_error_and_narrows_with_more_faces() -> None:
+    generator = torch.Generator().manual_seed(1)
+    widths = {}
+    for faces in (400, 40000):
+        # Half the faces over-confident (0.9, right 0.7 of the time), half under-confident (0.6, right 0.8 of the
+        # time): every face is 0.2 off, so the true ECE is 0.2 although the two errors cancel on average.
+        confidence = torch.tensor([0.9, 0.6]).repeat(faces // 2)
+        probabilities, labels = _faces_with_confidence(confidence, torch.tensor([0.7, 0.8]).repeat(faces // 2), generator)
+        low, high = ece_interval(probabilities, labels)
+        point = expected_calibration_error(reliability_bins(probabilities, labels))
+        assert low <= point <= high and low <= 0.2 <= high
+        widths[faces] = high - low
+    # A 100 times larger sample: the spread shrinks about tenfold.
+    assert 5 < widths[400] / widths[40000] < 20
+    # Calibrated faces (right as often as their confidence says): the interval sits near zero.
+    confidence = 0.5 + 0.5 * torch.rand(40000, generator=generator)
+    probabilities, labels = _faces_with_confidence(confidence, confidence, generator)
+    assert ece_interval(probabilities, labels)[1] < 0.02
 
 
 def test_fitted_temperature_recovers_the_one_that_made_the_labels() -> None:
@@ -141,6 +170,7 @@ def test_calibrate_cli_fits_on_the_held_out_slice_and_eval_reports_both_views(tm
     assert report["temperature"] == pytest.approx(result["temperature"])
     assert report["count"] == 12 and report["flip_tta"]["count"] == 12
     assert 0.0 <= report["ece"] <= 1.0 and 0.0 <= report["flip_tta"]["ece"] <= 1.0
+    assert report["ece_interval_95"][0] <= report["ece_interval_95"][1] and len(report["flip_tta"]["ece_interval_95"]) == 2
     low, high = report["accuracy_interval_95"]
     assert low <= report["accuracy"] <= high
     assert plot.stat().st_size > 0

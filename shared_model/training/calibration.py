@@ -24,11 +24,14 @@ from .datasets import FaceDataset
 
 __all__ = [
     "HOLDOUT_SEED", "ECE_BINS", "calibration_holdout", "fit_temperature", "ReliabilityBins",
-    "reliability_bins", "expected_calibration_error", "plot_reliability", "TemperatureFit", "fit_temperature_on",
+    "reliability_bins", "expected_calibration_error", "ece_interval", "plot_reliability", "TemperatureFit",
+    "fit_temperature_on",
 ]
 
 HOLDOUT_SEED = 2013  # fixed: the held-out slice must not depend on a run's training seed
 ECE_BINS = 15
+ECE_RESAMPLES = 1000
+_BOOTSTRAP_DRAWS = 4_000_000  # faces drawn per batch of resamples
 
 
 def calibration_holdout(dataset: FaceDataset, fraction: float) -> tuple[FaceDataset, FaceDataset]:
@@ -97,12 +100,18 @@ class ReliabilityBins:
         return {"edges": self.edges, "counts": self.counts, "confidence": self.confidence, "accuracy": self.accuracy}
 
 
-def reliability_bins(probabilities: Tensor, labels: Tensor, bins: int = ECE_BINS) -> ReliabilityBins:
-    """Bin the faces by top probability; bin i holds confidences in (i/bins, (i+1)/bins]."""
+def _binned(probabilities: Tensor, labels: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each face's top probability, whether its top class is right (0/1) and its bin."""
     confidence, predicted = probabilities.double().max(dim=1)
     correct = (predicted == labels).double()
     # A float32 probability on a bin edge (0.6 is 0.6000000238) belongs to the bin below it.
     index = (confidence * bins - 1e-6).ceil().long().clamp(1, bins) - 1
+    return confidence, correct, index
+
+
+def reliability_bins(probabilities: Tensor, labels: Tensor, bins: int = ECE_BINS) -> ReliabilityBins:
+    """Bin the faces by top probability; bin i holds confidences in (i/bins, (i+1)/bins]."""
+    confidence, correct, index = _binned(probabilities, labels, bins)
     counts = torch.bincount(index, minlength=bins)
     sum_confidence = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
     sum_correct = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
@@ -122,6 +131,35 @@ def expected_calibration_error(bins: ReliabilityBins) -> float:
     if total == 0:
         return 0.0
     return sum(n / total * abs(a - c) for n, a, c in zip(bins.counts, bins.accuracy, bins.confidence) if n)
+
+
+def ece_interval(
+    probabilities: Tensor, labels: Tensor, bins: int = ECE_BINS, resamples: int = ECE_RESAMPLES, seed: int = 0,
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of the ECE: faces drawn with replacement ``resamples`` times.
+
+    It shows how much the ECE of this many faces moves by chance alone, so
+    that two ECEs, or an ECE and a goal, can be told apart from noise. ECE is
+    biased upwards on a finite sample (an empty bin's error is never negative),
+    so the interval can sit a little above the point estimate.
+    """
+    total = len(labels)
+    if total == 0:
+        return (0.0, 0.0)
+    confidence, correct, index = _binned(probabilities, labels, bins)
+    # A bin's confidence minus hit per face: summed per bin, |sum| / N is the bin's weighted |confidence - accuracy|.
+    surplus = confidence - correct
+    generator = torch.Generator().manual_seed(seed)
+    chunk = max(1, _BOOTSTRAP_DRAWS // total)  # resamples at a time, to bound memory on large sets
+    errors = []
+    for start in range(0, resamples, chunk):
+        count = min(chunk, resamples - start)
+        draws = torch.randint(0, total, (count, total), generator=generator)
+        slot = (torch.arange(count).unsqueeze(1) * bins + index[draws]).flatten()
+        gap = torch.zeros(count * bins, dtype=torch.float64).index_add_(0, slot, surplus[draws].flatten())
+        errors.append(gap.abs().view(count, bins).sum(dim=1) / total)
+    ordered = torch.cat(errors).sort().values
+    return (float(ordered[int(0.025 * (resamples - 1))]), float(ordered[int(0.975 * (resamples - 1))]))
 
 
 def plot_reliability(curves: dict[str, ReliabilityBins], path, title: str) -> None:

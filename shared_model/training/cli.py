@@ -265,7 +265,7 @@ def _print_view(name: str, evaluation: Evaluation) -> None:
     report, restricted = evaluation.report, evaluation.restricted
     print(f"{name}")
     print(f"  accuracy  {report.accuracy:.4f} {_interval(report.accuracy_interval)}   macro F1  {report.macro_f1:.4f}   "
-          f"ECE  {evaluation.ece:.4f}   images  {report.count}   (prediction over all {len(report.class_names)} model classes)")
+          f"ECE  {evaluation.ece:.4f}{' ' + _interval(evaluation.ece_interval) if evaluation.ece_interval else ''}   images  {report.count}   (prediction over all {len(report.class_names)} model classes)")
     if len(evaluation.present_classes) < len(report.class_names):
         print(f"  accuracy  {restricted.accuracy:.4f} {_interval(restricted.accuracy_interval)}   macro F1  "
               f"{restricted.macro_f1:.4f}   (prediction restricted to the {len(evaluation.present_classes)} classes present)")

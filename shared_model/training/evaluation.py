@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .calibration import ECE_BINS, ReliabilityBins, expected_calibration_error, reliability_bins
+from .calibration import ECE_BINS, ECE_RESAMPLES, ReliabilityBins, ece_interval, expected_calibration_error, reliability_bins
 from .datasets import FaceDataset
 from ..network import FERNet
 from ..preprocessing import gray_batch_to_tensor
@@ -151,6 +151,7 @@ class Evaluation:
     restricted: ClassificationReport
     present_classes: tuple[str, ...]
     reliability: ReliabilityBins | None = None
+    ece_interval: tuple[float, float] | None = None  # 95 % bootstrap interval, where it was computed
 
     @property
     def ece(self) -> float:
@@ -161,19 +162,25 @@ class Evaluation:
         restricted = self.restricted.to_dict()
         del restricted["class_names"], restricted["count"]
         calibration = {"ece": self.ece, "ece_bins": ECE_BINS, "reliability": self.reliability.to_dict()} if self.reliability else {}
+        if self.ece_interval is not None:
+            calibration["ece_interval_95"] = list(self.ece_interval)
         return {
             **self.report.to_dict(), **calibration, "present_classes": list(self.present_classes),
             "restricted_to_present_classes": restricted,
         }
 
 
-def evaluation_from_probabilities(labels: Tensor, probabilities: Tensor, class_names: tuple[str, ...]) -> Evaluation:
+def evaluation_from_probabilities(
+    labels: Tensor, probabilities: Tensor, class_names: tuple[str, ...], ece_resamples: int = 0
+) -> Evaluation:
+    """Both reports and the reliability bins; with ``ece_resamples`` also the ECE's bootstrap interval."""
     present = torch.bincount(labels.long(), minlength=len(class_names)) > 0
     return Evaluation(
         report=classification_report(labels, probabilities.argmax(dim=1), class_names),
         restricted=classification_report(labels, restricted_predictions(probabilities, present), class_names),
         present_classes=tuple(name for name, p in zip(class_names, present.tolist()) if p),
         reliability=reliability_bins(probabilities, labels),
+        ece_interval=ece_interval(probabilities, labels, resamples=ece_resamples) if ece_resamples else None,
     )
 
 
@@ -195,10 +202,12 @@ def evaluate_classes(
 def evaluate_views(
     model: FERNet, dataset: FaceDataset, size: int | None = None, progress: bool = False
 ) -> dict[str, Evaluation]:
-    """:class:`Evaluation` of the single crop (what every strategy answers) and of flip TTA, from one pass each."""
+    """:class:`Evaluation` of the single crop (what every strategy answers) and of flip TTA, from one pass each,
+    each with the ECE's bootstrap interval."""
     single = predict_scores(model, dataset, size, progress=progress).softmax(dim=1)
     mirrored = predict_scores(model, dataset, size, mirrored=True, progress=progress).softmax(dim=1)
+    views = {SINGLE_CROP: single, FLIP_TTA: (single + mirrored) / 2}
     return {
-        SINGLE_CROP: evaluation_from_probabilities(dataset.labels, single, dataset.class_names),
-        FLIP_TTA: evaluation_from_probabilities(dataset.labels, (single + mirrored) / 2, dataset.class_names),
+        name: evaluation_from_probabilities(dataset.labels, probabilities, dataset.class_names, ECE_RESAMPLES)
+        for name, probabilities in views.items()
     }
