@@ -36,7 +36,7 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
                 cv2.imwrite(str(folder / f"{i}.png"), np.full((48, 48), 60 + 120 * code, np.uint8) + rng.integers(0, 20, (48, 48), dtype=np.uint8))
     results = tmp_path / "results"
     argv = ["ablate", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--results", str(results),
-            "--row", "backbone", "--row", REFERENCE_ROW, "--seeds", "3,4", "--schedule", "64:1", "--batch-size", "4",
+            "--row", REFERENCE_ROW, "--row", "backbone", "--seeds", "3,4", "--schedule", "64:1", "--batch-size", "4",
             "--max-steps-per-epoch", "1", "--calibration-fraction", "0"]
     assert train_main(argv) == 0
     runs = list(csv.DictReader((results / "ablation_runs.csv").open()))
@@ -44,6 +44,9 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     rows = list(csv.DictReader((results / "ablation.csv").open()))
     assert [r["row"] for r in rows] == ["backbone", REFERENCE_ROW] and all(r["seeds"] == "2" for r in rows)
     assert (tmp_path / "runs" / "backbone" / "seed4" / "best.pt").is_file()
+    # Trained in the order given (the reference first); the tables keep the rows' own order.
+    finish = {row: (tmp_path / "runs" / row / "seed3" / "result.json").stat().st_mtime_ns for row in ("asp_sfp", "backbone")}
+    assert finish["asp_sfp"] < finish["backbone"]
     assert "beyond noise" in capsys.readouterr().out
     finished = tmp_path / "runs" / "backbone" / "seed3"
     assert (finished / "result.json").is_file() and not (finished / "train_state.pt").exists()

@@ -143,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate_parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
     ablate_parser.add_argument(
         "--row", action="append", dest="rows", metavar="NAME",
-        help="train this row only; repeat for several (default: every row; see --list-rows). The tables keep "
-        "every run already finished in --out with the same settings",
+        help="train this row only; repeat for several, trained in the order given (default: every row; see "
+        "--list-rows). The tables keep every run already finished in --out with the same settings",
     )
     ablate_parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
@@ -348,11 +348,12 @@ def _run_ablate(args: argparse.Namespace) -> int:
     if args.data is None:
         raise ValueError("ablate needs --data (FER2013 CSV or a folder with train/ and public_test/)")
     torch.set_num_threads(args.threads)
-    wanted = [name.strip() for name in args.rows] if args.rows else [row.name for row in ROWS]
-    unknown = [name for name in wanted if name not in {row.name for row in ROWS}]
+    by_name = {row.name: row for row in ROWS}
+    wanted = list(dict.fromkeys(name.strip() for name in args.rows)) if args.rows else list(by_name)
+    unknown = [name for name in wanted if name not in by_name]
     if unknown:
         raise ValueError(f"unknown ablation rows {unknown}; see fer-train ablate --list-rows")
-    rows = [row for row in ROWS if row.name in wanted]
+    rows = [by_name[name] for name in wanted]  # trained in the order given
     seeds = [int(seed) for seed in args.seeds.split(",")]
     train = load_dataset(args.data, args.train_split)
     val = load_dataset(args.data, args.val_split)
