@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,16 @@ def test_a_difference_counts_only_beyond_the_spread_of_both_rows() -> None:
     assert summary["backbone"].difference == pytest.approx(-0.055) and summary["backbone"].beyond_noise
     assert summary["asp"].spread == pytest.approx(0.05) and not summary["asp"].beyond_noise
     assert not summary[REFERENCE_ROW].beyond_noise and summary[REFERENCE_ROW].mean_accuracy == pytest.approx(0.61)
+
+
+def test_beyond_noise_needs_two_seeds_in_both_rows_and_a_difference_above_each_spread() -> None:
+    rows = [row for row in ROWS if row.name in (REFERENCE_ROW, "backbone")]
+    noisy_reference = [RunResult(REFERENCE_ROW, 0, 0.58, 0.5, 1, 1.0), RunResult(REFERENCE_ROW, 1, 0.64, 0.5, 1, 1.0)]
+    tight_row = [RunResult("backbone", 0, 0.565, 0.5, 1, 1.0), RunResult("backbone", 1, 0.575, 0.5, 1, 1.0)]
+    # 0.04 below: beyond the row's own spread (0.01), within the reference's (0.06).
+    assert not {r.row: r for r in summarize(noisy_reference + tight_row, rows)}["backbone"].beyond_noise
+    # A reference with one seed shows no noise at all: nothing can be called beyond it.
+    assert not {r.row: r for r in summarize(noisy_reference[:1] + tight_row, rows)}["backbone"].beyond_noise
 
 
 def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: Path, capsys) -> None:
@@ -50,6 +61,8 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     assert "beyond noise" in capsys.readouterr().out
     finished = tmp_path / "runs" / "backbone" / "seed3"
     assert (finished / "result.json").is_file() and not (finished / "train_state.pt").exists()
+    recorded = json.loads((finished / "result.json").read_text())["result"]["seconds"]
+    assert recorded == pytest.approx(sum(float(r["seconds"]) for r in csv.DictReader((finished / "log.csv").open())))
     # Resumed: finished runs are read back from result.json, not trained again (their logs keep one epoch).
     capsys.readouterr()
     assert train_main(argv) == 0
@@ -60,9 +73,13 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     assert "lr differ" in capsys.readouterr().err
     assert len(list(csv.DictReader((finished / "log.csv").open()))) == 1
     # Another sitting trains another row (its name holds a comma): the tables keep the rows finished before.
-    assert train_main([*argv[:7], "--row", "backbone, no adapter", "--seeds", "3", *argv[13:]]) == 0
+    assert train_main([*argv[:7], "--row", "backbone, no adapter", *argv[11:]]) == 0
     later = list(csv.DictReader((results / "ablation_runs.csv").open()))
-    assert [(r["row"], r["seed"]) for r in later] == [("backbone, no adapter", "3"), *[(r["row"], r["seed"]) for r in runs]]
+    new = [("backbone, no adapter", "3"), ("backbone, no adapter", "4")]
+    assert [(r["row"], r["seed"]) for r in later] == [*new, *[(r["row"], r["seed"]) for r in runs]]
+    # The tables hold the seeds asked for, so that every row is summarized over the same ones.
+    assert train_main([*argv[:7], "--row", "backbone", "--seeds", "3", *argv[13:]]) == 0
+    assert {r["seed"] for r in csv.DictReader((results / "ablation_runs.csv").open())} == {"3"}
     assert {r["row"] for r in csv.DictReader((results / "ablation.csv").open())} == {"backbone, no adapter", "backbone", REFERENCE_ROW}
 
 

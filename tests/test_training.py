@@ -22,7 +22,7 @@ from shared_model.training.datasets import (
 )
 from shared_model.training.evaluation import classification_report
 from shared_model.network import FERNet
-from shared_model.training.fit import TrainSettings, fit
+from shared_model.training.fit import STATE_FILE, TrainSettings, fit, initial_model
 
 
 @pytest.fixture
@@ -140,6 +140,41 @@ def test_fit_checkpoints_logs_and_resumes(small_folder: Path, tmp_path: Path) ->
     checkpoint = load_checkpoint(out / "best.pt")
     assert checkpoint.provenance["validation_size"] == 64 and 0 <= checkpoint.provenance["validation_accuracy"] <= 1
     assert checkpoint.provenance["epochs_trained"] == 3
+
+
+def test_a_resumed_run_refuses_other_settings_and_chooses_its_best_at_the_new_final_size(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    train = load_image_folder(small_folder / "train", progress=False)
+    val = load_image_folder(small_folder / "public_test", progress=False)
+    settings = TrainSettings(schedule="48:1", batch_size=8, seed=1, max_steps_per_epoch=1, calibration_fraction=0)
+    out = tmp_path / "run"
+    fit(FERNet(), train, val, out, settings, progress=False)
+    # Another learning rate would go on under the saved optimizer while best.pt recorded the new one: refused.
+    with pytest.raises(ValueError, match="lr differ"):
+        fit(FERNet(), train, val, out, replace(settings, lr=0.05, schedule="48:1,64:1"), resume=True, progress=False)
+    # A longer schedule is allowed. Its final size is 64, so a perfect score at 48 must not keep best.pt.
+    state = torch.load(out / STATE_FILE, weights_only=False)
+    torch.save({**state, "best_accuracy": 1.0}, out / STATE_FILE)
+    longer = fit(FERNet(), train, val, out, replace(settings, schedule="48:1,64:1"), resume=True, progress=False)
+    assert longer.best_epoch == 2 and load_checkpoint(out / "best.pt").provenance["validation_size"] == 64
+
+
+def test_initial_weights_depend_on_the_seed_alone() -> None:
+    torch.manual_seed(123)
+    first = initial_model(ModelConfig(), 0).state_dict()
+    torch.rand(1000)  # whatever ran before in the process
+    again = initial_model(ModelConfig(), 0).state_dict()
+    other = initial_model(ModelConfig(), 1).state_dict()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+
+
+def test_a_named_split_that_is_missing_is_an_error_not_the_whole_folder(small_folder: Path) -> None:
+    with pytest.raises(DatasetError, match="no val/ folder .*public_test, train"):
+        load_dataset(small_folder, "val", progress=False)
 
 
 def test_eval_cli_reports_json_accuracy(small_folder: Path, tmp_path: Path, capsys) -> None:

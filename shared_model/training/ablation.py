@@ -14,8 +14,9 @@ finished runs are read back, not trained again, and an unfinished one
 continues from its last epoch.
 
 A row's difference from the reference row (the default network) is called
-beyond noise when it is larger than the spread between seeds of either row,
-the spread being the largest minus the smallest accuracy over the seeds.
+beyond noise when it is larger than the spread between seeds of each of the
+two rows, the spread being the largest minus the smallest accuracy over the
+seeds; both rows need two seeds or more.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,9 +31,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..config import ASP, HORIZONTAL, SFP, STAGE2_CHANNELS, VERTICAL, ModelConfig
-from ..network import FERNet
 from .datasets import FaceDataset
-from .fit import BEST_FILE, STATE_FILE, TrainSettings, fit
+from .fit import BEST_FILE, STATE_FILE, TrainSettings, fit, initial_model
 
 __all__ = [
     "RESULT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary",
@@ -120,21 +119,16 @@ def run_ablation(
             run_settings = replace(settings, seed=seed)
             result = finished_run(run_dir, run_settings)
             if result is None:
-                started = time.perf_counter()
-                model = FERNet(row.config(train.class_names, size)).to(device)
+                model = initial_model(row.config(train.class_names, size), seed).to(device)
                 state = fit(model, train, val, run_dir, run_settings, {"ablation_row": row.name}, resume=True, progress=progress)
                 best = state.history[state.best_epoch - 1]
-                result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, time.perf_counter() - started)
+                seconds = sum(record.seconds for record in state.history)  # every sitting's epochs
+                result = RunResult(row.name, seed, best.val_accuracy, best.val_macro_f1, state.epoch, seconds)
                 _record_finished(run_dir, run_settings, result)
             results.append(result)
             if on_run:
                 on_run(result)
     return results
-
-
-def _comparable(settings: TrainSettings) -> dict[str, Any]:
-    """The settings as JSON gives them back (tuples become lists)."""
-    return json.loads(json.dumps(settings.to_dict()))
 
 
 def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
@@ -147,7 +141,7 @@ def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    wanted = _comparable(settings)
+    wanted = settings.to_dict()
     changed = sorted(key for key in wanted if record["settings"].get(key) != wanted[key])
     if changed:
         raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
@@ -155,17 +149,18 @@ def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
     return RunResult(**record["result"])
 
 
-def finished_runs(out_dir: Path, settings: TrainSettings, rows: Sequence[AblationRow] = ROWS) -> list[RunResult]:
-    """Every run under ``out_dir`` that finished with ``settings`` (any seed), by row, then by seed.
+def finished_runs(
+    out_dir: Path, settings: TrainSettings, seeds: Sequence[int], rows: Sequence[AblationRow] = ROWS
+) -> list[RunResult]:
+    """Every run under ``out_dir`` that finished with ``settings`` and one of ``seeds``, by row, then by seed.
 
     The tables are written from these, so that training some rows in one
-    sitting never drops the rows finished in another.
+    sitting never drops the rows finished in another, and every row is
+    summarized over the same seeds.
     """
     results = []
     for row in rows:
-        seeds = sorted(int(folder.name[len(SEED_PREFIX):]) for folder in (out_dir / _slug(row.name)).glob(f"{SEED_PREFIX}*")
-                       if folder.name[len(SEED_PREFIX):].isdigit())
-        for seed in seeds:
+        for seed in sorted(seeds):
             result = finished_run(_run_dir(out_dir, row, seed), replace(settings, seed=seed))
             if result is not None:
                 results.append(result)
@@ -174,7 +169,7 @@ def finished_runs(out_dir: Path, settings: TrainSettings, rows: Sequence[Ablatio
 
 def _record_finished(run_dir: Path, settings: TrainSettings, result: RunResult) -> None:
     """Write ``result.json``, then drop the resume state, which a finished run no longer needs."""
-    record = {"result": asdict(result), "settings": _comparable(settings)}
+    record = {"result": asdict(result), "settings": settings.to_dict()}
     temporary = run_dir / (RESULT_FILE + ".tmp")
     temporary.write_text(json.dumps(record, indent=1) + "\n")
     temporary.replace(run_dir / RESULT_FILE)
@@ -198,7 +193,8 @@ def summarize(results: Sequence[RunResult], rows: Sequence[AblationRow] = ROWS) 
         difference = mean - reference_mean
         summaries.append(RowSummary(
             row.name, row.table, len(runs), mean, spread, statistics.fmean(r.macro_f1 for r in runs), difference,
-            row.name != REFERENCE_ROW and len(runs) > 1 and abs(difference) > max(spread, reference_spread),
+            row.name != REFERENCE_ROW and len(runs) > 1 and len(by_row.get(REFERENCE_ROW, [])) > 1
+            and abs(difference) > max(spread, reference_spread),
         ))
     return summaries
 

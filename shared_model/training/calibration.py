@@ -140,8 +140,9 @@ def ece_interval(
 
     It shows how much the ECE of this many faces moves by chance alone, so
     that two ECEs, or an ECE and a goal, can be told apart from noise. ECE is
-    biased upwards on a finite sample (an empty bin's error is never negative),
-    so the interval can sit a little above the point estimate.
+    biased upwards on a finite sample (each bin's gap is taken as an absolute
+    value, so its noise never cancels), and a resample's ECE more so, so the
+    interval can sit a little above the point estimate.
     """
     total = len(labels)
     if total == 0:

@@ -25,9 +25,8 @@ from ..config import ModelConfig
 from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_dataset_for_model, parse_class_map
 from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
 from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluate_views, predict_scores
-from ..network import FERNet
 from .export import TRITON_BACKENDS, TRITON_FEATURES
-from .fit import RECIPES, TrainSettings, fit
+from .fit import RECIPES, TrainSettings, fit, initial_model
 
 __all__ = ["build_parser", "plot_confusion", "main"]
 
@@ -137,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=DefaultsHelpFormatter,
         description="Train every ablation row with every seed on one identical schedule and report each row's mean "
         "validation accuracy, its spread between seeds, and whether its difference from the default network "
-        "exceeds the spread of either. Runs resume where they stopped.",
+        "exceeds the spread of each (both rows need two seeds). Runs resume where they stopped.",
     )
     ablate_parser.add_argument("--data", type=Path, help="FER2013 CSV or a folder with train/ and public_test/ (required)")
     ablate_parser.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
@@ -220,14 +219,14 @@ def _run_fit(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     start = load_checkpoint(args.init_weights) if args.init_weights else None
     if start:
-        config = start.config
+        config = start.config.replace(temperature=1.0)  # a temperature belongs to the weights it was fitted for
     else:
         config = ModelConfig.from_json(args.config.read_text()) if args.config else ModelConfig()
     train = load_dataset(args.data, args.train_split)
-    val = load_dataset(args.data, args.val_split)
+    val = load_dataset(args.data, args.val_split, class_names=train.class_names)
     config = config.replace(class_names=train.class_names)
     settings = _training_settings(args, args.recipe)
-    model = FERNet(config)
+    model = initial_model(config, args.seed)
     provenance = _provenance(args, train, val)
     if start:
         model.load_state_dict(start.state_dict)
@@ -356,12 +355,12 @@ def _run_ablate(args: argparse.Namespace) -> int:
     rows = [by_name[name] for name in wanted]  # trained in the order given
     seeds = [int(seed) for seed in args.seeds.split(",")]
     train = load_dataset(args.data, args.train_split)
-    val = load_dataset(args.data, args.val_split)
+    val = load_dataset(args.data, args.val_split, class_names=train.class_names)
     settings = _training_settings(args, "phased")
 
     def write_all() -> tuple[Path, Path, list[RowSummary]]:
         """Both tables from every run finished in --out, this sitting's and earlier ones'."""
-        results = finished_runs(args.out, settings)
+        results = finished_runs(args.out, settings, seeds)
         summaries = summarize(results)
         return (*write_tables(args.results, results, summaries), summaries)
 

@@ -177,9 +177,18 @@ def load_dataset(
     data = Path(data)
     if data.is_file():
         return load_fer2013_csv(data, split or "train", progress)
-    if split and (data / split).is_dir():
-        data = data / split
-    return load_image_folder(data, class_names, progress=progress)
+    return load_image_folder(_split_folder(data, split), class_names, progress=progress)
+
+
+def _split_folder(data: Path, split: str | None) -> Path:
+    """``data/split`` when a split is named: never ``data`` itself, which would make validation the training data."""
+    if not split:
+        return data
+    if not (data / split).is_dir():
+        present = sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+        raise DatasetError(f"{data} has no {split}/ folder (it holds: {', '.join(present) or 'no folders'}); "
+                           "give the split's folder as --data, or a folder holding one folder per split")
+    return data / split
 
 
 # Words that name the same expression in the datasets people evaluate on: the
@@ -364,8 +373,7 @@ def load_dataset_for_model(
     if data.is_file():
         table = load_fer2013_csv(data, split or "train", progress)
         return relabel(table, match_classes(table.class_names, model_classes, class_map))
-    if split and (data / split).is_dir():
-        data = data / split
+    data = _split_folder(data, split)
     if not data.is_dir():
         raise DatasetError(f"no dataset folder at {data}")
     folders = tuple(sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")))

@@ -24,6 +24,7 @@ on the validation split alone, at the final input size.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import random
 import time
@@ -38,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..checkpoint import save_checkpoint
+from ..config import ModelConfig
 from ..network import FERNet
 from .augmentation import Augmentation, augment
 from .calibration import calibration_holdout
@@ -47,7 +49,8 @@ from .weight_average import WeightAverage
 
 __all__ = [
     "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
-    "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "train_one_epoch", "validate", "fit", "write_log", "plot_curves",
+    "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "initial_model", "train_one_epoch",
+    "validate", "fit", "write_log", "plot_curves",
 ]
 
 RECIPES = ("phased", "paper")
@@ -104,7 +107,8 @@ class TrainSettings:
         return [p.size for p in self.phases() for _ in range(p.epochs)]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values (tuples as lists): what checkpoints record and a resumed run is compared with."""
+        return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def paper(cls, **changes: Any) -> "TrainSettings":
@@ -164,6 +168,16 @@ def build_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Op
         momentum=settings.momentum,
         nesterov=settings.recipe != "paper",
     )
+
+
+def initial_model(config: ModelConfig, seed: int) -> FERNet:
+    """The network with initial weights drawn from ``seed`` alone.
+
+    Not from whatever the random generator holds when it is built: a run's
+    start then depends on its seed, not on the runs before it in the process.
+    """
+    torch.manual_seed(seed)
+    return FERNet(config)
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -270,13 +284,15 @@ def fit(
     average = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
     state = TrainState()
     if resume and (out_dir / STATE_FILE).exists():
-        state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average)
+        state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, settings)
+    final_size = epoch_sizes[-1]
+    if state.best_epoch and state.history[state.best_epoch - 1].size != final_size:
+        state.best_accuracy, state.best_epoch = -1.0, 0  # best.pt is chosen at the final size: a new schedule's
     shipped = average.module if average is not None else model
     info = {
         **(provenance or {}), "recipe": settings.to_dict(),
         "train_images": len(train_data), "calibration_images": len(held_out),
     }
-    final_size = epoch_sizes[-1]
     for epoch in range(state.epoch + 1, len(epoch_sizes) + 1):
         size = epoch_sizes[epoch - 1]
         if average is not None and epoch in _phase_starts(settings):
@@ -297,7 +313,7 @@ def fit(
             save_checkpoint(shipped, out_dir / BEST_FILE, {
                 **info, "epochs_trained": epoch, "validation_accuracy": val_acc, "validation_size": size,
             })
-        _save_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, state)
+        _save_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, state, settings)
         write_log(out_dir / LOG_FILE, state.history)
         plot_curves(out_dir / CURVES_FILE, state.history)
         if on_epoch:
@@ -307,7 +323,7 @@ def fit(
 
 def _save_state(
     path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator,
-    average: WeightAverage | None, state: TrainState,
+    average: WeightAverage | None, state: TrainState, settings: TrainSettings,
 ) -> None:
     payload = {
         "model": model.state_dict(),
@@ -320,18 +336,32 @@ def _save_state(
         "history": [asdict(r) for r in state.history],
         "best_accuracy": state.best_accuracy,
         "best_epoch": state.best_epoch,
+        "settings": settings.to_dict(),
     }
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
+# What a resumed run may change: the rest would continue under the old optimizer and steps while
+# the checkpoints recorded the new settings.
+RESUMABLE_CHANGES = frozenset({"schedule"})
+
+
 def _load_state(
-    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator, average: WeightAverage | None
+    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator,
+    average: WeightAverage | None, settings: TrainSettings,
 ) -> TrainState:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload["history"] and "trained_val_accuracy" not in payload["history"][0]:
         raise ValueError(f"{path} was written by an older recipe; start a new run folder")
+    saved, wanted = payload.get("settings"), settings.to_dict()
+    if saved is not None:
+        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES and saved.get(key) != wanted[key])
+        if changed:
+            raise ValueError(f"{path} was trained with other settings ({', '.join(changed)} differ); a resumed run "
+                             f"may change only its {', '.join(sorted(RESUMABLE_CHANGES))}: give the same settings or "
+                             "another --out")
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
