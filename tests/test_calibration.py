@@ -140,12 +140,12 @@ def test_a_calibrated_checkpoint_loads_with_its_temperature(tmp_path: Path) -> N
     assert loaded.config.temperature == 1.7
 
 
-def test_calibrate_cli_fits_on_the_held_out_slice_and_eval_reports_both_views(tmp_path: Path, capsys) -> None:
+def _dark_and_light_faces(root: Path) -> Path:
+    """train/ (40 a class) and public_test/ (6 a class) of two classes of noisy gray faces."""
     import cv2
     import numpy as np
 
     rng = np.random.default_rng(0)
-    root = tmp_path / "data"
     for split, per_class in (("train", 40), ("public_test", 6)):
         for code, name in enumerate(("dark", "light")):
             folder = root / split / name
@@ -153,6 +153,11 @@ def test_calibrate_cli_fits_on_the_held_out_slice_and_eval_reports_both_views(tm
             for i in range(per_class):
                 face = np.clip(rng.normal(60 + 120 * code, 40, (48, 48)), 0, 255).astype(np.uint8)
                 cv2.imwrite(str(folder / f"{i}.png"), face)
+    return root
+
+
+def test_calibrate_cli_fits_on_the_held_out_slice_and_eval_reports_both_views(tmp_path: Path, capsys) -> None:
+    root = _dark_and_light_faces(tmp_path / "data")
     model = FERNet(ModelConfig(class_names=("dark", "light"), input_size=64)).eval()
     weights = save_checkpoint(model, tmp_path / "w.pt", {"recipe": {"calibration_fraction": 0.25}})
     out = tmp_path / "calibrated.pt"
@@ -181,3 +186,17 @@ def test_calibrate_refuses_weights_trained_on_all_their_data(tmp_path: Path, cap
     code = train_main(["calibrate", "--data", str(tmp_path), "--weights", str(weights), "--out", str(tmp_path / "c.pt")])
     assert code == 2
     assert "records no held-out slice" in capsys.readouterr().err
+
+
+def test_calibrate_refuses_data_whose_slice_is_not_the_one_training_left_out(tmp_path: Path, capsys) -> None:
+    root = _dark_and_light_faces(tmp_path / "data")
+    model = FERNet(ModelConfig(class_names=("dark", "light"), input_size=64))
+    # Trained, by its record, on a split that left out 30 images: this one leaves out 20 (a quarter of 80).
+    weights = save_checkpoint(model, tmp_path / "w.pt", {"recipe": {"calibration_fraction": 0.25}, "calibration_images": 30})
+    assert train_main(["calibrate", "--data", str(root), "--weights", str(weights), "--out", str(tmp_path / "c.pt")]) == 2
+    assert "training held out 30 images, this data gives 20" in capsys.readouterr().err
+    # The same classes in another order would pair every label with the other class's score.
+    swapped = save_checkpoint(FERNet(ModelConfig(class_names=("light", "dark"), input_size=64)), tmp_path / "s.pt",
+                              {"recipe": {"calibration_fraction": 0.25}})
+    assert train_main(["calibrate", "--data", str(root), "--weights", str(swapped), "--out", str(tmp_path / "c.pt")]) == 2
+    assert "not the model's, in its order" in capsys.readouterr().err

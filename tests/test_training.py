@@ -142,6 +142,22 @@ def test_fit_checkpoints_logs_and_resumes(small_folder: Path, tmp_path: Path) ->
     assert checkpoint.provenance["epochs_trained"] == 3
 
 
+def test_an_interrupted_and_resumed_run_trains_as_one_that_ran_through(small_folder: Path, tmp_path: Path) -> None:
+    train = load_image_folder(small_folder / "train", progress=False)
+    val = load_image_folder(small_folder / "public_test", progress=False)
+    settings = TrainSettings(schedule="48:2", batch_size=8, seed=2, max_steps_per_epoch=2, calibration_fraction=0)
+    through = fit(initial_model(ModelConfig(), 2), train, val, tmp_path / "through", settings, progress=False)
+    with pytest.raises(Interrupted):
+        fit(initial_model(ModelConfig(), 2), train, val, tmp_path / "resumed", settings, progress=False,
+            on_epoch=_interrupt_after_first_epoch)
+    torch.rand(100)  # the process's generator moved on meanwhile
+    resumed = fit(FERNet(), train, val, tmp_path / "resumed", settings, resume=True, progress=False)
+    for a, b in zip(through.history, resumed.history):
+        assert (a.train_loss, a.val_loss, a.lr) == pytest.approx((b.train_loss, b.val_loss, b.lr), rel=1e-5)
+    weights = [load_checkpoint(tmp_path / run / "best.pt").state_dict for run in ("through", "resumed")]
+    assert all(torch.allclose(weights[0][name].float(), weights[1][name].float(), atol=1e-6) for name in weights[0])
+
+
 def test_a_resumed_run_refuses_other_settings_and_chooses_its_best_at_the_new_final_size(
     small_folder: Path, tmp_path: Path
 ) -> None:

@@ -54,23 +54,31 @@ def _add_data_arguments(parser: argparse.ArgumentParser, split_help: str) -> Non
     parser.add_argument("--split", help=split_help)
 
 
-def _add_training_arguments(parser: argparse.ArgumentParser, defaults: TrainSettings, out: Path | None = None) -> None:
+def _add_training_arguments(
+    parser: argparse.ArgumentParser, defaults: TrainSettings, out: Path | None = None, phases: bool = True, seed: bool = True,
+) -> None:
+    """The options every training command shares; ``phases`` adds the phased recipe's, ``seed`` the single seed."""
     parser.add_argument("--out", required=out is None, default=out, type=Path, help="run folder: checkpoints, log.csv, curves.png")
     parser.add_argument("--val-split", default="public_test", help="validation split: CSV Usage or subfolder")
     parser.add_argument("--train-split", default="train", help="training split: CSV Usage or subfolder")
-    parser.add_argument("--schedule", default=defaults.schedule, help="SIZE:EPOCHS phases, e.g. 112:60,224:10")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    if phases:
+        parser.add_argument("--schedule", default=defaults.schedule, help="SIZE:EPOCHS phases, e.g. 112:60,224:10")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="faces per optimizer step")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak (phased) or initial (paper) learning rate")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--later-phase-lr", type=float, default=defaults.later_phase_lr,
-                        help="peak learning rate of each phase after the first, as a fraction of --lr (a fine-tune)")
-    parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
-                        help="per-step decay of the averaged weights that are validated and shipped (0: none)")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help="L2 penalty on the weights (not on biases or normalization)")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                        help="share of each target spread evenly over the classes")
+    if phases:
+        parser.add_argument("--later-phase-lr", type=float, default=defaults.later_phase_lr,
+                            help="peak learning rate of each phase after the first, as a fraction of --lr (a fine-tune)")
+        parser.add_argument("--ema-decay", type=float, default=defaults.ema_decay,
+                            help="per-step decay of the averaged weights that are validated and shipped (0: none)")
     parser.add_argument("--calibration-fraction", type=float, default=defaults.calibration_fraction,
                         help="fraction of every training class never trained on: fer-train calibrate fits the "
                         "temperature there")
-    parser.add_argument("--seed", type=int, default=0)
+    if seed:
+        parser.add_argument("--seed", type=int, default=0, help="draws the initial weights, data order and augmentation")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -126,9 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              formatter_class=DefaultsHelpFormatter)
     finetune_parser.add_argument("--data", required=True, type=Path, help="folder with train/ and a validation subfolder, each of class subfolders")
     finetune_parser.add_argument("--weights", type=Path, help="starting checkpoint (default: the shipped weights)")
-    finetune_parser.add_argument("--epochs", type=int, default=10)
-    defaults = TrainSettings(lr=0.001, schedule="224:10", label_smoothing=0.0)
-    _add_training_arguments(finetune_parser, defaults)
+    finetune_parser.add_argument("--epochs", type=int, default=10, help="epochs at the model's input size")
+    defaults = TrainSettings(lr=0.001, label_smoothing=0.0)
+    _add_training_arguments(finetune_parser, defaults, phases=False)
     finetune_parser.set_defaults(val_split="val")
 
     ablate_parser = commands.add_parser(
@@ -147,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ablate_parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
     ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
-    _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"))
+    _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"), seed=False)
 
     calibrate_parser = commands.add_parser(
         "calibrate", help="fit the temperature on the slice of the training split that training left out",
@@ -205,7 +213,8 @@ def _training_settings(args: argparse.Namespace, recipe: str) -> TrainSettings:
     """The TrainSettings that the training options of ``args`` ask for, in ``recipe``."""
     chosen = dict(
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, label_smoothing=args.label_smoothing,
-        later_phase_lr=args.later_phase_lr, calibration_fraction=args.calibration_fraction, seed=args.seed,
+        later_phase_lr=args.later_phase_lr, calibration_fraction=args.calibration_fraction,
+        seed=getattr(args, "seed", 0),  # ablate gives each run its seed from --seeds
         max_steps_per_epoch=args.max_steps_per_epoch,
     )
     if recipe == "paper":
@@ -389,8 +398,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                          "knowing that a slice the weights were trained on makes them look better calibrated than they are")
     train = load_dataset(args.data, args.train_split, progress=not args.json)
     _, held_out = calibration_holdout(train, fraction)
-    if set(held_out.class_names) != set(checkpoint.class_names):
-        raise ValueError(f"the data's classes ({', '.join(held_out.class_names)}) are not the model's")
+    if tuple(held_out.class_names) != tuple(checkpoint.class_names):
+        raise ValueError(f"the data's classes ({', '.join(held_out.class_names)}) are not the model's, in its order "
+                         f"({', '.join(checkpoint.class_names)})")
+    recorded_images = checkpoint.provenance.get("calibration_images")
+    if recorded_images is not None and recorded_images != len(held_out):
+        raise ValueError(f"training held out {recorded_images} images, this data gives {len(held_out)}: it is not the "
+                         "data the weights were trained on, and its slice may hold images they were trained on")
     scores = predict_scores(model, held_out, progress=not args.json)
     result = fit_temperature_on(scores, held_out.labels, checkpoint.config.temperature)
     model.calibrate(result.temperature)

@@ -6,7 +6,7 @@ Two recipes:
   Phases of increasing input size (``--schedule 112:60,224:10``): most epochs at
   low resolution (FER2013 faces are 48x48, so 112 loses little and costs a
   quarter of 224), then a fine-tune at 224, the size the split needs. Each phase
-  warms the learning rate up linearly and decays it along a cosine to zero; the
+  warms the learning rate up linearly and decays it along a cosine towards zero; the
   first peaks at ``lr``, later ones at ``lr * later_phase_lr`` (a fine-tune, not
   a restart). Nesterov SGD, label smoothing, weight decay on weights only,
   random crop, rotation, translation, flip, brightness and contrast, random
