@@ -10,7 +10,7 @@ import platform
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 try:
     import torch
@@ -91,7 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_fit_command(commands)
+    _add_eval_command(commands)
+    _add_finetune_command(commands)
+    _add_ablate_command(commands)
+    _add_calibrate_command(commands)
+    _add_info_command(commands)
+    _add_export_command(commands)
+    return parser
 
+
+def _add_fit_command(commands: Any) -> None:
     fit_parser = commands.add_parser("fit", help="train from scratch", formatter_class=DefaultsHelpFormatter)
     fit_parser.add_argument("--data", required=True, type=Path, help="FER2013 CSV or a folder with train/ and public_test/")
     fit_parser.add_argument(
@@ -105,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     origin.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights and config, e.g. to train the shipped model longer at 224")
     _add_training_arguments(fit_parser, TrainSettings())
 
+
+def _add_eval_command(commands: Any) -> None:
     eval_parser = commands.add_parser(
         "eval", formatter_class=DefaultsHelpFormatter,
         help="accuracy with its 95%% interval, per-class recall, macro F1, calibration error, confusion",
@@ -114,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "folder, are left out and listed. Accuracy is reported twice: the prediction over all the model's classes, "
         "and the prediction restricted to the classes present in the data. Every figure is given for the single crop "
         "(what every strategy answers) and for flip TTA (the mean with the mirror image). Accuracies carry their "
-        "95% Wilson interval; ECE is the expected calibration error over 15 equal-width confidence bins.",
+        "95% Wilson interval; ECE is the expected calibration error over 15 equal-width confidence bins, with its 95% "
+        "bootstrap interval.",
     )
     _add_data_arguments(eval_parser, "CSV Usage (train, public_test, private_test) or subfolder of --data")
     eval_parser.add_argument(
@@ -123,13 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. calm=neutral,joy=happy; FOLDER= leaves a folder out) or a JSON file {\"FOLDER\": \"CLASS\"}",
     )
     eval_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
-    eval_parser.add_argument("--flip-tta", action="store_true", help=argparse.SUPPRESS)  # retired: both are reported
+    eval_parser.add_argument("--flip-tta", action="store_true", help=argparse.SUPPRESS)  # accepted: both views are always reported
     eval_parser.add_argument("--size", type=int, help="input size (default: the model's, 224)")
     eval_parser.add_argument("--plot", type=Path, help="write the confusion matrix (single crop) as PNG here")
     eval_parser.add_argument("--reliability", type=Path, help="write the reliability diagram (both views) as PNG here")
     eval_parser.add_argument("--json", action="store_true", help="print one JSON object (accuracy in [0, 1])")
     eval_parser.add_argument("--threads", type=int, default=os.cpu_count())
 
+
+def _add_finetune_command(commands: Any) -> None:
     finetune_parser = commands.add_parser("finetune", help="transfer to another dataset: new output layer, constant lr 0.001",
                                              formatter_class=DefaultsHelpFormatter)
     finetune_parser.add_argument("--data", required=True, type=Path, help="folder with train/ and a validation subfolder, each of class subfolders")
@@ -139,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_arguments(finetune_parser, defaults, phases=False)
     finetune_parser.set_defaults(val_split="val")
 
+
+def _add_ablate_command(commands: Any) -> None:
     ablate_parser = commands.add_parser(
         "ablate", help="the paper's Tables 2-3 and Figure 7: every row on one schedule, several seeds",
         formatter_class=DefaultsHelpFormatter,
@@ -157,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
     _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"), seed=False)
 
+
+def _add_calibrate_command(commands: Any) -> None:
     calibrate_parser = commands.add_parser(
         "calibrate", help="fit the temperature on the slice of the training split that training left out",
         description="Temperature scaling (Guo et al., ICML 2017): one number divides the class scores so that "
@@ -175,10 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     calibrate_parser.add_argument("--threads", type=int, default=os.cpu_count())
 
+
+def _add_info_command(commands: Any) -> None:
     info_parser = commands.add_parser("info", help="a checkpoint's fingerprint, config, validation accuracy and training lineage")
     info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     info_parser.add_argument("--json", action="store_true", help="print the config and full provenance as one JSON object")
 
+
+def _add_export_command(commands: Any) -> None:
     export_parser = commands.add_parser("export", help="ONNX and TorchScript of each partition (checked against PyTorch) and a Triton model repository of the three served models", formatter_class=DefaultsHelpFormatter)
     export_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     export_parser.add_argument("--out", type=Path, default=Path("exported"), help="folder for {part}.onnx, {part}.pt, attention.npz (fer-cloud's fer_attention), model.json and triton/")
@@ -194,7 +217,6 @@ def build_parser() -> argparse.ArgumentParser:
     triton.add_argument("--triton-instances", type=int, default=1, help="model instances per model (each a backend process)")
     triton.add_argument("--triton-device", choices=("cpu", "gpu"), default="cpu", help="instance kind: gpu runs ONNX Runtime's CUDA provider (needs onnxruntime-gpu in Triton's Python)")
     triton.add_argument("--triton-threads", type=int, default=1, help="ONNX Runtime threads per instance (python backend)")
-    return parser
 
 
 def _provenance(args: argparse.Namespace, train: FaceDataset, val: FaceDataset) -> dict:
