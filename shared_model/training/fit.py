@@ -2,7 +2,7 @@
 
 Two recipes:
 
-- ``phased`` (default): the recipe of the strongest FER2013 work, fitted to a CPU.
+- ``phased`` (default): the parts that published FER2013 recipes share, fitted to a CPU.
   Phases of increasing input size (``--schedule 112:60,224:10``): most epochs at
   low resolution (FER2013 faces are 48x48, so 112 loses little and costs a
   quarter of 224), then a fine-tune at 224, the size the split needs. Each phase
