@@ -202,9 +202,7 @@ def train_one_epoch(
     """One pass over ``data`` (last partial batch dropped); returns mean loss and accuracy."""
     model.train()
     order = torch.randperm(len(data), generator=generator)
-    steps = len(data) // settings.batch_size
-    if settings.max_steps_per_epoch:
-        steps = min(steps, settings.max_steps_per_epoch)
+    steps = _steps_per_epoch(len(data), settings)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=description, unit="batch", disable=not progress, leave=False)
@@ -269,11 +267,7 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     train_data, held_out = calibration_holdout(train_data, settings.calibration_fraction)
     epoch_sizes = settings.epoch_sizes()
-    steps_per_epoch = len(train_data) // settings.batch_size
-    if settings.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, settings.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ValueError(f"{len(train_data)} training images make no batch of {settings.batch_size}")
+    steps_per_epoch = _steps_per_epoch(len(train_data), settings)
     torch.set_flush_denormal(True)  # weights decaying towards zero must not fall onto the CPU's slow path
     generator = _seed_everything(settings.seed)
     model.to(memory_format=torch.channels_last)
@@ -287,7 +281,7 @@ def fit(
         state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, settings)
     final_size = epoch_sizes[-1]
     if state.best_epoch and state.history[state.best_epoch - 1].size != final_size:
-        state.best_accuracy, state.best_epoch = -1.0, 0  # best.pt is chosen at the final size: a new schedule's
+        state.best_accuracy, state.best_epoch = -1.0, 0  # best.pt is chosen at the final size, which has changed
     shipped = average.module if average is not None else model
     info = {
         **(provenance or {}), "recipe": settings.to_dict(),
@@ -319,6 +313,16 @@ def fit(
         if on_epoch:
             on_epoch(record)
     return state
+
+
+def _steps_per_epoch(images: int, settings: TrainSettings) -> int:
+    """Full batches in an epoch (the last partial one is dropped), capped by ``max_steps_per_epoch``."""
+    steps = images // settings.batch_size
+    if settings.max_steps_per_epoch:
+        steps = min(steps, settings.max_steps_per_epoch)
+    if steps < 1:
+        raise ValueError(f"{images} training images make no batch of {settings.batch_size}")
+    return steps
 
 
 def _save_state(
