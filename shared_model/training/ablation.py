@@ -141,8 +141,7 @@ def finished_run(run_dir: Path, settings: TrainSettings) -> RunResult | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    wanted = settings.to_dict()
-    changed = sorted(key for key in wanted if record["settings"].get(key) != wanted[key])
+    changed = settings.differences(record["settings"])
     if changed:
         raise ValueError(f"{run_dir} was trained with other settings ({', '.join(changed)} differ); "
                          "give the same settings, another --out, or remove that folder")

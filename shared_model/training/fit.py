@@ -110,6 +110,11 @@ class TrainSettings:
         """Plain JSON values (tuples as lists): what checkpoints record and a resumed run is compared with."""
         return json.loads(json.dumps(asdict(self)))
 
+    def differences(self, recorded: dict[str, Any], allowed: frozenset[str] = frozenset()) -> list[str]:
+        """The settings, ``allowed`` aside, in which ``recorded`` (a :meth:`to_dict`) is not these."""
+        wanted = self.to_dict()
+        return sorted(key for key in wanted if key not in allowed and recorded.get(key) != wanted[key])
+
     @classmethod
     def paper(cls, **changes: Any) -> "TrainSettings":
         """The paper's recipe: plain momentum, step decay, no averaging, no erasing."""
@@ -359,9 +364,9 @@ def _load_state(
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload["history"] and "trained_val_accuracy" not in payload["history"][0]:
         raise ValueError(f"{path} was written by an older recipe; start a new run folder")
-    saved, wanted = payload.get("settings"), settings.to_dict()
+    saved = payload.get("settings")
     if saved is not None:
-        changed = sorted(key for key in wanted if key not in RESUMABLE_CHANGES and saved.get(key) != wanted[key])
+        changed = settings.differences(saved, RESUMABLE_CHANGES)
         if changed:
             raise ValueError(f"{path} was trained with other settings ({', '.join(changed)} differ); a resumed run "
                              f"may change only its {', '.join(sorted(RESUMABLE_CHANGES))}: give the same settings or "
