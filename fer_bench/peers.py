@@ -460,7 +460,7 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "model": name, "package": model["package"], "runtime": model["runtime"], "threads": model["threads"],
             "faces": report["count"], "accuracy": report["accuracy"], "accuracy_low_95": low, "accuracy_high_95": high,
             "macro_f1": report["macro_f1"],
-            **{f"recall_{c}": report["per_class_accuracy"].get(c) for c in summary["class_names"]},
+            **{f"recall_{c}": report["per_class_recall"].get(c) for c in summary["class_names"]},
             "right_only": model["right_only"], "agreement": summary["paired"]["agreement"],
             "median_ms": latency["median"], "p90_ms": latency["p90"], "mean_ms": latency["mean"],
         })
@@ -495,7 +495,7 @@ def format_table(summary: dict[str, Any]) -> str:
         )
     lines += ["", "recall %  " + "".join(f"{c[:8]:>9}" for c in names)]
     for name, model in summary["models"].items():
-        recall = model["report"]["per_class_accuracy"]
+        recall = model["report"]["per_class_recall"]
         lines.append(f"{name:<10}" + "".join(f"{100 * recall[c]:>9.1f}" if c in recall else f"{'-':>9}" for c in names))
     low, high = paired["agreement_interval_95"]
     lines += [
@@ -529,7 +529,7 @@ def plot(summary: dict[str, Any], result: PeersResult, path: Path) -> None:
     for k, (name, model) in enumerate(summary["models"].items()):
         report = model["report"]
         low, high = report["accuracy_interval_95"]
-        values = [100 * report["per_class_accuracy"].get(c, float("nan")) for c in names]
+        values = [100 * report["per_class_recall"].get(c, float("nan")) for c in names]
         label = f"{name}: accuracy {100 * report['accuracy']:.1f} % [{100 * low:.1f}, {100 * high:.1f}], macro-F1 {report['macro_f1']:.3f}"
         recall_axis.bar(np.arange(len(names)) + (k - 0.5) * width, values, width, label=label)
     recall_axis.set_xticks(np.arange(len(names)), names)

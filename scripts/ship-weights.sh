@@ -55,7 +55,7 @@ for name, report in (("candidate", new), ("shipped", old)):
     low, high = report["accuracy_interval_95"]
     print(f"{name:<10} accuracy {report['accuracy']:.4f} [{low:.4f}, {high:.4f}]  macro-F1 {report['macro_f1']:.3f}  "
           f"weights {report['weights']}  temperature {report['temperature']:.3f}")
-print(f"candidate  {parameters:,} parameters; recall " + ", ".join(f"{k} {v:.3f}" for k, v in new["per_class_accuracy"].items()))
+print(f"candidate  {parameters:,} parameters; recall " + ", ".join(f"{k} {v:.3f}" for k, v in new["per_class_recall"].items()))
 if problems:
     sys.exit("ship-weights: refused: " + "; ".join(problems))
 EOF

@@ -39,7 +39,7 @@ def test_reports_carry_the_interval_of_every_accuracy() -> None:
     report = classification_report(labels, predictions, ("a", "b"))
     assert report.accuracy == pytest.approx(13 / 20)
     assert report.accuracy_interval == pytest.approx(wilson_interval(13, 20))
-    assert report.per_class_interval["a"] == pytest.approx(wilson_interval(8, 10))
+    assert report.per_class_recall_interval["a"] == pytest.approx(wilson_interval(8, 10))
     assert report.to_dict()["accuracy_interval_95"] == pytest.approx(list(wilson_interval(13, 20)))
 
 

@@ -94,7 +94,7 @@ def test_evaluation_numbers_match_a_hand_count() -> None:
     predictions = torch.tensor([0, 0, 1, 1, 2, 2])
     report = classification_report(labels, predictions, names)
     assert report.accuracy == pytest.approx(4 / 6)
-    assert report.per_class_accuracy == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 1.0})
+    assert report.per_class_recall == pytest.approx({"a": 2 / 3, "b": 1 / 2, "c": 1.0})
     assert report.confusion == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
     # F1: a = 2*1*(2/3)/(1+2/3) = 0.8; b = 2*(1/2)*(1/2)/1 = 0.5; c = 2*(1/2)*1/(3/2) = 2/3
     assert report.macro_f1 == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)

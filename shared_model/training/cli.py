@@ -299,7 +299,7 @@ def _print_view(name: str, evaluation: Evaluation) -> None:
     if len(evaluation.present_classes) < len(report.class_names):
         print(f"  accuracy  {restricted.accuracy:.4f} {_interval(restricted.accuracy_interval)}   macro F1  "
               f"{restricted.macro_f1:.4f}   (prediction restricted to the {len(evaluation.present_classes)} classes present)")
-    print("  recall    " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_accuracy.items()))
+    print("  recall    " + "  ".join(f"{n} {a:.3f}" for n, a in report.per_class_recall.items()))
 
 
 def _print_report(views: dict[str, Evaluation], match: ClassMatch, title: str) -> None:

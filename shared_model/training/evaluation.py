@@ -76,23 +76,23 @@ def predict_probabilities(
 
 @dataclass
 class ClassificationReport:
-    """Accuracy (with its 95 % interval), per-class accuracy (recall), macro F1, confusion matrix (rows: truth)."""
+    """Accuracy (with its 95 % interval), per-class recall, macro F1, confusion matrix (rows: truth)."""
 
     accuracy: float
-    per_class_accuracy: dict[str, float]
+    per_class_recall: dict[str, float]
     macro_f1: float
     confusion: list[list[int]]
     class_names: tuple[str, ...]
     count: int
     accuracy_interval: tuple[float, float] = (0.0, 1.0)
-    per_class_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
+    per_class_recall_interval: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
             "accuracy_interval_95": list(self.accuracy_interval),
-            "per_class_accuracy": self.per_class_accuracy,
-            "per_class_interval_95": {name: list(bounds) for name, bounds in self.per_class_interval.items()},
+            "per_class_recall": self.per_class_recall,
+            "per_class_recall_interval_95": {name: list(bounds) for name, bounds in self.per_class_recall_interval.items()},
             "macro_f1": self.macro_f1,
             "confusion_matrix": self.confusion,
             "class_names": list(self.class_names),
@@ -119,13 +119,13 @@ def classification_report(labels: Tensor, predictions: Tensor, class_names: tupl
     correct, total = int(true_positive.sum()), int(matrix.sum())
     return ClassificationReport(
         accuracy=correct / max(total, 1),
-        per_class_accuracy={name: float(r) for name, r, p in zip(class_names, recall, present) if p},
+        per_class_recall={name: float(r) for name, r, p in zip(class_names, recall, present) if p},
         macro_f1=float(f1[present].mean()) if present.any() else 0.0,
         confusion=matrix.long().tolist(),
         class_names=class_names,
         count=total,
         accuracy_interval=wilson_interval(correct, total),
-        per_class_interval={
+        per_class_recall_interval={
             name: wilson_interval(int(hit), int(n)) for name, hit, n, p in zip(class_names, true_positive, support, present) if p
         },
     )

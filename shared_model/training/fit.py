@@ -248,6 +248,23 @@ def _phase_starts(settings: TrainSettings) -> set[int]:
     return starts - {1}
 
 
+@dataclass
+class _Run:
+    """What a run carries from one epoch to the next, and what its state file holds."""
+
+    model: FERNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    average: WeightAverage | None
+    state: TrainState = field(default_factory=TrainState)
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The weights that are validated, chosen and shipped: the average where there is one."""
+        return self.average.module if self.average is not None else self.model
+
+
 def fit(
     model: FERNet,
     train_data: FaceDataset,
@@ -271,8 +288,27 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_data, held_out = calibration_holdout(train_data, settings.calibration_fraction)
+    run = _start_run(model, settings, _steps_per_epoch(len(train_data), settings))
+    if resume and (out_dir / STATE_FILE).exists():
+        run.state = _load_state(out_dir / STATE_FILE, run, settings)
     epoch_sizes = settings.epoch_sizes()
-    steps_per_epoch = _steps_per_epoch(len(train_data), settings)
+    best = run.state.best_epoch
+    if best and run.state.history[best - 1].size != epoch_sizes[-1]:
+        run.state.best_accuracy, run.state.best_epoch = -1.0, 0  # best.pt is chosen at the final size, which has changed
+    info = {
+        **(provenance or {}), "recipe": settings.to_dict(),
+        "train_images": len(train_data), "calibration_images": len(held_out),
+    }
+    for epoch in range(run.state.epoch + 1, len(epoch_sizes) + 1):
+        record = _train_and_validate(run, train_data, val_data, settings, epoch, progress)
+        _record_epoch(out_dir, run, record, settings, info)
+        if on_epoch:
+            on_epoch(record)
+    return run.state
+
+
+def _start_run(model: FERNet, settings: TrainSettings, steps_per_epoch: int) -> _Run:
+    """Seed, optimizer, learning-rate schedule and averaged weights of a new run."""
     torch.set_flush_denormal(True)  # weights decaying towards zero must not fall onto the CPU's slow path
     generator = _seed_everything(settings.seed)
     model.to(memory_format=torch.channels_last)
@@ -281,43 +317,44 @@ def fit(
         optimizer, lambda step: learning_rate_factor(settings, steps_per_epoch, step)
     )
     average = WeightAverage(model, settings.ema_decay) if settings.ema_decay > 0 else None
-    state = TrainState()
-    if resume and (out_dir / STATE_FILE).exists():
-        state = _load_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, settings)
-    final_size = epoch_sizes[-1]
-    if state.best_epoch and state.history[state.best_epoch - 1].size != final_size:
-        state.best_accuracy, state.best_epoch = -1.0, 0  # best.pt is chosen at the final size, which has changed
-    shipped = average.module if average is not None else model
-    info = {
-        **(provenance or {}), "recipe": settings.to_dict(),
-        "train_images": len(train_data), "calibration_images": len(held_out),
-    }
-    for epoch in range(state.epoch + 1, len(epoch_sizes) + 1):
-        size = epoch_sizes[epoch - 1]
-        if average is not None and epoch in _phase_starts(settings):
-            average.restart(model)
-        started = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = train_one_epoch(
-            model, train_data, size, optimizer, scheduler, settings, generator, average, progress,
-            f"epoch {epoch}/{len(epoch_sizes)} @{size}",
-        )
-        val_loss, val_acc, val_f1 = validate(shipped, val_data, size)
-        trained_acc = val_acc if shipped is model else validate(model, val_data, size)[1]
-        record = EpochRecord(epoch, size, lr, train_loss, train_acc, val_loss, val_acc, val_f1, trained_acc, time.perf_counter() - started)
-        state.history.append(record)
-        state.epoch = epoch
-        if size == final_size and val_acc > state.best_accuracy:
-            state.best_accuracy, state.best_epoch = val_acc, epoch
-            save_checkpoint(shipped, out_dir / BEST_FILE, {
-                **info, "epochs_trained": epoch, "validation_accuracy": val_acc, "validation_size": size,
-            })
-        _save_state(out_dir / STATE_FILE, model, optimizer, scheduler, generator, average, state, settings)
-        write_log(out_dir / LOG_FILE, state.history)
-        plot_curves(out_dir / CURVES_FILE, state.history)
-        if on_epoch:
-            on_epoch(record)
-    return state
+    return _Run(model, optimizer, scheduler, generator, average)
+
+
+def _train_and_validate(
+    run: _Run, train_data: FaceDataset, val_data: FaceDataset, settings: TrainSettings, epoch: int, progress: bool,
+) -> EpochRecord:
+    """Train epoch ``epoch`` (1-based) and validate the shipped and the trained weights."""
+    epoch_sizes = settings.epoch_sizes()
+    size = epoch_sizes[epoch - 1]
+    if run.average is not None and epoch in _phase_starts(settings):
+        run.average.restart(run.model)
+    started = time.perf_counter()
+    lr = run.optimizer.param_groups[0]["lr"]
+    train_loss, train_acc = train_one_epoch(
+        run.model, train_data, size, run.optimizer, run.scheduler, settings, run.generator, run.average, progress,
+        f"epoch {epoch}/{len(epoch_sizes)} @{size}",
+    )
+    val_loss, val_acc, val_f1 = validate(run.shipped, val_data, size)
+    trained_acc = val_acc if run.shipped is run.model else validate(run.model, val_data, size)[1]
+    return EpochRecord(
+        epoch, size, lr, train_loss, train_acc, val_loss, val_acc, val_f1, trained_acc, time.perf_counter() - started
+    )
+
+
+def _record_epoch(out_dir: Path, run: _Run, record: EpochRecord, settings: TrainSettings, info: dict[str, Any]) -> None:
+    """Add the epoch to the history; save best.pt if it is the best at the final size, then the state, log and curves."""
+    state = run.state
+    state.history.append(record)
+    state.epoch = record.epoch
+    if record.size == settings.epoch_sizes()[-1] and record.val_accuracy > state.best_accuracy:
+        state.best_accuracy, state.best_epoch = record.val_accuracy, record.epoch
+        save_checkpoint(run.shipped, out_dir / BEST_FILE, {
+            **info, "epochs_trained": record.epoch, "validation_accuracy": record.val_accuracy,
+            "validation_size": record.size,
+        })
+    _save_state(out_dir / STATE_FILE, run, settings)
+    write_log(out_dir / LOG_FILE, state.history)
+    plot_curves(out_dir / CURVES_FILE, state.history)
 
 
 def _steps_per_epoch(images: int, settings: TrainSettings) -> int:
@@ -330,16 +367,15 @@ def _steps_per_epoch(images: int, settings: TrainSettings) -> int:
     return steps
 
 
-def _save_state(
-    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator,
-    average: WeightAverage | None, state: TrainState, settings: TrainSettings,
-) -> None:
+def _save_state(path: Path, run: _Run, settings: TrainSettings) -> None:
+    """Everything a resumed run needs, written atomically."""
+    state = run.state
     payload = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "average": average.state_dict() if average is not None else None,
-        "generator": generator.get_state(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "average": run.average.state_dict() if run.average is not None else None,
+        "generator": run.generator.get_state(),
         "torch_rng": torch.get_rng_state(),
         "epoch": state.epoch,
         "history": [asdict(r) for r in state.history],
@@ -357,10 +393,8 @@ def _save_state(
 RESUMABLE_CHANGES = frozenset({"schedule"})
 
 
-def _load_state(
-    path: Path, model: nn.Module, optimizer: Any, scheduler: Any, generator: torch.Generator,
-    average: WeightAverage | None, settings: TrainSettings,
-) -> TrainState:
+def _load_state(path: Path, run: _Run, settings: TrainSettings) -> TrainState:
+    """Restore ``run`` from its state file; refuses a file trained with other settings."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if payload["history"] and "trained_val_accuracy" not in payload["history"][0]:
         raise ValueError(f"{path} was written by an older recipe; start a new run folder")
@@ -371,14 +405,15 @@ def _load_state(
             raise ValueError(f"{path} was trained with other settings ({', '.join(changed)} differ); a resumed run "
                              f"may change only its {', '.join(sorted(RESUMABLE_CHANGES))}: give the same settings or "
                              "another --out")
-    model.load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
+    run.model.load_state_dict(payload["model"])
+    run.optimizer.load_state_dict(payload["optimizer"])
+    scheduler = run.scheduler
     scheduler.load_state_dict(payload["scheduler"])
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, (f(scheduler.last_epoch) for f in scheduler.lr_lambdas)):
+    for group, base, factor in zip(run.optimizer.param_groups, scheduler.base_lrs, (f(scheduler.last_epoch) for f in scheduler.lr_lambdas)):
         group["lr"] = base * factor  # the schedule may have changed since the state was saved
-    if average is not None and payload.get("average"):
-        average.load_state_dict(payload["average"])
-    generator.set_state(payload["generator"])
+    if run.average is not None and payload.get("average"):
+        run.average.load_state_dict(payload["average"])
+    run.generator.set_state(payload["generator"])
     torch.set_rng_state(payload["torch_rng"])
     return TrainState(
         epoch=payload["epoch"],
