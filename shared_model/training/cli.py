@@ -26,7 +26,7 @@ from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_
 from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
 from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluate_views, predict_scores
 from .export import TRITON_BACKENDS, TRITON_FEATURES
-from .fit import RECIPES, TrainSettings, fit, initial_model
+from .fit import RECIPES, TrainSettings, chain_runs, fit, initial_model, plot_curves, read_log
 
 __all__ = ["build_parser", "plot_confusion", "main"]
 
@@ -44,6 +44,7 @@ EXAMPLES = """examples:
   fer-train ablate --data ../shared/data/fer2013                  # the paper's ablations, 2 seeds
   fer-train finetune --data rafd/ --weights runs/fer2013/best.pt --out runs/rafd
   fer-train info                        # which weights, how they were trained and calibrated
+  fer-train curves runs/fer2013/log.csv runs/more/log.csv --out curves.png   # runs end to end
   fer-train export --out exported/      # ONNX + TorchScript of every part; Triton repository
   fer-train export --out exported/ --parts cloud --formats onnx --triton-features fp32
 """
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablate_command(commands)
     _add_calibrate_command(commands)
     _add_info_command(commands)
+    _add_curves_command(commands)
     _add_export_command(commands)
     return parser
 
@@ -199,6 +201,16 @@ def _add_info_command(commands: Any) -> None:
     info_parser = commands.add_parser("info", help="a checkpoint's fingerprint, config, validation accuracy and training lineage")
     info_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
     info_parser.add_argument("--json", action="store_true", help="print the config and full provenance as one JSON object")
+
+
+def _add_curves_command(commands: Any) -> None:
+    curves_parser = commands.add_parser(
+        "curves", help="draw the loss and accuracy curves of training logs, runs that each started from the one before "
+        "drawn end to end", formatter_class=DefaultsHelpFormatter,
+    )
+    curves_parser.add_argument("logs", nargs="+", type=Path, metavar="LOG",
+                               help="a run's log.csv; several: in the order the runs were trained")
+    curves_parser.add_argument("--out", required=True, type=Path, help="PNG to write")
 
 
 def _add_export_command(commands: Any) -> None:
@@ -483,6 +495,16 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_curves(args: argparse.Namespace) -> int:
+    history, run_starts = chain_runs([read_log(path) for path in args.logs])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    plot_curves(args.out, history, run_starts)
+    best = max(history, key=lambda record: record.val_accuracy)
+    print(f"wrote {args.out}: {_epochs(len(history))} in {len(args.logs)} run{'' if len(args.logs) == 1 else 's'}; "
+          f"best validation accuracy {best.val_accuracy:.4f} at epoch {best.epoch} ({best.size}x{best.size})")
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from .export import FORMATS, PARTS, ExportError, TritonSettings, export_all
 
@@ -511,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
         "fit": _run_fit, "eval": _run_eval, "calibrate": _run_calibrate, "ablate": _run_ablate, "finetune": _run_finetune,
-        "info": _run_info, "export": _run_export,
+        "info": _run_info, "curves": _run_curves, "export": _run_export,
     }
     try:
         return handlers[args.command](args)

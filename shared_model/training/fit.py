@@ -28,9 +28,9 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from .weight_average import WeightAverage
 __all__ = [
     "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
     "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "initial_model", "train_one_epoch",
-    "validate", "fit", "write_log", "plot_curves",
+    "validate", "fit", "write_log", "read_log", "chain_runs", "plot_curves",
 ]
 
 RECIPES = ("phased", "paper")
@@ -424,14 +424,53 @@ def _load_state(path: Path, run: _Run, settings: TrainSettings) -> TrainState:
 
 
 def write_log(path: Path, history: list[EpochRecord]) -> None:
+    """One CSV row per epoch, the fields of :class:`EpochRecord`."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(asdict(history[0])))
         writer.writeheader()
         writer.writerows(asdict(r) for r in history)
 
 
-def plot_curves(path: Path, history: list[EpochRecord]) -> None:
-    """Loss and accuracy per epoch; the validation accuracy of the shipped and trained weights apart."""
+def read_log(path: Path) -> list[EpochRecord]:
+    """The epochs of a ``log.csv`` that :func:`write_log` wrote; ValueError names what is wrong with another file."""
+    columns = {f.name: str(f.type) for f in fields(EpochRecord)}  # "int" or "float"
+    try:
+        with Path(path).open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"cannot read the training log {path}: {error}") from None
+    if not rows:
+        raise ValueError(f"{path} holds no epochs")
+    missing = sorted(set(columns) - set(rows[0]))
+    if missing:
+        raise ValueError(f"{path} is not a training log: no column {', '.join(missing)}")
+    records = []
+    for line, row in enumerate(rows, 2):
+        try:
+            records.append(EpochRecord(**{name: (int if kind == "int" else float)(row[name]) for name, kind in columns.items()}))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path} line {line}: {error}") from None
+    return records
+
+
+def chain_runs(runs: Sequence[list[EpochRecord]]) -> tuple[list[EpochRecord], list[int]]:
+    """Runs that each started from the one before, as one history numbered end to end, and where each later run starts."""
+    history: list[EpochRecord] = []
+    starts: list[int] = []
+    for run in runs:
+        if history:
+            starts.append(len(history) + 1)
+        offset = len(history)
+        history.extend(replace(record, epoch=offset + k) for k, record in enumerate(run, 1))
+    return history, starts
+
+
+def plot_curves(path: Path, history: list[EpochRecord], run_starts: Sequence[int] = ()) -> None:
+    """Loss and accuracy per epoch; the validation accuracy of the shipped and trained weights apart.
+
+    Dotted lines mark where the input size changes, dashed ones where a later run
+    (``run_starts``, see :func:`chain_runs`) begins.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -445,10 +484,14 @@ def plot_curves(path: Path, history: list[EpochRecord]) -> None:
     accuracy_axis.plot(epochs, [r.train_accuracy for r in history], label="train (augmented)")
     accuracy_axis.plot(epochs, [r.trained_val_accuracy for r in history], label="validation, trained weights", alpha=0.6)
     accuracy_axis.plot(epochs, [r.val_accuracy for r in history], label="validation, shipped weights")
-    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy (input size changes at phase borders)")
+    borders = "dotted: input size changes" + ("; dashed: the next run" if run_starts else "")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title=f"Accuracy ({borders})")
     for start in sorted({r.epoch for r, prev in zip(history[1:], history) if r.size != prev.size}):
         for axis in (loss_axis, accuracy_axis):
             axis.axvline(start - 0.5, color="grey", linestyle=":", linewidth=1)
+    for start in run_starts:
+        for axis in (loss_axis, accuracy_axis):
+            axis.axvline(start - 0.5, color="black", linestyle="--", linewidth=1)
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
