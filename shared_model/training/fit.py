@@ -300,8 +300,9 @@ def fit(
         "train_images": len(train_data), "calibration_images": len(held_out),
     }
     for epoch in range(run.state.epoch + 1, len(epoch_sizes) + 1):
-        record = _train_and_validate(run, train_data, val_data, settings, epoch, progress)
-        _record_epoch(out_dir, run, record, settings, info)
+        description = f"epoch {epoch}/{len(epoch_sizes)} @{epoch_sizes[epoch - 1]}"
+        record = _train_and_validate(run, train_data, val_data, settings, epoch, epoch_sizes[epoch - 1], description, progress)
+        _record_epoch(out_dir, run, record, settings, info, final_size=epoch_sizes[-1])
         if on_epoch:
             on_epoch(record)
     return run.state
@@ -321,18 +322,17 @@ def _start_run(model: FERNet, settings: TrainSettings, steps_per_epoch: int) -> 
 
 
 def _train_and_validate(
-    run: _Run, train_data: FaceDataset, val_data: FaceDataset, settings: TrainSettings, epoch: int, progress: bool,
+    run: _Run, train_data: FaceDataset, val_data: FaceDataset, settings: TrainSettings, epoch: int, size: int,
+    description: str, progress: bool,
 ) -> EpochRecord:
-    """Train epoch ``epoch`` (1-based) and validate the shipped and the trained weights."""
-    epoch_sizes = settings.epoch_sizes()
-    size = epoch_sizes[epoch - 1]
+    """Train epoch ``epoch`` (1-based) at input ``size`` and validate the shipped and the trained weights."""
     if run.average is not None and epoch in _phase_starts(settings):
         run.average.restart(run.model)
     started = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
     train_loss, train_acc = train_one_epoch(
         run.model, train_data, size, run.optimizer, run.scheduler, settings, run.generator, run.average, progress,
-        f"epoch {epoch}/{len(epoch_sizes)} @{size}",
+        description,
     )
     val_loss, val_acc, val_f1 = validate(run.shipped, val_data, size)
     trained_acc = val_acc if run.shipped is run.model else validate(run.model, val_data, size)[1]
@@ -341,12 +341,14 @@ def _train_and_validate(
     )
 
 
-def _record_epoch(out_dir: Path, run: _Run, record: EpochRecord, settings: TrainSettings, info: dict[str, Any]) -> None:
+def _record_epoch(
+    out_dir: Path, run: _Run, record: EpochRecord, settings: TrainSettings, info: dict[str, Any], final_size: int,
+) -> None:
     """Add the epoch to the history; save best.pt if it is the best at the final size, then the state, log and curves."""
     state = run.state
     state.history.append(record)
     state.epoch = record.epoch
-    if record.size == settings.epoch_sizes()[-1] and record.val_accuracy > state.best_accuracy:
+    if record.size == final_size and record.val_accuracy > state.best_accuracy:
         state.best_accuracy, state.best_epoch = record.val_accuracy, record.epoch
         save_checkpoint(run.shipped, out_dir / BEST_FILE, {
             **info, "epochs_trained": record.epoch, "validation_accuracy": record.val_accuracy,
