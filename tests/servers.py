@@ -1,4 +1,4 @@
-"""Helpers for tests: certificates and videos (servers on loopback: :mod:`fer_bench.loopback`)."""
+"""Helpers for tests: certificates, videos and faces (servers on loopback: :mod:`fer_bench.loopback`)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,30 @@ def still_video(path: Path, frames: int, fps: float = 10) -> Path:
         writer.write(image)
     writer.release()
     return path
+
+
+SAMPLE_FACE = Path(__file__).parent / "data" / "faces" / "astronaut.png"
+# Where the flipped band of a distorted face starts, as a share of its height: from the upper lip
+# (mouth and chin upside down) to below the mouth (the chin only).
+MOUTH_BANDS = (0.55, 0.6, 0.65, 0.7, 0.75)
+
+
+def mouth_flipped(face, top: float):
+    """``face`` with the band from ``top`` (a share of its height) to its bottom upside down, across its middle 60 %."""
+    out = face.copy()
+    height, width = out.shape[:2]
+    first, left, right = int(top * height), int(0.2 * width), int(0.8 * width)
+    out[first : height - 3, left:right] = out[first : height - 3, left:right][::-1]
+    return out
+
+
+def distorted_faces() -> list:
+    """The sample face (happy to any useful model) with its mouth flipped at each of ``MOUTH_BANDS``.
+
+    What the model calls each one depends on the weights shipped, so a test that needs a second
+    expression chooses among these by what the model says, never by a class assumed here.
+    """
+    import cv2
+
+    face = cv2.imread(str(SAMPLE_FACE))
+    return [mouth_flipped(face, top) for top in MOUTH_BANDS]

@@ -9,8 +9,7 @@ from pathlib import Path
 import cv2
 
 from fer_bench.cli import main as bench_main
-
-FACES = Path(__file__).parent / "data" / "faces"
+from servers import SAMPLE_FACE, distorted_faces
 
 
 def test_rate_mode_compares_detectors_in_one_run(tmp_path: Path, capsys) -> None:
@@ -42,10 +41,13 @@ def test_long_mode_processes_every_frame_and_samples_memory(tmp_path: Path, caps
 def test_labels_mode_measures_flicker_and_the_delay_of_a_change(tmp_path: Path) -> None:
     from fer_bench.label_steadiness import LabelSettings, run_label_benchmark, summarize_labels
 
-    faces = tmp_path / "faces"
-    for name, image in (("happy", cv2.imread(str(FACES / "astronaut.png"))), ("neutral", _frown(cv2.imread(str(FACES / "astronaut.png"))))):
+    faces = tmp_path / "faces"  # the sample face under happy, its distortions under every class: the benchmark keeps
+    for name in ("angry", "disgust", "fear", "sad", "surprise", "neutral"):  # those the model labels as their folder
         (faces / name).mkdir(parents=True)
-        cv2.imwrite(str(faces / name / "face.png"), image)
+        for k, image in enumerate(distorted_faces()):
+            cv2.imwrite(str(faces / name / f"face{k}.png"), image)
+    (faces / "happy").mkdir()
+    cv2.imwrite(str(faces / "happy" / "face.png"), cv2.imread(str(SAMPLE_FACE)))
     settings = LabelSettings(faces, time_constants=(0.3,), clips=1, seconds=2.0, margin=1.0, confidence=0.4)
     rows = run_label_benchmark(settings, progress=False)
     assert [(r.kind, r.time_constant_s) for r in rows] == [("steady", 0.0), ("steady", 0.3), ("change", 0.0), ("change", 0.3)]
@@ -54,12 +56,3 @@ def test_labels_mode_measures_flicker_and_the_delay_of_a_change(tmp_path: Path) 
     assert raw_change.delay_s <= smoothed_change.delay_s <= 0.5  # smoothing delays a real change, within half a second
     summary = summarize_labels(rows)
     assert [s["time_constant_s"] for s in summary] == [0.0, 0.3] and summary[1]["change_clips"] == 1
-
-
-def _frown(face):
-    """The face with its mouth region upside down: neutral to the model, confidently enough for a change clip."""
-    out = face.copy()
-    height, width = out.shape[:2]
-    top, left, right = int(0.65 * height), int(0.2 * width), int(0.8 * width)
-    out[top : height - 3, left:right] = out[top : height - 3, left:right][::-1]
-    return out
