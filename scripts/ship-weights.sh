@@ -68,7 +68,8 @@ run=$(dirname "$candidate")
 for file in log.csv curves.png; do
     [ -f "$run/$file" ] && cp "$run/$file" "results/training/$(basename "$run")_$file" || true
 done
-"$train" eval --data "$data/public_test" --plot results/accuracy/fer2013_public_test_confusion.png \
+"$train" eval --data "$data/public_test" --without-copies-in "$data/train" \
+    --plot results/accuracy/fer2013_public_test_confusion.png \
     --reliability results/accuracy/fer2013_public_test_reliability.png > results/accuracy/fer2013_public_test.txt
 .venv/bin/fer-bench peers --data "$data/public_test" --out results/peers
 echo "== shipped $(sed -n 1p results/training/lineage.txt)"

@@ -424,3 +424,24 @@ def test_step_profile_times_every_part_of_a_training_step(small_folder: Path, tm
     assert all(float(row["median_ms"]) > 0 for row in rows)
     for size in ("32", "48"):
         assert sum(float(row["share"]) for row in rows if row["size"] == size) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_eval_without_copies_matches_the_data_without_those_files(tmp_path: Path, capsys) -> None:
+    stems = ["astronaut", "astronaut_flipped", "astronaut_darker", "astronaut_brighter", "astronaut_rotated_cw", "astronaut_rotated_ccw"]
+    full = _class_folders(tmp_path / "val", {"happy": stems[:3], "sad": stems[3:]})
+    unseen = _class_folders(tmp_path / "unseen", {"happy": stems[1:3], "sad": stems[3:5]})
+    train = _class_folders(tmp_path / "train", {"angry": ["astronaut"], "fear": ["astronaut_rotated_ccw"]})  # its labels do not matter
+    common = ["eval", "--threads", "1", "--json"]  # the shipped weights
+    assert train_main([*common, "--data", str(full), "--without-copies-in", str(train)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert train_main([*common, "--data", str(unseen)]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    left = report["without_copies"]
+    assert report["count"] == 6 and left["copies_left_out"] == 2 and left["count"] == expected["count"] == 4
+    assert left["confusion_matrix"] == expected["confusion_matrix"] and sum(map(sum, left["confusion_matrix"])) == 4
+    for key in ("accuracy", "accuracy_interval_95", "macro_f1", "per_class_recall", "ece"):
+        assert left[key] == pytest.approx(expected[key]) and left["flip_tta"][key] == pytest.approx(expected["flip_tta"][key])
+    assert train_main([*common[:-1], "--data", str(full), "--without-copies-in", str(train)]) == 0
+    assert "without the 2 faces that are copies of faces in" in capsys.readouterr().out
+    assert train_main([*common, "--data", str(unseen), "--without-copies-in", str(unseen)]) == 2
+    assert "none is left to evaluate" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import logging
 import os
 import platform
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,9 +22,9 @@ from ..checkpoint import (
 )
 from ..cli_help import DefaultsHelpFormatter
 from ..config import ModelConfig
-from .datasets import ClassMatch, DatasetError, FaceDataset, load_dataset, load_dataset_for_model, parse_class_map
+from .datasets import ClassMatch, DatasetError, FaceDataset, copies_in, load_dataset, load_dataset_for_model, parse_class_map
 from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
-from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluate_views, predict_scores
+from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluations, predict_scores, view_probabilities
 from .export import TRITON_BACKENDS, TRITON_FEATURES
 from .fit import RECIPES, TrainSettings, chain_runs, fit, initial_model, plot_curves, read_log
 
@@ -138,6 +138,11 @@ def _add_eval_command(commands: Any) -> None:
         "(e.g. calm=neutral,joy=happy; FOLDER= leaves a folder out) or a JSON file {\"FOLDER\": \"CLASS\"}",
     )
     eval_parser.add_argument("--weights", type=Path, help="checkpoint (default: the shipped weights)")
+    eval_parser.add_argument(
+        "--without-copies-in", type=Path, metavar="TRAIN",
+        help="the training data (a folder of class subfolders, or a FER2013 CSV: its Training rows): every figure is "
+        "given again without the faces that are pixel for pixel one of its faces, which measure memory, not skill",
+    )
     eval_parser.add_argument("--flip-tta", action="store_true", help=argparse.SUPPRESS)  # accepted: both views are always reported
     eval_parser.add_argument("--size", type=int, help="input size (default: the model's, 224)")
     eval_parser.add_argument("--plot", type=Path, help="write the confusion matrix (single crop) as PNG here")
@@ -360,7 +365,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.weights)
     class_map = parse_class_map(args.class_map) if args.class_map is not None else None
     data, match = load_dataset_for_model(args.data, args.split, checkpoint.class_names, class_map, progress=not args.json)
-    views = evaluate_views(model, data, args.size, progress=not args.json)
+    probabilities = view_probabilities(model, data, args.size, progress=not args.json)
+    views = evaluations(data.labels, probabilities, data.class_names)
+    unseen = _without_copies(args.without_copies_in, data, probabilities, not args.json) if args.without_copies_in else None
     title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}"
     if args.plot:
         plot_confusion(views[SINGLE_CROP].report, args.plot, title)
@@ -373,10 +380,39 @@ def _run_eval(args: argparse.Namespace) -> int:
             **views[SINGLE_CROP].to_dict(), FLIP_TTA: views[FLIP_TTA].to_dict(), **match.to_dict(),
             "data": str(args.data), "split": args.split, "weights": checkpoint.fingerprint,
             "temperature": checkpoint.config.temperature,
+            **({"without_copies": unseen.to_dict()} if unseen else {}),
         }))
     else:
         _print_report(views, match, title)
+        if unseen:
+            print(f"without the {unseen.copies} faces that are copies of faces in {unseen.reference} ({unseen.faces} left)")
+            for name, evaluation in unseen.views.items():
+                _print_view(VIEW_TITLES[name], evaluation)
     return 0
+
+
+@dataclass
+class _Unseen:
+    """The evaluation of the faces that are not copies of training faces."""
+
+    reference: Path
+    copies: int
+    faces: int
+    views: dict[str, Evaluation]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reference": str(self.reference), "copies_left_out": self.copies, **self.views[SINGLE_CROP].to_dict(),
+                FLIP_TTA: self.views[FLIP_TTA].to_dict()}
+
+
+def _without_copies(reference: Path, data: FaceDataset, probabilities: dict[str, torch.Tensor], progress: bool) -> _Unseen:
+    """Every view evaluated again on the faces of ``data`` that are no face of ``reference``."""
+    copies = copies_in(data, load_dataset(reference, progress=progress))
+    keep = ~copies
+    if not keep.any():
+        raise ValueError(f"every face is a copy of a face in {reference}: none is left to evaluate")
+    views = evaluations(data.labels[keep], {name: p[keep] for name, p in probabilities.items()}, data.class_names)
+    return _Unseen(reference, int(copies.sum()), int(keep.sum()), views)
 
 
 def _run_ablate(args: argparse.Namespace) -> int:

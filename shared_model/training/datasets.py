@@ -36,7 +36,7 @@ __all__ = [
     "IMAGE_SUFFIXES", "FER2013_USAGES", "FER2013_SIDE", "DatasetError", "FaceDataset", "folder_class_names",
     "decode_face", "load_image_folder", "load_fer2013_csv", "load_dataset", "CLASS_SYNONYMS", "LEFT_OUT_BY_MAP",
     "NOT_A_MODEL_CLASS", "NO_DATASET_CLASS", "NO_IMAGES", "normalize_class_name", "parse_class_map", "ClassMatch",
-    "match_classes", "relabel", "load_dataset_for_model",
+    "match_classes", "relabel", "load_dataset_for_model", "copies_in",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,19 @@ def decode_face(path: Path, side: int) -> np.ndarray | None:
         shrinking = image.shape[0] > side or image.shape[1] > side
         image = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return image
+
+
+def copies_in(dataset: FaceDataset, reference: FaceDataset) -> Tensor:
+    """Which faces of ``dataset`` (bool, (N,)) are pixel for pixel a face of ``reference``, as decoded.
+
+    A validation face that is also a training face measures memory, not
+    generalization: FER2013's PublicTest holds copies of Training faces.
+    """
+    if dataset.images.shape[1:] != reference.images.shape[1:]:
+        raise DatasetError(f"faces of {tuple(dataset.images.shape[1:])} and {tuple(reference.images.shape[1:])} pixels "
+                           "cannot be copies of each other")
+    seen = {face.tobytes() for face in reference.images.numpy()}
+    return torch.tensor([face.tobytes() in seen for face in dataset.images.numpy()], dtype=torch.bool)
 
 
 def load_image_folder(

@@ -23,7 +23,7 @@ from ..preprocessing import gray_batch_to_tensor
 __all__ = [
     "SINGLE_CROP", "FLIP_TTA", "wilson_interval", "predict_scores", "predict_probabilities", "ClassificationReport",
     "confusion_matrix", "classification_report", "restricted_predictions", "Evaluation",
-    "evaluation_from_probabilities", "evaluate", "evaluate_classes", "evaluate_views",
+    "evaluation_from_probabilities", "evaluate", "evaluate_classes", "view_probabilities", "evaluations",
 ]
 
 SINGLE_CROP = "single_crop"
@@ -199,15 +199,17 @@ def evaluate_classes(
     return evaluation_from_probabilities(dataset.labels, probabilities, dataset.class_names)
 
 
-def evaluate_views(
-    model: FERNet, dataset: FaceDataset, size: int | None = None, progress: bool = False
-) -> dict[str, Evaluation]:
-    """:class:`Evaluation` of the single crop (what every strategy answers) and of flip TTA, from one pass each,
-    each with the ECE's bootstrap interval."""
+def view_probabilities(model: FERNet, dataset: FaceDataset, size: int | None = None, progress: bool = False) -> dict[str, Tensor]:
+    """The probabilities of the single crop (what every strategy answers) and of flip TTA, from one pass each."""
     single = predict_scores(model, dataset, size, progress=progress).softmax(dim=1)
     mirrored = predict_scores(model, dataset, size, mirrored=True, progress=progress).softmax(dim=1)
-    views = {SINGLE_CROP: single, FLIP_TTA: (single + mirrored) / 2}
+    return {SINGLE_CROP: single, FLIP_TTA: (single + mirrored) / 2}
+
+
+def evaluations(labels: Tensor, views: dict[str, Tensor], class_names: tuple[str, ...]) -> dict[str, Evaluation]:
+    """:class:`Evaluation` of each view's probabilities, each with the ECE's bootstrap interval."""
     return {
-        name: evaluation_from_probabilities(dataset.labels, probabilities, dataset.class_names, ECE_RESAMPLES)
+        name: evaluation_from_probabilities(labels, probabilities, class_names, ECE_RESAMPLES)
         for name, probabilities in views.items()
     }
+
