@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--split", choices=("train", "public_test", "private_test"), default="public_test", help="with a CSV: the rows read")
     peers.add_argument("--limit", type=int, help="only N faces, spread evenly over the dataset (a quick look)")
     peers.add_argument("--warmup", type=int, default=5, help="untimed runs of each model before the first timed face")
+    peers.add_argument(
+        "--without-copies-in", type=Path, metavar="TRAIN",
+        help="the training data (class folders, or a FER2013 CSV: its Training rows): the comparison is given again "
+        "without the faces that are pixel for pixel one of its faces, which measure memory, not skill",
+    )
     peers.add_argument("--out", type=Path, default=Path("results/peers"), help="folder for peers.csv, peers_faces.csv, peers.json, peers.png")
     peers.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     return parser
@@ -543,7 +548,7 @@ def _faces(args: argparse.Namespace) -> int:
 def _peers(args: argparse.Namespace) -> int:
     from .peers import compare, format_table, summarize, write_results
 
-    result = compare(args.data, args.split, args.limit, args.warmup)
+    result = compare(args.data, args.split, args.limit, args.warmup, reference=args.without_copies_in)
     summary = summarize(result)
     paths = write_results(result, summary, args.out)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))

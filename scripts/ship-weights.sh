@@ -71,6 +71,6 @@ done
 "$train" eval --data "$data/public_test" --without-copies-in "$data/train" \
     --plot results/accuracy/fer2013_public_test_confusion.png \
     --reliability results/accuracy/fer2013_public_test_reliability.png > results/accuracy/fer2013_public_test.txt
-.venv/bin/fer-bench peers --data "$data/public_test" --out results/peers
+.venv/bin/fer-bench peers --data "$data/public_test" --without-copies-in "$data/train" --out results/peers
 echo "== shipped $(sed -n 1p results/training/lineage.txt)"
 echo "next: bash scripts/test.sh; then the figures in README.md, docs/results.md and docs/training.md"

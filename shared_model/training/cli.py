@@ -407,7 +407,7 @@ class _Unseen:
 
 def _without_copies(reference: Path, data: FaceDataset, probabilities: dict[str, torch.Tensor], progress: bool) -> _Unseen:
     """Every view evaluated again on the faces of ``data`` that are no face of ``reference``."""
-    copies = copies_in(data, load_dataset(reference, progress=progress))
+    copies = torch.from_numpy(copies_in(data.images.numpy(), load_dataset(reference, progress=progress).images.numpy()))
     keep = ~copies
     if not keep.any():
         raise ValueError(f"every face is a copy of a face in {reference}: none is left to evaluate")

@@ -92,17 +92,16 @@ def decode_face(path: Path, side: int) -> np.ndarray | None:
     return image
 
 
-def copies_in(dataset: FaceDataset, reference: FaceDataset) -> Tensor:
-    """Which faces of ``dataset`` (bool, (N,)) are pixel for pixel a face of ``reference``, as decoded.
+def copies_in(faces: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Which of ``faces`` (uint8 (N, S, S)) are pixel for pixel one of ``reference``'s: bool (N,).
 
     A validation face that is also a training face measures memory, not
     generalization: FER2013's PublicTest holds copies of Training faces.
     """
-    if dataset.images.shape[1:] != reference.images.shape[1:]:
-        raise DatasetError(f"faces of {tuple(dataset.images.shape[1:])} and {tuple(reference.images.shape[1:])} pixels "
-                           "cannot be copies of each other")
-    seen = {face.tobytes() for face in reference.images.numpy()}
-    return torch.tensor([face.tobytes() in seen for face in dataset.images.numpy()], dtype=torch.bool)
+    if faces.shape[1:] != reference.shape[1:]:
+        raise DatasetError(f"faces of {faces.shape[1:]} and {reference.shape[1:]} pixels cannot be copies of each other")
+    seen = {face.tobytes() for face in reference}
+    return np.array([face.tobytes() in seen for face in faces], dtype=bool)
 
 
 def load_image_folder(
