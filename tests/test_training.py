@@ -445,3 +445,5 @@ def test_eval_without_copies_matches_the_data_without_those_files(tmp_path: Path
     assert "without the 2 faces that are copies of faces in" in capsys.readouterr().out
     assert train_main([*common, "--data", str(unseen), "--without-copies-in", str(unseen)]) == 2
     assert "none is left to evaluate" in capsys.readouterr().err
+    assert train_main([*common, "--data", str(unseen), "--without-copies-in", str(tmp_path / "absent")]) == 2
+    assert "no dataset folder" in capsys.readouterr().err

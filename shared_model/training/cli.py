@@ -365,9 +365,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     model, checkpoint = load_model(args.weights)
     class_map = parse_class_map(args.class_map) if args.class_map is not None else None
     data, match = load_dataset_for_model(args.data, args.split, checkpoint.class_names, class_map, progress=not args.json)
+    training = load_dataset(args.without_copies_in, progress=not args.json) if args.without_copies_in else None  # before the long pass
     probabilities = view_probabilities(model, data, args.size, progress=not args.json)
     views = evaluations(data.labels, probabilities, data.class_names)
-    unseen = _without_copies(args.without_copies_in, data, probabilities, not args.json) if args.without_copies_in else None
+    unseen = _without_copies(args.without_copies_in, training, data, probabilities) if training else None
     title = f"{args.data}{' [' + args.split + ']' if args.split else ''}  weights {checkpoint.fingerprint}"
     if args.plot:
         plot_confusion(views[SINGLE_CROP].report, args.plot, title)
@@ -405,9 +406,9 @@ class _Unseen:
                 FLIP_TTA: self.views[FLIP_TTA].to_dict()}
 
 
-def _without_copies(reference: Path, data: FaceDataset, probabilities: dict[str, torch.Tensor], progress: bool) -> _Unseen:
-    """Every view evaluated again on the faces of ``data`` that are no face of ``reference``."""
-    copies = torch.from_numpy(copies_in(data.images.numpy(), load_dataset(reference, progress=progress).images.numpy()))
+def _without_copies(reference: Path, training: FaceDataset, data: FaceDataset, probabilities: dict[str, torch.Tensor]) -> _Unseen:
+    """Every view evaluated again on the faces of ``data`` that are no face of ``training`` (read from ``reference``)."""
+    copies = torch.from_numpy(copies_in(data.images.numpy(), training.images.numpy()))
     keep = ~copies
     if not keep.any():
         raise ValueError(f"every face is a copy of a face in {reference}: none is left to evaluate")
