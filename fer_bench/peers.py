@@ -501,7 +501,21 @@ def face_rows(result: PeersResult) -> list[dict[str, Any]]:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The printed report: accuracy, agreement, recall per class, latency."""
+    """The printed report: accuracy, agreement, recall per class, latency, what was compared; again without copies."""
+    peer = summary["models"][PEER]
+    lines = _comparison_lines(summary) + [
+        f"{PEER}: {peer['package']}, input {peer['input']['shape']} {peer['input']['dtype']}, {peer['quantization']}; "
+        f"{OURS}: ONNX export {summary['models'][OURS]['fingerprint']}; {summary['timing']}"
+    ]
+    if "without_copies" in summary:
+        unseen = summary["without_copies"]
+        lines += ["", f"without the {unseen['copies_left_out']} faces that are copies of faces in {unseen['reference']}:",
+                  *_comparison_lines(unseen)]
+    return "\n".join(lines)
+
+
+def _comparison_lines(summary: dict[str, Any]) -> list[str]:
+    """Accuracy, recall per class, agreement and latency of both models."""
     names, paired = summary["class_names"], summary["paired"]
     lines = [f"{'model':<10}{'faces':>6}{'accuracy % [95% CI]':>24}{'macro-F1':>9}{'right only':>11}{'median ms':>10}{'p90 ms':>8}"]
     for name, model in summary["models"].items():
@@ -527,16 +541,7 @@ def format_table(summary: dict[str, Any]) -> str:
     ratio = paired[f"latency_ratio_{PEER}_over_{OURS}"]
     if ratio:
         lines.append(f"{PEER} / {OURS} time per face: median {ratio['median']:.3f} (p10 {ratio['p10']:.3f}, p90 {ratio['p90']:.3f})")
-    if "without_copies" in summary:
-        unseen = summary["without_copies"]
-        lines += ["", f"without the {unseen['copies_left_out']} faces that are copies of faces in {unseen['reference']}:", format_table(unseen)]
-        return "\n".join(lines)
-    peer = summary["models"][PEER]
-    lines.append(
-        f"{PEER}: {peer['package']}, input {peer['input']['shape']} {peer['input']['dtype']}, {peer['quantization']}; "
-        f"{OURS}: ONNX export {summary['models'][OURS]['fingerprint']}; {summary['timing']}"
-    )
-    return "\n".join(lines)
+    return lines
 
 
 def plot(summary: dict[str, Any], result: PeersResult, path: Path) -> None:

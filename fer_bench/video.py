@@ -108,10 +108,14 @@ def sample_scene(size: tuple[int, int] = DEFAULT_SIZE) -> tuple[np.ndarray, Box]
     return fit_frame(image, size, FaceDetector().detect(image)[0])
 
 
-def frown(image: np.ndarray, face: Box) -> np.ndarray:
-    """``image`` with the mouth of ``face`` turned upside down: the sample's smile becomes a frown."""
+def frown(image: np.ndarray, face: Box, top: float = 0.55) -> np.ndarray:
+    """``image`` with the mouth of ``face`` turned upside down: the sample's smile becomes a frown.
+
+    The flipped band runs from ``top`` (a share of the face's height; the default starts at the
+    upper lip) to the face's bottom, across its middle 60 %.
+    """
     out = image.copy()
-    top, bottom = face.y + int(0.55 * face.height), face.y + face.height - 3
+    top, bottom = face.y + int(top * face.height), face.y + face.height - 3
     left, right = face.x + int(0.2 * face.width), face.x + int(0.8 * face.width)
     out[top:bottom, left:right] = out[top:bottom, left:right][::-1]
     return out

@@ -41,15 +41,6 @@ SAMPLE_FACE = Path(__file__).parent / "data" / "faces" / "astronaut.png"
 MOUTH_BANDS = (0.55, 0.6, 0.65, 0.7, 0.75)
 
 
-def mouth_flipped(face, top: float):
-    """``face`` with the band from ``top`` (a share of its height) to its bottom upside down, across its middle 60 %."""
-    out = face.copy()
-    height, width = out.shape[:2]
-    first, left, right = int(top * height), int(0.2 * width), int(0.8 * width)
-    out[first : height - 3, left:right] = out[first : height - 3, left:right][::-1]
-    return out
-
-
 def distorted_faces() -> list:
     """The sample face (happy to any useful model) with its mouth flipped at each of ``MOUTH_BANDS``.
 
@@ -58,5 +49,9 @@ def distorted_faces() -> list:
     """
     import cv2
 
+    from edge_client.faces import Box
+    from fer_bench.video import frown
+
     face = cv2.imread(str(SAMPLE_FACE))
-    return [mouth_flipped(face, top) for top in MOUTH_BANDS]
+    whole = Box(0, 0, face.shape[1], face.shape[0])
+    return [frown(face, whole, top) for top in MOUTH_BANDS]

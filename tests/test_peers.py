@@ -225,6 +225,9 @@ def test_without_copies_matches_the_faces_without_those_files(tmp_path: Path, ca
     for name in ("fer-split", "fer"):
         assert left["models"][name]["report"] == expected["models"][name]["report"]
     assert {key: left["paired"][key] for key in ("agree", "both_right", "both_wrong")} == {key: expected["paired"][key] for key in ("agree", "both_right", "both_wrong")}
+    text = peers.format_table(written).splitlines()
+    assert sum(line.startswith("fer: fer==") for line in text) == 1 and "without the 2 faces that are copies of faces in" in text[-11]
+    assert text[-9].startswith("fer-split") and int(text[-9].split()[1]) == len(faces) - 2  # the table of the unseen faces
     flagged = [Path(row["source"]).name for row in _read_csv(tmp_path / "a" / "peers_faces.csv") if row["copy_of_training_face"] == "True"]
     assert sorted(flagged) == [p.name for p in faces[:2]]
     assert [(row["model"], row["faces_set"]) for row in _read_csv(tmp_path / "a" / "peers.csv")] == [

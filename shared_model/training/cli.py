@@ -386,7 +386,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     else:
         _print_report(views, match, title)
         if unseen:
-            print(f"without the {unseen.copies} faces that are copies of faces in {unseen.reference} ({unseen.faces} left)")
+            left = unseen.views[SINGLE_CROP].report.count
+            print(f"without the {unseen.copies} faces that are copies of faces in {unseen.reference} ({left} left)")
             for name, evaluation in unseen.views.items():
                 _print_view(VIEW_TITLES[name], evaluation)
     return 0
@@ -398,7 +399,6 @@ class _Unseen:
 
     reference: Path
     copies: int
-    faces: int
     views: dict[str, Evaluation]
 
     def to_dict(self) -> dict[str, Any]:
@@ -413,7 +413,7 @@ def _without_copies(reference: Path, training: FaceDataset, data: FaceDataset, p
     if not keep.any():
         raise ValueError(f"every face is a copy of a face in {reference}: none is left to evaluate")
     views = evaluations(data.labels[keep], {name: p[keep] for name, p in probabilities.items()}, data.class_names)
-    return _Unseen(reference, int(copies.sum()), int(keep.sum()), views)
+    return _Unseen(reference, int(copies.sum()), views)
 
 
 def _run_ablate(args: argparse.Namespace) -> int:

@@ -212,4 +212,3 @@ def evaluations(labels: Tensor, views: dict[str, Tensor], class_names: tuple[str
         name: evaluation_from_probabilities(labels, probabilities, class_names, ECE_RESAMPLES)
         for name, probabilities in views.items()
     }
-
