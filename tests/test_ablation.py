@@ -54,6 +54,8 @@ def test_ablate_trains_each_row_with_each_seed_and_writes_both_tables(tmp_path: 
     assert [(r["row"], r["seed"]) for r in runs] == [("backbone", "3"), ("backbone", "4"), (REFERENCE_ROW, "3"), (REFERENCE_ROW, "4")]
     rows = list(csv.DictReader((results / "ablation.csv").open()))
     assert [r["row"] for r in rows] == ["backbone", REFERENCE_ROW] and all(r["seeds"] == "2" for r in rows)
+    plot = cv2.imread(str(results / "ablation.png"))
+    assert plot is not None and plot.shape[1] > plot.shape[0] > 100  # a wide figure, one line per row
     assert (tmp_path / "runs" / "backbone" / "seed4" / "best.pt").is_file()
     # Trained in the order given (the reference first); the tables keep the rows' own order.
     finish = {row: (tmp_path / "runs" / row / "seed3" / "result.json").stat().st_mtime_ns for row in ("asp_sfp", "backbone")}

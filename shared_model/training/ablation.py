@@ -35,8 +35,8 @@ from .datasets import FaceDataset
 from .fit import BEST_FILE, STATE_FILE, TrainSettings, fit, initial_model
 
 __all__ = [
-    "RESULT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary",
-    "finished_run", "finished_runs", "summarize", "run_ablation", "write_tables",
+    "RESULT_FILE", "PLOT_FILE", "AblationRow", "ROWS", "REFERENCE_ROW", "RunResult", "RowSummary",
+    "finished_run", "finished_runs", "summarize", "run_ablation", "write_tables", "plot_ablation",
 ]
 
 
@@ -53,6 +53,7 @@ class AblationRow:
 
 
 RESULT_FILE = "result.json"
+PLOT_FILE = "ablation.png"  # beside the tables in the results folder
 SEED_PREFIX = "seed"  # a run's folder is <row>/seed<k>
 REFERENCE_ROW = "asp+sfp"
 ROWS: tuple[AblationRow, ...] = (
@@ -209,3 +210,44 @@ def write_tables(out_dir: Path, results: Sequence[RunResult], summaries: Sequenc
             writer.writeheader()
             writer.writerows({name: getattr(r, name) for name in fields} for r in records)
     return runs_path, rows_path
+
+
+def plot_ablation(path: Path, results: Sequence[RunResult], summaries: Sequence[RowSummary], title: str = "") -> Path:
+    """One line per row: every seed's accuracy, the mean, and the reference row's mean and spread as a band.
+
+    A row whose difference is beyond noise is drawn in colour; one within the
+    noise in grey, so that what the table calls noise also looks like noise.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [summary.row for summary in summaries]
+    by_row = {name: [100 * r.accuracy for r in results if r.row == name] for name in names}
+    height = 0.45 * len(names) + 2.0  # inches
+    figure, axis = plt.subplots(figsize=(9, height))
+    reference = next((s for s in summaries if s.row == REFERENCE_ROW), None)
+    if reference is not None:
+        runs = by_row[REFERENCE_ROW]
+        axis.axvspan(min(runs), max(runs), color="tab:blue", alpha=0.12, label=f"{REFERENCE_ROW}: spread between seeds")
+        axis.axvline(100 * reference.mean_accuracy, color="tab:blue", linestyle="--", linewidth=1, label=f"{REFERENCE_ROW}: mean")
+    for position, summary in enumerate(summaries):
+        colour = "tab:blue" if summary.row == REFERENCE_ROW else "tab:red" if summary.beyond_noise else "grey"
+        accuracies = by_row[summary.row]
+        axis.hlines(position, min(accuracies), max(accuracies), color=colour, linewidth=2)
+        axis.plot(accuracies, [position] * len(accuracies), "o", color=colour, markersize=5, fillstyle="none")
+        axis.plot([100 * summary.mean_accuracy], [position], "D", color=colour, markersize=7)
+    axis.plot([], [], "o", color="grey", fillstyle="none", label="one seed")
+    axis.plot([], [], "D", color="grey", label="mean (red: beyond both spreads)")
+    axis.set_yticks(range(len(names)), [f"{s.row} ({s.seeds} seeds)" for s in summaries], fontsize=8)
+    axis.invert_yaxis()
+    axis.set_xlabel("validation accuracy, % (best epoch of each run)")
+    axis.set_title(title or "Ablation: accuracy of every seed and the mean per row", fontsize=10)
+    axis.grid(axis="x", alpha=0.3)
+    figure.legend(fontsize=7, loc="lower center", ncol=4)
+    figure.tight_layout(rect=(0, 0.4 / height, 1, 1))  # the legend's strip under the axis
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

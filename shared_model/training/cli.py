@@ -178,7 +178,7 @@ def _add_ablate_command(commands: Any) -> None:
         "--list-rows). The tables keep every run already finished in --out with the same settings",
     )
     ablate_parser.add_argument("--list-rows", action="store_true", help="print the rows and exit")
-    ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv and ablation_runs.csv")
+    ablate_parser.add_argument("--results", type=Path, default=Path("results/ablation"), help="folder for ablation.csv, ablation_runs.csv and the plot ablation.png")
     _add_training_arguments(ablate_parser, TrainSettings(schedule="112:12"), out=Path("runs/ablation"), seed=False)
 
 
@@ -417,7 +417,7 @@ def _without_copies(reference: Path, training: FaceDataset, data: FaceDataset, p
 
 
 def _run_ablate(args: argparse.Namespace) -> int:
-    from .ablation import ROWS, RowSummary, RunResult, finished_runs, run_ablation, summarize, write_tables
+    from .ablation import PLOT_FILE, ROWS, RowSummary, RunResult, finished_runs, plot_ablation, run_ablation, summarize, write_tables
 
     width = max(len(row.name) for row in ROWS)
     if args.list_rows:
@@ -439,9 +439,11 @@ def _run_ablate(args: argparse.Namespace) -> int:
     settings = _training_settings(args, "phased")
 
     def write_all() -> tuple[Path, Path, list[RowSummary]]:
-        """Both tables from every run finished in --out, this sitting's and earlier ones'."""
+        """Both tables and the plot from every run finished in --out, this sitting's and earlier ones'."""
         results = finished_runs(args.out, settings, seeds)
         summaries = summarize(results)
+        title = f"{args.val_split} accuracy per seed, schedule {settings.schedule}, seeds {args.seeds}"
+        plot_ablation(args.results / PLOT_FILE, results, summaries, title)
         return (*write_tables(args.results, results, summaries), summaries)
 
     def record(result: RunResult) -> None:
@@ -455,7 +457,7 @@ def _run_ablate(args: argparse.Namespace) -> int:
     for row in summaries:
         print(f"{row.row:<{width}}  {row.table:<40} {row.seeds:>5} {row.mean_accuracy:>9.4f} {row.spread:>7.4f} "
               f"{row.difference:>+10.4f}  {'yes' if row.beyond_noise else 'no'}")
-    print(f"wrote {rows_path} and {runs_path}", file=sys.stderr)
+    print(f"wrote {rows_path}, {runs_path} and {args.results / PLOT_FILE}", file=sys.stderr)
     return 0
 
 
