@@ -8,7 +8,7 @@ import logging
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +37,8 @@ EXAMPLES = """examples:
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
   fer-train fit --data ../shared/data/fer2013 --out runs/more --init-weights runs/fer2013/best.pt \\
       --schedule 224:6 --lr 0.03
+  fer-train fit --data ../shared/data/fer2013 --out runs/distil --init-weights runs/fer2013/best.pt \
+      --teacher runs/fer2013/best.pt --schedule 112:30,224:4   # distil from a teacher's soft labels
   fer-train calibrate --data ../shared/data/fer2013 --weights runs/fer2013/best.pt --out cal.pt
   fer-train eval --data ../shared/data/fer2013/public_test --reliability reliability.png
   fer-train eval --data fer2013.csv --split public_test --json
@@ -115,7 +117,20 @@ def _add_fit_command(commands: Any) -> None:
     origin = fit_parser.add_mutually_exclusive_group()  # a checkpoint brings its own config
     origin.add_argument("--config", type=Path, help="model config JSON (default: the default config)")
     origin.add_argument("--init-weights", type=Path, help="start from this checkpoint's weights and config, e.g. to train the shipped model longer at 224")
-    _add_training_arguments(fit_parser, TrainSettings())
+    defaults = TrainSettings()
+    fit_parser.add_argument(
+        "--teacher", action="append", dest="teachers", type=Path, metavar="CHECKPOINT",
+        help="distil from this checkpoint (repeat for an ensemble): the loss also pulls the student towards the "
+        "teachers' probabilities for each face, computed once before training (with the mirror image) and kept "
+        "in --out",
+    )
+    fit_parser.add_argument("--distillation-weight", type=float, default=0.5,
+                            help="with --teacher: share of the loss given to the teachers' probabilities, the rest "
+                            "going to the labels")
+    fit_parser.add_argument("--distillation-temperature", type=float, default=defaults.distillation_temperature,
+                            help="with --teacher: divides the teachers' and the student's class scores, so that "
+                            "the classes a teacher finds nearly as likely also teach")
+    _add_training_arguments(fit_parser, defaults)
 
 
 def _add_eval_command(commands: Any) -> None:
@@ -274,6 +289,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     val = load_dataset(args.data, args.val_split, class_names=train.class_names)
     config = config.replace(class_names=train.class_names)
     settings = _training_settings(args, args.recipe)
+    if args.teachers:
+        train, settings = _with_teachers(args, train, settings)
     model = initial_model(config, args.seed)
     provenance = _provenance(args, train, val)
     if start:
@@ -285,6 +302,23 @@ def _run_fit(args: argparse.Namespace) -> int:
                 on_epoch=lambda r: print(json.dumps(asdict(r)), file=sys.stderr))
     print(f"best validation accuracy {state.best_accuracy:.4f} at epoch {state.best_epoch}: {args.out / 'best.pt'}")
     return 0
+
+
+def _with_teachers(args: argparse.Namespace, train: FaceDataset, settings: TrainSettings) -> tuple[FaceDataset, TrainSettings]:
+    """The training faces with the soft labels of --teacher, and the settings that record the teachers."""
+    from .distillation import soft_labels_for
+
+    if not 0.0 < args.distillation_weight <= 1.0:
+        raise ValueError(f"--distillation-weight must be in (0, 1] with --teacher, got {args.distillation_weight}")
+    if args.distillation_temperature <= 0:
+        raise ValueError(f"--distillation-temperature must be positive, got {args.distillation_temperature}")
+    teachers = [load_model(path)[0] for path in args.teachers]
+    print(f"soft labels of {len(teachers)} teacher(s) for {len(train)} faces", file=sys.stderr)
+    train = soft_labels_for(teachers, train, args.distillation_temperature, args.out)
+    return train, replace(
+        settings, distillation_weight=args.distillation_weight, distillation_temperature=args.distillation_temperature,
+        teachers=tuple(model_fingerprint(teacher) for teacher in teachers),
+    )
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
@@ -501,9 +535,12 @@ def _describe_run(run: dict) -> str:
     recipe = run.get("recipe", {})
     start = run.get("initialized_from") or run.get("finetuned_from")
     accuracy = run.get("validation_accuracy")
+    teachers = recipe.get("teachers")
+    distilled = (f", distilled from {', '.join(teachers)} (weight {recipe.get('distillation_weight')}, "
+                 f"temperature {recipe.get('distillation_temperature')})") if teachers else ""
     return (
         f"{recipe.get('recipe', '?')} schedule {recipe.get('schedule', '?')} peak lr {recipe.get('lr', '?')}"
-        f"{' from ' + start if start else ' from scratch'}: {_epochs(run.get('epochs_trained', '?'))}, "
+        f"{' from ' + start if start else ' from scratch'}{distilled}: {_epochs(run.get('epochs_trained', '?'))}, "
         f"{run.get('validation_split', '?')} accuracy "
         f"{f'{accuracy:.4f}' if isinstance(accuracy, float) else '?'} at {run.get('validation_size', '?')}"
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -52,12 +52,17 @@ class DatasetError(ValueError):
 
 @dataclass
 class FaceDataset:
-    """Decoded faces: ``images`` uint8 (N, S, S), ``labels`` int64 (N,), ``class_names``."""
+    """Decoded faces: ``images`` uint8 (N, S, S), ``labels`` int64 (N,), ``class_names``.
+
+    ``soft_labels`` (N, classes), where given, are a teacher's probabilities for
+    each face: what distillation trains towards besides the labels.
+    """
 
     images: Tensor
     labels: Tensor
     class_names: tuple[str, ...]
     sources: list[str]
+    soft_labels: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -67,7 +72,15 @@ class FaceDataset:
 
     def subset(self, indices: Sequence[int] | Tensor) -> "FaceDataset":
         index = torch.as_tensor(indices, dtype=torch.long)
-        return FaceDataset(self.images[index], self.labels[index], self.class_names, [self.sources[i] for i in index.tolist()])
+        soft = self.soft_labels[index] if self.soft_labels is not None else None
+        return FaceDataset(self.images[index], self.labels[index], self.class_names, [self.sources[i] for i in index.tolist()], soft)
+
+    def with_soft_labels(self, soft_labels: Tensor) -> "FaceDataset":
+        """These faces with ``soft_labels`` (N, classes), checked to fit them."""
+        if tuple(soft_labels.shape) != (len(self), len(self.class_names)):
+            raise ValueError(f"soft labels of shape {tuple(soft_labels.shape)} do not fit {len(self)} faces "
+                             f"of {len(self.class_names)} classes")
+        return replace(self, soft_labels=soft_labels.float())
 
 
 def folder_class_names(root: Path) -> tuple[str, ...]:

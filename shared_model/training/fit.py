@@ -16,6 +16,9 @@ Two recipes:
 - ``paper``: the paper's recipe (SGD momentum 0.9, batch 128, learning rate 0.1
   divided by 10 every 30 epochs, 100 epochs at 224), without averaging.
 
+Either recipe may also distil from teachers' soft labels (``distillation_weight``;
+see :mod:`.distillation`).
+
 A slice of the training split (``calibration_fraction``) is never trained on:
 it is where ``fer-train calibrate`` fits the temperature. Checkpoints are chosen
 on the validation split alone, at the final input size.
@@ -28,7 +31,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,6 +47,7 @@ from ..network import FERNet
 from .augmentation import Augmentation, augment
 from .calibration import calibration_holdout
 from .datasets import FaceDataset
+from .distillation import distillation_loss
 from .evaluation import classification_report, predict_probabilities
 from .weight_average import WeightAverage
 
@@ -95,6 +99,9 @@ class TrainSettings:
     label_smoothing: float = 0.1
     ema_decay: float = 0.999  # 0: no weight averaging (the trained weights are shipped)
     calibration_fraction: float = 0.05  # of every training class, held out for the temperature
+    distillation_weight: float = 0.0  # share of the loss given to the teachers' soft labels (0: no distillation)
+    distillation_temperature: float = 2.0  # softens the teachers' and the student's probabilities alike
+    teachers: tuple[str, ...] = ()  # fingerprints of the teachers whose soft labels the run trains towards
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
     step_epochs: int = 30  # paper recipe: divide the learning rate by 10 this often
@@ -111,15 +118,25 @@ class TrainSettings:
         return json.loads(json.dumps(asdict(self)))
 
     def differences(self, recorded: dict[str, Any], allowed: frozenset[str] = frozenset()) -> list[str]:
-        """The settings, ``allowed`` aside, in which ``recorded`` (a :meth:`to_dict`) is not these."""
-        wanted = self.to_dict()
-        return sorted(key for key in wanted if key not in allowed and recorded.get(key) != wanted[key])
+        """The settings, ``allowed`` aside, in which ``recorded`` (a :meth:`to_dict`) is not these.
+
+        A setting that ``recorded`` lacks was added after it was written, so it
+        was trained with that setting's default.
+        """
+        wanted, defaults = self.to_dict(), _FIELD_DEFAULTS
+        return sorted(
+            key for key in wanted if key not in allowed and recorded.get(key, defaults.get(key)) != wanted[key]
+        )
 
     @classmethod
     def paper(cls, **changes: Any) -> "TrainSettings":
         """The paper's recipe: plain momentum, step decay, no averaging, no erasing."""
         defaults = dict(recipe="paper", schedule="224:100", ema_decay=0.0, augmentation=Augmentation(erase_probability=0.0))
         return cls(**{**defaults, **changes})
+
+
+# What a setting was before it existed, as plain JSON values like to_dict's.
+_FIELD_DEFAULTS = json.loads(json.dumps({f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}))
 
 
 def learning_rate_factor(settings: TrainSettings, steps_per_epoch: int, step: int) -> float:
@@ -209,6 +226,7 @@ def train_one_epoch(
     order = torch.randperm(len(data), generator=generator)
     steps = _steps_per_epoch(len(data), settings)
     criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    weight, temperature = settings.distillation_weight, settings.distillation_temperature
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=description, unit="batch", disable=not progress, leave=False)
     for step in bar:
@@ -218,6 +236,9 @@ def train_one_epoch(
         y = data.labels[index].to(x.device)
         logits = model(x)
         loss = criterion(logits, y)
+        if weight > 0:
+            soft = data.soft_labels[index].to(x.device)
+            loss = (1 - weight) * loss + weight * distillation_loss(logits, soft, temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -285,6 +306,10 @@ def fit(
     """
     if settings.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {settings.recipe!r}; expected one of {RECIPES}")
+    if settings.distillation_weight > 0 and train_data.soft_labels is None:
+        raise ValueError("distillation needs the teachers' soft labels on the training data (see soft_labels_for)")
+    if not 0.0 <= settings.distillation_weight <= 1.0:
+        raise ValueError(f"the distillation weight must be in [0, 1], got {settings.distillation_weight}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_data, held_out = calibration_holdout(train_data, settings.calibration_fraction)
