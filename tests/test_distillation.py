@@ -128,10 +128,11 @@ def test_fit_with_a_teacher_records_it_keeps_its_soft_labels_and_refuses_another
     resumed = [*common, "--teacher", str(teacher), "--distillation-weight", "0.7", "--resume"]
     assert train_main([arg if arg != "64:1" else "64:2" for arg in resumed]) == 0
     assert soft_labels.stat().st_mtime_ns == written
-    # Another teacher would mix two runs' targets: refused, naming the setting.
+    # Another teacher would mix two runs' targets: refused, naming the setting, before it labels any face.
     capsys.readouterr()
     assert train_main([*common, "--teacher", str(other), "--distillation-weight", "0.7", "--resume"]) == 2
-    assert "teachers" in capsys.readouterr().err
+    assert "teachers differ" in capsys.readouterr().err
+    assert soft_labels.stat().st_mtime_ns == written
 
 
 def test_bad_distillation_options_are_named(tmp_path: Path, capsys) -> None:

@@ -26,7 +26,7 @@ from .datasets import ClassMatch, DatasetError, FaceDataset, copies_in, load_dat
 from .calibration import calibration_holdout, fit_temperature_on, plot_reliability
 from .evaluation import FLIP_TTA, SINGLE_CROP, ClassificationReport, Evaluation, evaluations, predict_scores, view_probabilities
 from .export import TRITON_BACKENDS, TRITON_FEATURES
-from .fit import RECIPES, TrainSettings, chain_runs, fit, initial_model, plot_curves, read_log
+from .fit import RECIPES, TrainSettings, chain_runs, check_resumable, fit, initial_model, plot_curves, read_log
 
 __all__ = ["build_parser", "plot_confusion", "main"]
 
@@ -37,7 +37,7 @@ EXAMPLES = """examples:
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
   fer-train fit --data ../shared/data/fer2013 --out runs/more --init-weights runs/fer2013/best.pt \\
       --schedule 224:6 --lr 0.03
-  fer-train fit --data ../shared/data/fer2013 --out runs/distil --init-weights runs/fer2013/best.pt \
+  fer-train fit --data ../shared/data/fer2013 --out runs/distil --init-weights runs/fer2013/best.pt \\
       --teacher runs/fer2013/best.pt --schedule 112:30,224:4   # distil from a teacher's soft labels
   fer-train calibrate --data ../shared/data/fer2013 --weights runs/fer2013/best.pt --out cal.pt
   fer-train eval --data ../shared/data/fer2013/public_test --reliability reliability.png
@@ -313,12 +313,14 @@ def _with_teachers(args: argparse.Namespace, train: FaceDataset, settings: Train
     if args.distillation_temperature <= 0:
         raise ValueError(f"--distillation-temperature must be positive, got {args.distillation_temperature}")
     teachers = [load_model(path)[0] for path in args.teachers]
-    print(f"soft labels of {len(teachers)} teacher(s) for {len(train)} faces", file=sys.stderr)
-    train = soft_labels_for(teachers, train, args.distillation_temperature, args.out)
-    return train, replace(
+    settings = replace(
         settings, distillation_weight=args.distillation_weight, distillation_temperature=args.distillation_temperature,
         teachers=tuple(model_fingerprint(teacher) for teacher in teachers),
     )
+    if args.resume:
+        check_resumable(args.out, settings)  # before the teachers label every face, not after
+    print(f"soft labels of {len(teachers)} teacher(s) for {len(train)} faces", file=sys.stderr)
+    return soft_labels_for(teachers, train, args.distillation_temperature, args.out), settings
 
 
 def _run_finetune(args: argparse.Namespace) -> int:

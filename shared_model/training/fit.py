@@ -54,7 +54,7 @@ from .weight_average import WeightAverage
 __all__ = [
     "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
     "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "initial_model", "train_one_epoch",
-    "validate", "fit", "write_log", "read_log", "chain_runs", "plot_curves",
+    "validate", "fit", "check_resumable", "write_log", "read_log", "chain_runs", "plot_curves",
 ]
 
 RECIPES = ("phased", "paper")
@@ -420,9 +420,14 @@ def _save_state(path: Path, run: _Run, settings: TrainSettings) -> None:
 RESUMABLE_CHANGES = frozenset({"schedule"})
 
 
-def _load_state(path: Path, run: _Run, settings: TrainSettings) -> TrainState:
-    """Restore ``run`` from its state file; refuses a file trained with other settings."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+def check_resumable(out_dir: str | Path, settings: TrainSettings) -> None:
+    """Refuse, before any work, to resume the run in ``out_dir`` with other settings than it was trained with."""
+    path = Path(out_dir) / STATE_FILE
+    if path.exists():
+        _check_state(path, torch.load(path, map_location="cpu", weights_only=False), settings)
+
+
+def _check_state(path: Path, payload: dict[str, Any], settings: TrainSettings) -> None:
     if payload["history"] and "trained_val_accuracy" not in payload["history"][0]:
         raise ValueError(f"{path} was written by an older recipe; start a new run folder")
     saved = payload.get("settings")
@@ -432,6 +437,12 @@ def _load_state(path: Path, run: _Run, settings: TrainSettings) -> TrainState:
             raise ValueError(f"{path} was trained with other settings ({', '.join(changed)} differ); a resumed run "
                              f"may change only its {', '.join(sorted(RESUMABLE_CHANGES))}: give the same settings or "
                              "another --out")
+
+
+def _load_state(path: Path, run: _Run, settings: TrainSettings) -> TrainState:
+    """Restore ``run`` from its state file; refuses a file trained with other settings."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    _check_state(path, payload, settings)
     run.model.load_state_dict(payload["model"])
     run.optimizer.load_state_dict(payload["optimizer"])
     scheduler = run.scheduler
