@@ -15,7 +15,10 @@ from shared_model.config import ModelConfig
 from shared_model.network import FERNet
 from shared_model.training.cli import main as train_main
 from shared_model.training.datasets import FaceDataset, load_image_folder
+from shared_model.training import distillation
+from shared_model.training.calibration import calibration_holdout
 from shared_model.training.distillation import SOFT_LABELS_FILE, distillation_loss, teacher_probabilities
+from shared_model.training.evaluation import predict_probabilities, predict_scores
 from shared_model.training.fit import TrainSettings, fit, initial_model
 
 CLASSES = ("dark", "light")
@@ -65,6 +68,7 @@ def test_soft_labels_average_a_face_with_its_mirror_and_the_teachers(tmp_path: P
     faces.images[:, :, :20] //= 3  # asymmetric faces, so that a face and its mirror look different
     mirrored = FaceDataset(faces.images.flip(dims=[2]), faces.labels, faces.class_names, faces.sources)
     teachers = [_decided_teacher(seed) for seed in (0, 1)]
+    assert not torch.allclose(predict_scores(teachers[0], faces), predict_scores(teachers[0], mirrored), atol=1e-3)
     soft = teacher_probabilities(teachers, faces, temperature=2.0)
     assert soft.shape == (6, 2) and torch.allclose(soft.sum(1), torch.ones(6))
     assert torch.allclose(soft, teacher_probabilities(teachers, mirrored, temperature=2.0), atol=1e-5)
@@ -76,9 +80,27 @@ def test_soft_labels_average_a_face_with_its_mirror_and_the_teachers(tmp_path: P
     assert bool((entropy(hotter) > entropy(each[0])).all())  # a higher temperature softens every face's labels
 
 
-def _predicted(model: FERNet, faces: FaceDataset) -> list[int]:
-    from shared_model.training.evaluation import predict_probabilities
+def test_soft_labels_come_from_raw_scores_whatever_the_teachers_calibration(tmp_path: Path) -> None:
+    faces = load_image_folder(_faces(tmp_path, {"train": 3}) / "train", progress=False)
+    teacher = _decided_teacher(0)
+    raw = teacher_probabilities([teacher], faces, temperature=2.0)
+    teacher.calibrate(3.0)
+    assert not torch.allclose(predict_scores(teacher, faces).softmax(1), (predict_scores(teacher, faces) * 3).softmax(1))
+    assert torch.allclose(teacher_probabilities([teacher], faces, temperature=2.0), raw, atol=1e-5)
 
+
+def test_soft_labels_stay_with_their_faces_through_the_held_out_slice(tmp_path: Path) -> None:
+    faces = load_image_folder(_faces(tmp_path, {"train": 10}) / "train", progress=False)
+    marks = torch.arange(len(faces), dtype=torch.float32)  # each face's soft labels carry its index
+    faces = faces.with_soft_labels(torch.stack([marks, -marks], dim=1))
+    trained, held_out = calibration_holdout(faces, 0.2)
+    assert len(held_out) == 4
+    for part in (trained, held_out):
+        for source, soft in zip(part.sources, part.soft_labels):
+            assert faces.sources[int(soft[0])] == source
+
+
+def _predicted(model: FERNet, faces: FaceDataset) -> list[int]:
     return predict_probabilities(model, faces, 64).argmax(1).tolist()
 
 
@@ -108,7 +130,13 @@ def test_distillation_without_soft_labels_is_refused(tmp_path: Path) -> None:
         train.with_soft_labels(torch.full((3, 2), 0.5))
 
 
-def test_fit_with_a_teacher_records_it_keeps_its_soft_labels_and_refuses_another(tmp_path: Path, capsys) -> None:
+def _never_called(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the teachers labelled the faces again")
+
+
+def test_fit_with_a_teacher_records_it_keeps_its_soft_labels_and_refuses_another(
+    tmp_path: Path, capsys, monkeypatch,
+) -> None:
     root = _faces(tmp_path / "data", {"train": 6, "public_test": 2})
     teacher = save_checkpoint(initial_model(ModelConfig(class_names=CLASSES), 3), tmp_path / "teacher.pt")
     other = save_checkpoint(initial_model(ModelConfig(class_names=CLASSES), 4), tmp_path / "other.pt")
@@ -125,9 +153,12 @@ def test_fit_with_a_teacher_records_it_keeps_its_soft_labels_and_refuses_another
     assert train_main(["info", "--weights", str(out / "best.pt")]) == 0
     assert f"distilled from {fingerprint} (weight 0.7" in capsys.readouterr().out
     # Resumed with a longer schedule: the soft labels are read back, not computed again.
-    resumed = [*common, "--teacher", str(teacher), "--distillation-weight", "0.7", "--resume"]
-    assert train_main([arg if arg != "64:1" else "64:2" for arg in resumed]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(distillation, "teacher_probabilities", _never_called)
+        resumed = [*common, "--teacher", str(teacher), "--distillation-weight", "0.7", "--resume"]
+        assert train_main([arg if arg != "64:1" else "64:2" for arg in resumed]) == 0
     assert soft_labels.stat().st_mtime_ns == written
+    assert (out / "log.csv").read_text().count("\n") == 3  # the header and both epochs: it did train on
     # Another teacher would mix two runs' targets: refused, naming the setting, before it labels any face.
     capsys.readouterr()
     assert train_main([*common, "--teacher", str(other), "--distillation-weight", "0.7", "--resume"]) == 2
@@ -144,8 +175,11 @@ def test_bad_distillation_options_are_named(tmp_path: Path, capsys) -> None:
     assert "--distillation-weight" in capsys.readouterr().err
     assert train_main([*common, "--teacher", str(teacher), "--distillation-temperature", "-1"]) == 2
     assert "--distillation-temperature" in capsys.readouterr().err
-    assert train_main([*common, "--teacher", str(stranger)]) == 2
+    assert train_main([*common, "--teacher", str(teacher), "--teacher", str(stranger)]) == 2
     assert "classes" in capsys.readouterr().err
+    assert not (tmp_path / "run" / SOFT_LABELS_FILE).exists()  # refused before the first teacher labelled a face
+    assert train_main([*common, "--distillation-weight", "0.5"]) == 2
+    assert "need --teacher" in capsys.readouterr().err
     assert train_main([*common, "--teacher", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
 

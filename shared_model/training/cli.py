@@ -32,6 +32,8 @@ __all__ = ["build_parser", "plot_confusion", "main"]
 
 VIEW_TITLES = {SINGLE_CROP: "single crop", FLIP_TTA: "flip TTA (mean with the mirror image)"}
 
+DISTILLATION_WEIGHT = 0.5  # with --teacher: labels and teachers weigh alike unless told otherwise
+
 EXAMPLES = """examples:
   fer-train fit --data ../shared/data/fer2013 --out runs/fer2013
   fer-train fit --data fer2013.csv --out runs/csv --recipe paper
@@ -124,12 +126,13 @@ def _add_fit_command(commands: Any) -> None:
         "teachers' probabilities for each face, computed once before training (with the mirror image) and kept "
         "in --out",
     )
-    fit_parser.add_argument("--distillation-weight", type=float, default=0.5,
-                            help="with --teacher: share of the loss given to the teachers' probabilities, the rest "
-                            "going to the labels")
-    fit_parser.add_argument("--distillation-temperature", type=float, default=defaults.distillation_temperature,
-                            help="with --teacher: divides the teachers' and the student's class scores, so that "
-                            "the classes a teacher finds nearly as likely also teach")
+    fit_parser.add_argument("--distillation-weight", type=float,
+                            help=f"with --teacher: share of the loss given to the teachers' probabilities, the rest "
+                            f"going to the labels (default: {DISTILLATION_WEIGHT})")
+    fit_parser.add_argument("--distillation-temperature", type=float,
+                            help="with --teacher: divides the teachers' raw and the student's class scores, so that "
+                            "the classes a teacher finds nearly as likely also teach "
+                            f"(default: {defaults.distillation_temperature})")
     _add_training_arguments(fit_parser, defaults)
 
 
@@ -291,6 +294,8 @@ def _run_fit(args: argparse.Namespace) -> int:
     settings = _training_settings(args, args.recipe)
     if args.teachers:
         train, settings = _with_teachers(args, train, settings)
+    elif args.distillation_weight is not None or args.distillation_temperature is not None:
+        raise ValueError("--distillation-weight and --distillation-temperature need --teacher")
     model = initial_model(config, args.seed)
     provenance = _provenance(args, train, val)
     if start:
@@ -306,21 +311,24 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 def _with_teachers(args: argparse.Namespace, train: FaceDataset, settings: TrainSettings) -> tuple[FaceDataset, TrainSettings]:
     """The training faces with the soft labels of --teacher, and the settings that record the teachers."""
-    from .distillation import soft_labels_for
+    from .distillation import check_teachers, soft_labels_for
 
-    if not 0.0 < args.distillation_weight <= 1.0:
-        raise ValueError(f"--distillation-weight must be in (0, 1] with --teacher, got {args.distillation_weight}")
-    if args.distillation_temperature <= 0:
-        raise ValueError(f"--distillation-temperature must be positive, got {args.distillation_temperature}")
-    teachers = [load_model(path)[0] for path in args.teachers]
+    weight = DISTILLATION_WEIGHT if args.distillation_weight is None else args.distillation_weight
+    temperature = settings.distillation_temperature if args.distillation_temperature is None else args.distillation_temperature
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"--distillation-weight must be in (0, 1] with --teacher, got {weight}")
+    if temperature <= 0:
+        raise ValueError(f"--distillation-temperature must be positive, got {temperature}")
+    teachers = [load_model(path, device=select_device(args.device))[0] for path in args.teachers]
+    check_teachers(teachers, train.class_names)
     settings = replace(
-        settings, distillation_weight=args.distillation_weight, distillation_temperature=args.distillation_temperature,
-        teachers=tuple(model_fingerprint(teacher) for teacher in teachers),
+        settings, distillation_weight=weight, distillation_temperature=temperature,
+        teachers=tuple(sorted(model_fingerprint(teacher) for teacher in teachers)),
     )
     if args.resume:
         check_resumable(args.out, settings)  # before the teachers label every face, not after
     print(f"soft labels of {len(teachers)} teacher(s) for {len(train)} faces", file=sys.stderr)
-    return soft_labels_for(teachers, train, args.distillation_temperature, args.out), settings
+    return soft_labels_for(teachers, train, temperature, args.out), settings
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
@@ -478,9 +486,10 @@ def _run_ablate(args: argparse.Namespace) -> int:
         """Both tables and the plot from every run finished in --out, this sitting's and earlier ones'."""
         results = finished_runs(args.out, settings, seeds)
         summaries = summarize(results)
+        tables = write_tables(args.results, results, summaries)  # first: a failed plot must not cost the tables
         title = f"{args.val_split} accuracy per seed, schedule {settings.schedule}, seeds {args.seeds}"
         plot_ablation(args.results / PLOT_FILE, results, summaries, title)
-        return (*write_tables(args.results, results, summaries), summaries)
+        return (*tables, summaries)
 
     def record(result: RunResult) -> None:
         """Print the run and rewrite both tables, so that an interrupted ablation keeps what it finished."""

@@ -31,7 +31,7 @@ import json
 import math
 import random
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -52,7 +52,7 @@ from .evaluation import classification_report, predict_probabilities
 from .weight_average import WeightAverage
 
 __all__ = [
-    "RECIPES", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
+    "RECIPES", "SETTINGS_BEFORE_THEY_EXISTED", "STATE_FILE", "BEST_FILE", "LOG_FILE", "CURVES_FILE", "Phase", "parse_schedule", "TrainSettings",
     "learning_rate_factor", "build_optimizer", "EpochRecord", "TrainState", "initial_model", "train_one_epoch",
     "validate", "fit", "check_resumable", "write_log", "read_log", "chain_runs", "plot_curves",
 ]
@@ -100,7 +100,7 @@ class TrainSettings:
     ema_decay: float = 0.999  # 0: no weight averaging (the trained weights are shipped)
     calibration_fraction: float = 0.05  # of every training class, held out for the temperature
     distillation_weight: float = 0.0  # share of the loss given to the teachers' soft labels (0: no distillation)
-    distillation_temperature: float = 2.0  # softens the teachers' and the student's probabilities alike
+    distillation_temperature: float = 2.0  # divides the teachers' raw and the student's class scores alike
     teachers: tuple[str, ...] = ()  # fingerprints of the teachers whose soft labels the run trains towards
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
@@ -120,12 +120,13 @@ class TrainSettings:
     def differences(self, recorded: dict[str, Any], allowed: frozenset[str] = frozenset()) -> list[str]:
         """The settings, ``allowed`` aside, in which ``recorded`` (a :meth:`to_dict`) is not these.
 
-        A setting that ``recorded`` lacks was added after it was written, so it
-        was trained with that setting's default.
+        A setting of :data:`SETTINGS_BEFORE_THEY_EXISTED` that ``recorded`` lacks
+        was added after it was written: it counts as the value it stands for.
         """
-        wanted, defaults = self.to_dict(), _FIELD_DEFAULTS
+        wanted, missing = self.to_dict(), object()
         return sorted(
-            key for key in wanted if key not in allowed and recorded.get(key, defaults.get(key)) != wanted[key]
+            key for key in wanted
+            if key not in allowed and recorded.get(key, SETTINGS_BEFORE_THEY_EXISTED.get(key, missing)) != wanted[key]
         )
 
     @classmethod
@@ -135,8 +136,9 @@ class TrainSettings:
         return cls(**{**defaults, **changes})
 
 
-# What a setting was before it existed, as plain JSON values like to_dict's.
-_FIELD_DEFAULTS = json.loads(json.dumps({f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING}))
+# The value each setting added after runs were first recorded had before it existed (a recorded run
+# lacking it was trained that way), as plain JSON values like to_dict's. Any other missing setting differs.
+SETTINGS_BEFORE_THEY_EXISTED = {"distillation_weight": 0.0, "distillation_temperature": 2.0, "teachers": []}
 
 
 def learning_rate_factor(settings: TrainSettings, steps_per_epoch: int, step: int) -> float:
@@ -310,6 +312,8 @@ def fit(
         raise ValueError("distillation needs the teachers' soft labels on the training data (see soft_labels_for)")
     if not 0.0 <= settings.distillation_weight <= 1.0:
         raise ValueError(f"the distillation weight must be in [0, 1], got {settings.distillation_weight}")
+    if settings.distillation_temperature <= 0:
+        raise ValueError(f"the distillation temperature must be positive, got {settings.distillation_temperature}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_data, held_out = calibration_holdout(train_data, settings.calibration_fraction)
