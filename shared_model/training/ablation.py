@@ -240,7 +240,7 @@ def plot_ablation(path: Path, results: Sequence[RunResult], summaries: Sequence[
         axis.plot([100 * summary.mean_accuracy], [position], "D", color=colour, markersize=7)
     axis.plot([], [], "o", color="grey", fillstyle="none", label="one seed")
     axis.plot([], [], "D", color="grey", label="mean (red: beyond both spreads)")
-    axis.set_yticks(range(len(names)), [f"{s.row} ({s.seeds} seeds)" for s in summaries], fontsize=8)
+    axis.set_yticks(range(len(names)), [f"{s.row} ({s.seeds} seed{'' if s.seeds == 1 else 's'})" for s in summaries], fontsize=8)
     axis.invert_yaxis()
     axis.set_xlabel("validation accuracy, % (best epoch of each run)")
     axis.set_title(title or "Ablation: accuracy of every seed and the mean per row", fontsize=10)
